@@ -1,0 +1,80 @@
+//! The host calls a guest may make: logging and metrics. On wasm they go to the host; in
+//! a native build they are recorded for [`crate::testing`] to inspect.
+
+/// Severity of a log record.
+pub use crate::bindings::weir::processor::logging::Level;
+
+/// The log field by which the host recognises a panic report.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+pub(crate) const PANIC_FIELD: &str = "weir.panic";
+
+/// Structured logging to the host's log.
+pub mod log {
+    use super::Level;
+
+    /// Writes one log record with key/value fields.
+    pub fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
+        #[cfg(target_arch = "wasm32")]
+        {
+            use crate::bindings::weir::processor::logging::LogField;
+            let fields: alloc::vec::Vec<LogField> = fields
+                .iter()
+                .map(|(k, v)| LogField {
+                    key: (*k).into(),
+                    value: (*v).into(),
+                })
+                .collect();
+            crate::bindings::weir::processor::logging::log(level, message, &fields);
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::record_log(level, message, fields);
+    }
+
+    /// Logs at debug level.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message, &[]);
+    }
+
+    /// Logs at info level.
+    pub fn info(message: &str) {
+        log(Level::Info, message, &[]);
+    }
+
+    /// Logs at warn level.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message, &[]);
+    }
+
+    /// Logs at error level.
+    pub fn error(message: &str) {
+        log(Level::Error, message, &[]);
+    }
+}
+
+/// Guest-defined counters, exported by the host on `/metrics`.
+pub mod metrics {
+    /// Adds `delta` to counter `name` (`[a-zA-Z_][a-zA-Z0-9_]*`) with these labels. The
+    /// host exports it as `weir_guest_<name>_total`.
+    pub fn counter(name: &str, delta: u64, labels: &[(&str, &str)]) {
+        #[cfg(target_arch = "wasm32")]
+        {
+            use crate::bindings::weir::processor::metrics::Label;
+            let labels: alloc::vec::Vec<Label> = labels
+                .iter()
+                .map(|(k, v)| Label {
+                    name: (*k).into(),
+                    value: (*v).into(),
+                })
+                .collect();
+            crate::bindings::weir::processor::metrics::counter_add(name, delta, &labels);
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::record_counter(name, delta, labels);
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn report_panic(info: &core::panic::PanicInfo<'_>) {
+    let message = alloc::format!("{info}");
+    log::log(Level::Error, &message, &[(PANIC_FIELD, "true")]);
+}
