@@ -75,6 +75,9 @@ pub mod metrics {
 
 #[cfg(target_arch = "wasm32")]
 pub(crate) fn report_panic(info: &core::panic::PanicInfo<'_>) {
-    let message = alloc::format!("{info}");
+    let message = match info.location() {
+        Some(at) => alloc::format!("{} (at {}:{})", info.message(), at.file(), at.line()),
+        None => alloc::format!("{}", info.message()),
+    };
     log::log(Level::Error, &message, &[(PANIC_FIELD, "true")]);
 }

@@ -1,0 +1,212 @@
+//! `weir guest check` and `weir guest run`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+use super::jsonl::{self, Defaults};
+use crate::runtime::types::{Batch, ConfigEntry, Message};
+use crate::runtime::{
+    GuestLimits, LoadError, PoolingConfig, Runtime, RuntimeConfig, TracingEvents, WORLD,
+};
+
+/// Guest commands.
+#[derive(Debug, Subcommand)]
+pub enum GuestCommand {
+    /// Print a guest's world, imports and exports; exit 0 only if it fits weir's world.
+    Check {
+        /// The guest component (.wasm).
+        file: PathBuf,
+    },
+    /// Run a guest over messages given as JSON lines and print its outcomes as JSON lines.
+    ///
+    /// Each input line is a message: `{"topic": …, "partition": …, "offset": …, "key": …,
+    /// "fields": {…}}`, or just the fields object. Typed values are one-key objects:
+    /// {"$timestamp": "2024-05-01T12:00:00Z"}, {"$decimal": "1.50"}, {"$bytes": "<base64>"}.
+    Run(RunArgs),
+}
+
+/// Arguments of `weir guest run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The guest component (.wasm).
+    file: PathBuf,
+    /// Messages as JSON lines; `-` reads standard input.
+    #[arg(long, short)]
+    input: PathBuf,
+    /// Topic of messages whose line names none.
+    #[arg(long, default_value = "input")]
+    topic: String,
+    /// A guest config value, `KEY=VALUE`; repeatable.
+    #[arg(long = "config", short = 'c', value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    config: Vec<(String, String)>,
+    /// Messages per guest call; 0 puts them all in one batch.
+    #[arg(long, default_value_t = 0)]
+    batch_size: usize,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Per-call limits, as on the command line.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// CPU time a guest call may take.
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
+    deadline: Duration,
+    /// Linear memory a guest call may use.
+    #[arg(long, default_value = "128MiB", value_parser = super::parse_size)]
+    max_memory: usize,
+    /// Native stack a guest call may use.
+    #[arg(long, default_value = "512KiB", value_parser = super::parse_size)]
+    max_stack: usize,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+/// Runs a guest command.
+pub fn run(cmd: GuestCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        GuestCommand::Check { file } => check(&file),
+        GuestCommand::Run(args) => run_jsonl(args),
+    }
+}
+
+fn runtime(max_stack: usize, max_memory: usize) -> anyhow::Result<Runtime> {
+    // One call at a time: a small pool is enough.
+    let config = RuntimeConfig {
+        max_wasm_stack: max_stack,
+        pooling: Some(PoolingConfig {
+            instances: 4,
+            max_memory: max_memory.max(PoolingConfig::default().max_memory),
+        }),
+        ..RuntimeConfig::default()
+    };
+    Runtime::new(config, Arc::new(TracingEvents::default())).context("starting the wasm runtime")
+}
+
+fn read_guest(file: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(file).with_context(|| format!("cannot read guest {}", file.display()))
+}
+
+fn check(file: &Path) -> anyhow::Result<ExitCode> {
+    let bytes = read_guest(file)?;
+    let rt = runtime(RuntimeConfig::default().max_wasm_stack, 0)?;
+    let name = file.display().to_string();
+    let info = rt.inspect(&name, &bytes)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "guest:   {name}")?;
+    writeln!(out, "size:    {} bytes", bytes.len())?;
+    writeln!(out, "sha256:  {}", sha256_hex(&bytes))?;
+    if let Some(wit) = &info.wit {
+        writeln!(out, "world:")?;
+        for line in wit.lines() {
+            writeln!(out, "  {line}")?;
+        }
+    }
+    writeln!(out, "imports:")?;
+    for i in &info.imports {
+        let verdict = if i.allowed { "ok" } else { "NOT GRANTED" };
+        writeln!(out, "  {:<40} {:<10} {verdict}", i.name, i.kind)?;
+    }
+    writeln!(out, "exports:")?;
+    for e in &info.exports {
+        let verdict = if e.allowed { "ok" } else { "ignored" };
+        writeln!(out, "  {:<40} {:<10} {verdict}", e.name, e.kind)?;
+    }
+    match rt.load(&name, &bytes, GuestLimits::default()) {
+        Ok(_) => {
+            writeln!(out, "result:  fits {WORLD}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            writeln!(out, "result:  does not fit {WORLD}")?;
+            drop(out);
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn read_messages(input: &Path, defaults: &Defaults) -> anyhow::Result<Vec<Message>> {
+    let (reader, source): (Box<dyn BufRead>, String) = if input == Path::new("-") {
+        (Box::new(std::io::stdin().lock()), "<stdin>".into())
+    } else {
+        let file = std::fs::File::open(input)
+            .with_context(|| format!("cannot read input {}", input.display()))?;
+        (Box::new(BufReader::new(file)), input.display().to_string())
+    };
+    let mut messages = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("{source}:{}: cannot read", n + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let message = jsonl::parse_message(&line, messages.len(), defaults)
+            .map_err(|e| anyhow::anyhow!("{source}:{}: {e}", n + 1))?;
+        messages.push(message);
+    }
+    Ok(messages)
+}
+
+fn run_jsonl(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let defaults = Defaults {
+        topic: args.topic.clone(),
+    };
+    // Read the input before compiling, so a bad line is reported at once.
+    let messages = read_messages(&args.input, &defaults)?;
+    let rt = runtime(args.limits.max_stack, args.limits.max_memory)?;
+    let limits = GuestLimits {
+        deadline: args.limits.deadline,
+        max_memory: args.limits.max_memory,
+    };
+    let guest = match rt.load_file(&args.file, limits) {
+        Ok(g) => g,
+        Err(e @ LoadError::Read { .. }) => bail!("{e}"),
+        Err(e) => return Err(e.into()),
+    };
+    let config: Vec<ConfigEntry> = args
+        .config
+        .iter()
+        .map(|(key, value)| ConfigEntry {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    let size = if args.batch_size == 0 {
+        messages.len().max(1)
+    } else {
+        args.batch_size
+    };
+    let mut out = std::io::stdout().lock();
+    let mut pending = messages;
+    while !pending.is_empty() {
+        let rest = pending.split_off(size.min(pending.len()));
+        let batch = Batch {
+            config: config.clone(),
+            messages: pending,
+        };
+        let outcomes = guest.process(&batch)?;
+        for (message, outcome) in batch.messages.iter().zip(&outcomes) {
+            serde_json::to_writer(&mut out, &jsonl::outcome_json(message, outcome))?;
+            out.write_all(b"\n")?;
+        }
+        pending = rest;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
