@@ -1,1 +1,225 @@
+//! `weir guest check` and `weir guest run`, run as a user would.
 
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+use weir_tests::{guest_path, weir_bin};
+
+fn weir(args: &[&str]) -> Output {
+    Command::new(weir_bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("WEIR_LOG", "warn")
+        .output()
+        .expect("run weir")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn check_prints_the_world_and_accepts_a_fitting_guest() {
+    let out = weir(&["guest", "check", path(&guest_path("passthrough"))]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("export process: func(batch: batch) -> list<outcome>;"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("weir:processor/types@0.1.0"), "{stdout}");
+    assert!(stdout.contains("sha256:"), "{stdout}");
+    assert!(
+        stdout.contains("result:  fits weir:processor@0.1.0"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_refuses_a_forbidden_import_naming_it() {
+    let out = weir(&["guest", "check", path(&guest_path("fixture_wasi_clock"))]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("wasi:clocks/wall-clock@") && l.ends_with("NOT GRANTED")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("result:  does not fit"), "{stdout}");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("world does not grant"), "{stderr}");
+}
+
+#[test]
+fn check_refuses_a_wrong_world_and_bad_files() {
+    let out = weir(&["guest", "check", path(&guest_path("fixture_wrong_world"))]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("exports `transform` but not `process"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = weir(&["guest", "check", "/no/such/guest.wasm"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot read guest /no/such/guest.wasm"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, "definitely not wasm").unwrap();
+    let out = weir(&["guest", "check", path(&junk)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not a WebAssembly file"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn run_maps_json_lines_to_outcome_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("batch.jsonl");
+    std::fs::write(
+        &input,
+        concat!(
+            r#"{"topic":"tickers.crypto","partition":2,"offset":40,"key":"BTC-USD","fields":{"symbol":"BTC-USD","price":{"$decimal":"64000.50"},"quote":{"bid":63999.5},"event_time":{"$timestamp":"2024-05-01T12:00:00Z"}}}"#,
+            "\n\n",
+            r#"{"symbol":"ETH-USD","price":3100.25,"volume":12}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let out = weir(&[
+        "guest",
+        "run",
+        path(&guest_path("passthrough")),
+        "--input",
+        path(&input),
+        "--topic",
+        "tickers.crypto",
+        "--config",
+        "table=crypto_ticks",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            json!({"topic":"tickers.crypto","partition":2,"offset":40,"actions":[{"insert":{"table":"crypto_ticks","row":{
+                "symbol":"BTC-USD","price":{"$decimal":"64000.50"},"quote.bid":63999.5,
+                "event_time":{"$timestamp":"2024-05-01T12:00:00.000000Z"}}}}]}),
+            json!({"topic":"tickers.crypto","partition":0,"offset":1,"actions":[{"insert":{"table":"crypto_ticks","row":{
+                "symbol":"ETH-USD","price":3100.25,"volume":12}}}]}),
+        ]
+    );
+}
+
+#[test]
+fn run_reports_bad_input_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("batch.jsonl");
+    std::fs::write(&input, "{\"a\":1}\n{\"a\":\n").unwrap();
+    let out = weir(&[
+        "guest",
+        "run",
+        path(&guest_path("passthrough")),
+        "--input",
+        path(&input),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:2: invalid JSON", input.display())),
+        "{stderr}"
+    );
+
+    std::fs::write(&input, "{\"at\":{\"$timestamp\":\"soon\"}}\n").unwrap();
+    let out = weir(&[
+        "guest",
+        "run",
+        path(&guest_path("passthrough")),
+        "--input",
+        path(&input),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(":1: field `at`"), "{stderr}");
+
+    let out = weir(&[
+        "guest",
+        "run",
+        path(&guest_path("passthrough")),
+        "--input",
+        "/no/such.jsonl",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot read input /no/such.jsonl"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn run_reports_a_guest_failure_and_a_wrong_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("batch.jsonl");
+    std::fs::write(&input, "{\"misbehave\":true}\n").unwrap();
+    let out = weir(&[
+        "guest",
+        "run",
+        path(&guest_path("fixture_panic")),
+        "--input",
+        path(&input),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("guest fixture_panic"), "{stderr}");
+    assert!(
+        stderr.contains("panicked: fixture panicked on offset 0"),
+        "{stderr}"
+    );
+
+    let out = weir(&[
+        "guest",
+        "run",
+        path(&guest_path("fixture_spin")),
+        "--input",
+        path(&input),
+        "--deadline",
+        "100ms",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("interrupted after its 100ms deadline"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = weir(&[
+        "guest",
+        "run",
+        path(&guest_path("fixture_wrong_world")),
+        "--input",
+        path(&input),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("does not fit the weir:processor@0.1.0 world"),
+        "{}",
+        text(&out.stderr)
+    );
+}

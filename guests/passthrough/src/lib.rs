@@ -46,7 +46,10 @@ impl Processor for Passthrough {
                     .with("kafka_topic", message.topic)
                     .with("kafka_partition", message.partition)
                     .with("kafka_offset", message.offset)
-                    .with("kafka_timestamp", Value::Timestamp(message.timestamp_ms * 1000))
+                    .with(
+                        "kafka_timestamp",
+                        Value::Timestamp(message.timestamp_ms * 1000),
+                    )
                     .fields,
             );
         }

@@ -74,8 +74,8 @@ pub use types::Row;
 /// Everything a guest usually needs, for `use weir_guest::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Action, Config, ConfigError, Decimal, Field, MergePolicy, Message, Outcome, Processor,
-        Row, Value, log, metrics,
+        Action, Config, ConfigError, Decimal, Field, MergePolicy, Message, Outcome, Processor, Row,
+        Value, log, metrics,
     };
     pub use alloc::borrow::ToOwned;
     pub use alloc::boxed::Box;
@@ -148,8 +148,12 @@ macro_rules! export {
                     $crate::run::<$processor>(batch)
                 }
             }
-            $crate::bindings::export_processor!(Export with_types_in $crate::bindings);
+    $crate::bindings::export_processor!(Export with_types_in $crate::bindings);
         };
+        // Natively, only check that the processor can be run (and mark it used).
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: fn($crate::Batch) -> $crate::prelude::Vec<$crate::Outcome> =
+            $crate::run::<$processor>;
     };
 }
 

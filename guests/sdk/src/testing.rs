@@ -87,6 +87,6 @@ mod native {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) use native::{record_counter, record_log};
-#[cfg(not(target_arch = "wasm32"))]
 pub use native::{counter, take_logs};
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) use native::{record_counter, record_log};

@@ -6,8 +6,8 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::{
-    Action, ColumnPolicy, Decimal, EmitMessage, EmitValue, Field, InsertRow, MergePolicy,
-    Message, Outcome, UpsertRow, Value,
+    Action, ColumnPolicy, Decimal, EmitMessage, EmitValue, Field, InsertRow, MergePolicy, Message,
+    Outcome, UpsertRow, Value,
 };
 
 impl Value {
@@ -204,7 +204,10 @@ impl Message {
 
     /// The value of field `name` (dotted for nested records), if present.
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.fields.iter().find(|f| f.name == name).map(|f| &f.value)
+        self.fields
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| &f.value)
     }
 
     /// Sets field `name`, replacing it if present.
@@ -293,7 +296,10 @@ impl Row {
 
     /// The value of column `name`.
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.fields.iter().find(|f| f.name == name).map(|f| &f.value)
+        self.fields
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| &f.value)
     }
 }
 

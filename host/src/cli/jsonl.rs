@@ -39,10 +39,7 @@ pub struct Defaults {
 pub fn parse_message(line: &str, index: usize, defaults: &Defaults) -> Result<Message, String> {
     let json: Json = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
     let Json::Object(mut obj) = json else {
-        return Err(format!(
-            "expected a JSON object, found {}",
-            kind_of(&json)
-        ));
+        return Err(format!("expected a JSON object, found {}", kind_of(&json)));
     };
     let Some(fields) = obj.remove("fields") else {
         return Ok(Message {
@@ -56,7 +53,10 @@ pub fn parse_message(line: &str, index: usize, defaults: &Defaults) -> Result<Me
         });
     };
     let Json::Object(fields) = fields else {
-        return Err(format!("`fields` must be an object, found {}", kind_of(&fields)));
+        return Err(format!(
+            "`fields` must be an object, found {}",
+            kind_of(&fields)
+        ));
     };
     let mut message = Message {
         topic: defaults.topic.clone(),
@@ -74,7 +74,9 @@ pub fn parse_message(line: &str, index: usize, defaults: &Defaults) -> Result<Me
             "offset" => message.offset = as_int(&name, &value)?,
             "timestamp_ms" => message.timestamp_ms = as_int(&name, &value)?,
             "schema_id" => {
-                message.schema_id = (!value.is_null()).then(|| as_int(&name, &value)).transpose()?
+                message.schema_id = (!value.is_null())
+                    .then(|| as_int(&name, &value))
+                    .transpose()?
             }
             "key" => {
                 message.key = match &value {
@@ -168,7 +170,9 @@ fn parse_value(name: &str, v: &Json) -> Result<Value, String> {
             let bad = |what: &str| format!("field `{name}`: {tag} needs {what}, found {inner}");
             match tag.as_str() {
                 "$timestamp" => match inner {
-                    Json::Number(n) => Value::Timestamp(n.as_i64().ok_or_else(|| bad("integer microseconds"))?),
+                    Json::Number(n) => {
+                        Value::Timestamp(n.as_i64().ok_or_else(|| bad("integer microseconds"))?)
+                    }
                     Json::String(s) => Value::Timestamp(parse_rfc3339_micros(s).map_err(|e| {
                         format!("field `{name}`: {s:?} is not an RFC 3339 time: {e}")
                     })?),
@@ -321,10 +325,24 @@ mod tests {
         .unwrap();
         assert_eq!((m.topic.as_str(), m.partition, m.offset), ("input", 0, 3));
         let names: Vec<_> = m.fields.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, ["symbol", "price", "volume", "quote.bid", "quote.ask", "tags", "halted"]);
+        assert_eq!(
+            names,
+            [
+                "symbol",
+                "price",
+                "volume",
+                "quote.bid",
+                "quote.ask",
+                "tags",
+                "halted"
+            ]
+        );
         assert_eq!(m.fields[2].value, Value::Int(100));
         assert_eq!(m.fields[1].value, Value::Float(187.25));
-        assert_eq!(m.fields[4].value, Value::Decimal(Decimal::from_i128(175, 2)));
+        assert_eq!(
+            m.fields[4].value,
+            Value::Decimal(Decimal::from_i128(175, 2))
+        );
         assert_eq!(m.fields[5].value, Value::Text("[\"a\"]".into()));
         assert_eq!(m.fields[6].value, Value::Null);
     }
@@ -338,23 +356,45 @@ mod tests {
             &defaults(),
         )
         .unwrap();
-        assert_eq!((m.partition, m.offset, m.timestamp_ms, m.schema_id), (2, 9, 5, Some(4)));
+        assert_eq!(
+            (m.partition, m.offset, m.timestamp_ms, m.schema_id),
+            (2, 9, 5, Some(4))
+        );
         assert_eq!(m.key.as_deref(), Some(&b"AAPL"[..]));
         assert_eq!(m.fields[0].value, Value::Timestamp(1_714_564_800_500_000));
         assert_eq!(m.fields[1].value, Value::Bytes(vec![0, 1]));
         assert_eq!(m.fields[2].value, Value::Timestamp(7));
         // And back.
-        assert_eq!(value_json(&m.fields[0].value), json!({"$timestamp": "2024-05-01T12:00:00.500000Z"}));
+        assert_eq!(
+            value_json(&m.fields[0].value),
+            json!({"$timestamp": "2024-05-01T12:00:00.500000Z"})
+        );
         assert_eq!(value_json(&m.fields[1].value), json!({"$bytes": "AAE="}));
     }
 
     #[test]
     fn errors_name_the_field() {
         let d = defaults();
-        assert!(parse_message("{", 0, &d).unwrap_err().starts_with("invalid JSON"));
-        assert!(parse_message("[1]", 0, &d).unwrap_err().contains("expected a JSON object, found an array"));
-        assert!(parse_message(r#"{"fields":{},"offset":"x"}"#, 0, &d).unwrap_err().contains("`offset` must be an integer"));
-        assert!(parse_message(r#"{"fields":{},"colour":1}"#, 0, &d).unwrap_err().contains("unknown envelope key `colour`"));
+        assert!(
+            parse_message("{", 0, &d)
+                .unwrap_err()
+                .starts_with("invalid JSON")
+        );
+        assert!(
+            parse_message("[1]", 0, &d)
+                .unwrap_err()
+                .contains("expected a JSON object, found an array")
+        );
+        assert!(
+            parse_message(r#"{"fields":{},"offset":"x"}"#, 0, &d)
+                .unwrap_err()
+                .contains("`offset` must be an integer")
+        );
+        assert!(
+            parse_message(r#"{"fields":{},"colour":1}"#, 0, &d)
+                .unwrap_err()
+                .contains("unknown envelope key `colour`")
+        );
         let e = parse_message(r#"{"a":{"b":{"$timestamp":"yesterday"}}}"#, 0, &d).unwrap_err();
         assert!(e.contains("field `a.b`") && e.contains("RFC 3339"), "{e}");
         let e = parse_message(r#"{"p":{"$money":"1"}}"#, 0, &d).unwrap_err();

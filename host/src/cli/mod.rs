@@ -76,7 +76,11 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
-        other => return Err(format!("{text:?}: unknown size unit {other:?} (use KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "{text:?}: unknown size unit {other:?} (use KiB, MiB or GiB)"
+            ));
+        }
     };
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("{text:?} is too large"))
@@ -99,7 +103,11 @@ mod tests {
         assert_eq!(parse_size("128 MiB"), Ok(128 << 20));
         assert_eq!(parse_size("1g"), Ok(1 << 30));
         assert!(parse_size("lots").unwrap_err().contains("not a size"));
-        assert!(parse_size("3 parsecs").unwrap_err().contains("unknown size unit"));
+        assert!(
+            parse_size("3 parsecs")
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod types {
     pub use super::weir::processor::types::*;
 }
 
-pub use weir::processor::{logging, metrics};
+pub use self::weir::processor::{logging, metrics};
 
 use std::fmt;
 
@@ -38,9 +38,15 @@ impl types::Decimal {
         let sign_byte = if unscaled < 0 { 0xff } else { 0x00 };
         // Keep one sign byte only where the next byte's top bit disagrees with the sign.
         let start = (0..16)
-            .find(|&i| bytes[i] != sign_byte || (i < 15 && (bytes[i + 1] & 0x80 != 0) != (unscaled < 0)))
+            .find(|&i| {
+                bytes[i] != sign_byte || (i < 15 && (bytes[i + 1] & 0x80 != 0) != (unscaled < 0))
+            })
             .unwrap_or(16);
-        let unscaled = if unscaled == 0 { Vec::new() } else { bytes[start..].to_vec() };
+        let unscaled = if unscaled == 0 {
+            Vec::new()
+        } else {
+            bytes[start..].to_vec()
+        };
         Self { unscaled, scale }
     }
 
@@ -55,15 +61,26 @@ impl types::Decimal {
         if int.is_empty() && frac.is_empty()
             || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
         {
-            return Err(format!("{text:?} is not a decimal number (digits, an optional sign and point)"));
+            return Err(format!(
+                "{text:?} is not a decimal number (digits, an optional sign and point)"
+            ));
         }
         let all = format!("{int}{frac}");
         let magnitude: i128 = all
             .trim_start_matches('0')
             .parse::<i128>()
-            .or_else(|e| if all.trim_start_matches('0').is_empty() { Ok(0) } else { Err(e) })
+            .or_else(|e| {
+                if all.trim_start_matches('0').is_empty() {
+                    Ok(0)
+                } else {
+                    Err(e)
+                }
+            })
             .map_err(|_| format!("{text:?} has more digits than a 128-bit decimal holds"))?;
-        Ok(Self::from_i128(if negative { -magnitude } else { magnitude }, frac.len() as u32))
+        Ok(Self::from_i128(
+            if negative { -magnitude } else { magnitude },
+            frac.len() as u32,
+        ))
     }
 }
 
@@ -72,7 +89,11 @@ impl fmt::Display for types::Decimal {
         let Some(v) = self.unscaled_i128() else {
             return write!(f, "0x{} * 10^-{}", hex::encode(&self.unscaled), self.scale);
         };
-        let digits = format!("{:0>width$}", v.unsigned_abs(), width = self.scale as usize + 1);
+        let digits = format!(
+            "{:0>width$}",
+            v.unsigned_abs(),
+            width = self.scale as usize + 1
+        );
         let (int, frac) = digits.split_at(digits.len() - self.scale as usize);
         let sign = if v < 0 { "-" } else { "" };
         if frac.is_empty() {
@@ -98,7 +119,11 @@ mod tests {
             (".5", 5, 1, "0.5"),
         ] {
             let d = Decimal::parse(text).unwrap();
-            assert_eq!((d.unscaled_i128(), d.scale), (Some(unscaled), scale), "{text}");
+            assert_eq!(
+                (d.unscaled_i128(), d.scale),
+                (Some(unscaled), scale),
+                "{text}"
+            );
             assert_eq!(d.to_string(), printed);
         }
         assert_eq!(Decimal::from_i128(128, 0).unscaled, [0x00, 0x80]);

@@ -83,11 +83,21 @@ impl HostEvents for TracingEvents {
         let fields = format_fields(fields);
         let (g, v) = (&guest.name, &guest.short_version);
         match level {
-            Level::Trace => tracing::trace!(target: "weir::guest", guest = %g, version = %v, fields = %fields, "{message}"),
-            Level::Debug => tracing::debug!(target: "weir::guest", guest = %g, version = %v, fields = %fields, "{message}"),
-            Level::Info => tracing::info!(target: "weir::guest", guest = %g, version = %v, fields = %fields, "{message}"),
-            Level::Warn => tracing::warn!(target: "weir::guest", guest = %g, version = %v, fields = %fields, "{message}"),
-            Level::Error => tracing::error!(target: "weir::guest", guest = %g, version = %v, fields = %fields, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "weir::guest", guest = %g, version = %v, fields = %fields, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "weir::guest", guest = %g, version = %v, fields = %fields, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "weir::guest", guest = %g, version = %v, fields = %fields, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "weir::guest", guest = %g, version = %v, fields = %fields, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "weir::guest", guest = %g, version = %v, fields = %fields, "{message}")
+            }
         }
     }
 
@@ -205,6 +215,9 @@ impl metrics::Host for CallState {
     }
 }
 
+// The types interface has no functions; the world still lists it as an import.
+impl super::bindings::types::Host for CallState {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +253,3 @@ mod tests {
         assert!(c.add(&g, "seen", 1, &l("A")), "existing series still count");
     }
 }
-
-// The types interface has no functions; the world still lists it as an import.
-impl super::bindings::types::Host for CallState {}

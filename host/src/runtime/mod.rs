@@ -548,30 +548,38 @@ mod tests {
 
     #[test]
     fn garbage_and_core_modules_are_refused_with_reasons() {
-        let rt = Runtime::new(RuntimeConfig::default(), Arc::new(TracingEvents::default()))
-            .unwrap();
+        let rt =
+            Runtime::new(RuntimeConfig::default(), Arc::new(TracingEvents::default())).unwrap();
         let err = rt
             .load("junk", b"hello, not wasm", GuestLimits::default())
             .unwrap_err();
         assert!(matches!(err, LoadError::NotWasm { .. }), "{err}");
-        assert!(err.to_string().contains("guest junk: not a WebAssembly file"));
+        assert!(
+            err.to_string()
+                .contains("guest junk: not a WebAssembly file")
+        );
 
         // The smallest valid core module: magic and version 1, no sections.
         let core = b"\0asm\x01\0\0\0";
         let err = rt.load("core", core, GuestLimits::default()).unwrap_err();
         assert!(matches!(err, LoadError::CoreModule { .. }), "{err}");
-        assert!(err.to_string().contains("is a core WebAssembly module, not a component"));
+        assert!(
+            err.to_string()
+                .contains("is a core WebAssembly module, not a component")
+        );
 
         // A component header followed by nonsense.
         let broken = b"\0asm\x0d\0\x01\0\xff\xff\xff";
-        let err = rt.load("broken", broken, GuestLimits::default()).unwrap_err();
+        let err = rt
+            .load("broken", broken, GuestLimits::default())
+            .unwrap_err();
         assert!(matches!(err, LoadError::Compile { .. }), "{err}");
     }
 
     #[test]
     fn memory_cap_above_pool_is_refused() {
-        let rt = Runtime::new(RuntimeConfig::default(), Arc::new(TracingEvents::default()))
-            .unwrap();
+        let rt =
+            Runtime::new(RuntimeConfig::default(), Arc::new(TracingEvents::default())).unwrap();
         let limits = GuestLimits {
             max_memory: 4 << 30,
             ..GuestLimits::default()
