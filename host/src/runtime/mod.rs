@@ -29,6 +29,9 @@ use bindings::{Processor, ProcessorPre};
 use host::CallState;
 use types::{Batch, Outcome};
 
+/// Bytes of each pooled memory and table kept resident between calls.
+const KEEP_RESIDENT: usize = 2 << 20;
+
 /// Engine-wide settings, fixed when the [`Runtime`] is built.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -232,7 +235,12 @@ impl Runtime {
                 .total_core_instances(pool.instances * 4)
                 .total_memories(pool.instances)
                 .total_tables(pool.instances * 2)
-                .max_memory_size(pool.max_memory);
+                .max_memory_size(pool.max_memory)
+                // Reset a freed slot's first pages with memset instead of returning them
+                // to the kernel, so the next call's instance does not page-fault them in
+                // again (a guest's stack and heap start there).
+                .linear_memory_keep_resident(KEEP_RESIDENT)
+                .table_keep_resident(KEEP_RESIDENT);
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
         }
         let engine = Engine::new(&wasm)?;
