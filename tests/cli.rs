@@ -15,6 +15,23 @@ fn weir(args: &[&str]) -> Output {
         .expect("run weir")
 }
 
+/// `weir guest check FILE`, expecting failure; returns stdout and stderr.
+fn check_failing(file: &str) -> (String, String) {
+    let out = weir(&["guest", "check", file]);
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", text(&out.stdout));
+    (text(&out.stdout), text(&out.stderr))
+}
+
+/// `weir guest run GUEST --input INPUT EXTRA…`, expecting failure; returns stderr.
+fn run_failing(guest: &str, input: &str, extra: &[&str]) -> String {
+    let guest = guest_path(guest);
+    let mut args = vec!["guest", "run", path(&guest), "--input", input];
+    args.extend_from_slice(extra);
+    let out = weir(&args);
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", text(&out.stdout));
+    text(&out.stderr)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -42,9 +59,7 @@ fn check_prints_the_world_and_accepts_a_fitting_guest() {
 
 #[test]
 fn check_refuses_a_forbidden_import_naming_it() {
-    let out = weir(&["guest", "check", path(&guest_path("fixture_wasi_clock"))]);
-    assert_eq!(out.status.code(), Some(1));
-    let stdout = text(&out.stdout);
+    let (stdout, stderr) = check_failing(path(&guest_path("fixture_wasi_clock")));
     assert!(
         stdout
             .lines()
@@ -52,23 +67,18 @@ fn check_refuses_a_forbidden_import_naming_it() {
         "{stdout}"
     );
     assert!(stdout.contains("result:  does not fit"), "{stdout}");
-    let stderr = text(&out.stderr);
     assert!(stderr.contains("world does not grant"), "{stderr}");
 }
 
 #[test]
 fn check_refuses_a_wrong_world_and_bad_files() {
-    let out = weir(&["guest", "check", path(&guest_path("fixture_wrong_world"))]);
-    assert_eq!(out.status.code(), Some(1));
+    let (_, stderr) = check_failing(path(&guest_path("fixture_wrong_world")));
     assert!(
-        text(&out.stderr).contains("exports `transform` but not `process"),
-        "{}",
-        text(&out.stderr)
+        stderr.contains("exports `transform` but not `process"),
+        "{stderr}"
     );
 
-    let out = weir(&["guest", "check", "/no/such/guest.wasm"]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = text(&out.stderr);
+    let (_, stderr) = check_failing("/no/such/guest.wasm");
     assert!(
         stderr.contains("cannot read guest /no/such/guest.wasm"),
         "{stderr}"
@@ -77,13 +87,8 @@ fn check_refuses_a_wrong_world_and_bad_files() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, "definitely not wasm").unwrap();
-    let out = weir(&["guest", "check", path(&junk)]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("not a WebAssembly file"),
-        "{}",
-        text(&out.stderr)
-    );
+    let (_, stderr) = check_failing(path(&junk));
+    assert!(stderr.contains("not a WebAssembly file"), "{stderr}");
 }
 
 #[test]
@@ -100,10 +105,11 @@ fn run_maps_json_lines_to_outcome_lines() {
         ),
     )
     .unwrap();
+    let guest = guest_path("passthrough");
     let out = weir(&[
         "guest",
         "run",
-        path(&guest_path("passthrough")),
+        path(&guest),
         "--input",
         path(&input),
         "--topic",
@@ -133,43 +139,20 @@ fn run_reports_bad_input_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("batch.jsonl");
     std::fs::write(&input, "{\"a\":1}\n{\"a\":\n").unwrap();
-    let out = weir(&[
-        "guest",
-        "run",
-        path(&guest_path("passthrough")),
-        "--input",
-        path(&input),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = text(&out.stderr);
+    let stderr = run_failing("passthrough", path(&input), &[]);
     assert!(
         stderr.contains(&format!("{}:2: invalid JSON", input.display())),
         "{stderr}"
     );
 
     std::fs::write(&input, "{\"at\":{\"$timestamp\":\"soon\"}}\n").unwrap();
-    let out = weir(&[
-        "guest",
-        "run",
-        path(&guest_path("passthrough")),
-        "--input",
-        path(&input),
-    ]);
-    let stderr = text(&out.stderr);
+    let stderr = run_failing("passthrough", path(&input), &[]);
     assert!(stderr.contains(":1: field `at`"), "{stderr}");
 
-    let out = weir(&[
-        "guest",
-        "run",
-        path(&guest_path("passthrough")),
-        "--input",
-        "/no/such.jsonl",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
+    let stderr = run_failing("passthrough", "/no/such.jsonl", &[]);
     assert!(
-        text(&out.stderr).contains("cannot read input /no/such.jsonl"),
-        "{}",
-        text(&out.stderr)
+        stderr.contains("cannot read input /no/such.jsonl"),
+        "{stderr}"
     );
 }
 
@@ -178,48 +161,22 @@ fn run_reports_a_guest_failure_and_a_wrong_world() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("batch.jsonl");
     std::fs::write(&input, "{\"misbehave\":true}\n").unwrap();
-    let out = weir(&[
-        "guest",
-        "run",
-        path(&guest_path("fixture_panic")),
-        "--input",
-        path(&input),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = text(&out.stderr);
+    let stderr = run_failing("fixture_panic", path(&input), &[]);
     assert!(stderr.contains("guest fixture_panic"), "{stderr}");
     assert!(
         stderr.contains("panicked: fixture panicked on offset 0"),
         "{stderr}"
     );
 
-    let out = weir(&[
-        "guest",
-        "run",
-        path(&guest_path("fixture_spin")),
-        "--input",
-        path(&input),
-        "--deadline",
-        "100ms",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
+    let stderr = run_failing("fixture_spin", path(&input), &["--deadline", "100ms"]);
     assert!(
-        text(&out.stderr).contains("interrupted after its 100ms deadline"),
-        "{}",
-        text(&out.stderr)
+        stderr.contains("interrupted after its 100ms deadline"),
+        "{stderr}"
     );
 
-    let out = weir(&[
-        "guest",
-        "run",
-        path(&guest_path("fixture_wrong_world")),
-        "--input",
-        path(&input),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
+    let stderr = run_failing("fixture_wrong_world", path(&input), &[]);
     assert!(
-        text(&out.stderr).contains("does not fit the weir:processor@0.1.0 world"),
-        "{}",
-        text(&out.stderr)
+        stderr.contains("does not fit the weir:processor@0.1.0 world"),
+        "{stderr}"
     );
 }

@@ -18,98 +18,48 @@ use weir_guest as guest;
 
 const SIZES: [usize; 3] = [1, 100, 1000];
 
-/// The same tick as both sides see it.
-struct Tick {
-    offset: i64,
-}
-
-impl Tick {
-    fn fields(&self) -> Vec<(&'static str, Val)> {
-        let o = self.offset;
-        vec![
-            ("id", Val::Text("AAPL")),
-            ("exchange", Val::Text("NMS")),
-            ("quote_type", Val::Int(8)),
-            ("market_hours", Val::Int(1)),
-            ("price", Val::Float(187.25 + o as f64 * 0.01)),
-            ("change", Val::Float(1.5)),
-            ("change_percent", Val::Float(0.8)),
-            ("day_volume", Val::Int(1_000_000 + o)),
-            ("price_hint", Val::Int(2)),
-            (
-                "event_time",
-                Val::Timestamp(1_714_564_800_000_000 + o * 1000),
-            ),
-            (
-                "event_id",
-                Val::Text("0b7c6a4e-6f0e-4d8a-9a51-2f1b8f7d3c11"),
-            ),
-            ("source", Val::Text("simulator")),
-        ]
-    }
-}
-
-enum Val {
-    Text(&'static str),
-    Int(i64),
-    Float(f64),
-    Timestamp(i64),
-}
-
-fn host_batch(n: usize) -> host::Batch {
-    let messages = (0..n as i64)
-        .map(|offset| host::Message {
-            topic: "tickers.stocks".into(),
-            partition: 0,
-            offset,
-            timestamp_ms: 1_714_564_800_000 + offset,
-            key: Some(b"AAPL".to_vec()),
-            schema_id: Some(1),
-            fields: Tick { offset }
-                .fields()
-                .into_iter()
-                .map(|(name, v)| host::Field {
+/// Builds `n` twelve-field ticks as messages of the types in `$types` (the host's and the
+/// guest SDK's types are distinct but shaped alike).
+macro_rules! ticks {
+    ($types:path, $n:expr) => {{
+        use $types as t;
+        (0..$n as i64)
+            .map(|offset| {
+                let field = |name: &str, value: t::Value| t::Field {
                     name: name.into(),
-                    value: match v {
-                        Val::Text(s) => host::Value::Text(s.into()),
-                        Val::Int(i) => host::Value::Int(i),
-                        Val::Float(f) => host::Value::Float(f),
-                        Val::Timestamp(t) => host::Value::Timestamp(t),
-                    },
-                })
-                .collect(),
-        })
-        .collect();
-    host::Batch {
-        config: vec![],
-        messages,
-    }
-}
-
-fn guest_messages(n: usize) -> Vec<guest::Message> {
-    (0..n as i64)
-        .map(|offset| guest::Message {
-            topic: "tickers.stocks".into(),
-            partition: 0,
-            offset,
-            timestamp_ms: 1_714_564_800_000 + offset,
-            key: Some(b"AAPL".to_vec()),
-            schema_id: Some(1),
-            fields: Tick { offset }
-                .fields()
-                .into_iter()
-                .map(|(name, v)| guest::Field {
-                    name: name.into(),
-                    value: match v {
-                        Val::Text(s) => guest::Value::Text(s.into()),
-                        Val::Int(i) => guest::Value::Int(i),
-                        Val::Float(f) => guest::Value::Float(f),
-                        Val::Timestamp(t) => guest::Value::Timestamp(t),
-                    },
-                })
-                .collect(),
-        })
-        .collect()
+                    value,
+                };
+                t::Message {
+                    topic: "tickers.stocks".into(),
+                    partition: 0,
+                    offset,
+                    timestamp_ms: 1_714_564_800_000 + offset,
+                    key: Some(b"AAPL".to_vec()),
+                    schema_id: Some(1),
+                    fields: vec![
+                        field("id", t::Value::Text("AAPL".into())),
+                        field("exchange", t::Value::Text("NMS".into())),
+                        field("quote_type", t::Value::Int(8)),
+                        field("market_hours", t::Value::Int(1)),
+                        field("price", t::Value::Float(187.25 + offset as f64 * 0.01)),
+                        field("change", t::Value::Float(1.5)),
+                        field("change_percent", t::Value::Float(0.8)),
+                        field("day_volume", t::Value::Int(1_000_000 + offset)),
+                        field("price_hint", t::Value::Int(2)),
+                        field(
+                            "event_time",
+                            t::Value::Timestamp(1_714_564_800_000_000 + offset * 1000),
+                        ),
+                        field(
+                            "event_id",
+                            t::Value::Text("0b7c6a4e-6f0e-4d8a-9a51-2f1b8f7d3c11".into()),
+                        ),
+                        field("source", t::Value::Text("simulator".into())),
+                    ],
+                }
+            })
+            .collect::<Vec<t::Message>>()
+    }};
 }
 
 fn bench(c: &mut Criterion) {
@@ -125,7 +75,10 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("passthrough");
     for n in SIZES {
         group.throughput(Throughput::Elements(n as u64));
-        let batch = host_batch(n);
+        let batch = host::Batch {
+            config: vec![],
+            messages: ticks!(weir::runtime::types, n),
+        };
         group.bench_with_input(BenchmarkId::new("wasm", n), &batch, |b, batch| {
             b.iter(|| {
                 let out = wasm.process(batch).expect("guest call");
@@ -133,7 +86,7 @@ fn bench(c: &mut Criterion) {
                 out
             })
         });
-        let messages = guest_messages(n);
+        let messages = ticks!(weir_guest, n);
         group.bench_with_input(BenchmarkId::new("native", n), &messages, |b, messages| {
             b.iter(|| {
                 let out = guest::testing::run::<passthrough::Passthrough>(&[], messages.clone());

@@ -212,14 +212,7 @@ impl Message {
 
     /// Sets field `name`, replacing it if present.
     pub fn set(&mut self, name: &str, value: impl Into<Value>) {
-        let value = value.into();
-        match self.fields.iter_mut().find(|f| f.name == name) {
-            Some(f) => f.value = value,
-            None => self.fields.push(Field {
-                name: name.to_string(),
-                value,
-            }),
-        }
+        set_field(&mut self.fields, name, value.into());
     }
 
     /// Removes field `name`, returning its value.
@@ -256,6 +249,16 @@ impl Message {
     }
 }
 
+fn set_field(fields: &mut Vec<Field>, name: &str, value: Value) {
+    match fields.iter_mut().find(|f| f.name == name) {
+        Some(f) => f.value = value,
+        None => fields.push(Field {
+            name: name.to_string(),
+            value,
+        }),
+    }
+}
+
 /// A row under construction: column names and values, in order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Row {
@@ -284,14 +287,7 @@ impl Row {
 
     /// Sets column `name`, replacing it if present.
     pub fn set(&mut self, name: &str, value: impl Into<Value>) {
-        let value = value.into();
-        match self.fields.iter_mut().find(|f| f.name == name) {
-            Some(f) => f.value = value,
-            None => self.fields.push(Field {
-                name: name.to_string(),
-                value,
-            }),
-        }
+        set_field(&mut self.fields, name, value.into());
     }
 
     /// The value of column `name`.

@@ -41,23 +41,6 @@ pub fn parse_message(line: &str, index: usize, defaults: &Defaults) -> Result<Me
     let Json::Object(mut obj) = json else {
         return Err(format!("expected a JSON object, found {}", kind_of(&json)));
     };
-    let Some(fields) = obj.remove("fields") else {
-        return Ok(Message {
-            topic: defaults.topic.clone(),
-            partition: 0,
-            offset: index as i64,
-            timestamp_ms: 0,
-            key: None,
-            schema_id: None,
-            fields: flatten(obj)?,
-        });
-    };
-    let Json::Object(fields) = fields else {
-        return Err(format!(
-            "`fields` must be an object, found {}",
-            kind_of(&fields)
-        ));
-    };
     let mut message = Message {
         topic: defaults.topic.clone(),
         partition: 0,
@@ -65,8 +48,23 @@ pub fn parse_message(line: &str, index: usize, defaults: &Defaults) -> Result<Me
         timestamp_ms: 0,
         key: None,
         schema_id: None,
-        fields: flatten(fields)?,
+        fields: Vec::new(),
     };
+    // Without a `fields` object, the whole line is the fields.
+    let fields = match obj.remove("fields") {
+        None => {
+            message.fields = flatten(obj)?;
+            return Ok(message);
+        }
+        Some(Json::Object(fields)) => fields,
+        Some(other) => {
+            return Err(format!(
+                "`fields` must be an object, found {}",
+                kind_of(&other)
+            ));
+        }
+    };
+    message.fields = flatten(fields)?;
     for (name, value) in obj {
         match name.as_str() {
             "topic" => message.topic = as_str(&name, &value)?.to_string(),
