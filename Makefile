@@ -11,9 +11,19 @@ toolchain:
 guests: toolchain
 	cd guests && cargo build --target wasm32-wasip2 --release
 
+# What the end-to-end tests talk to: a tansu broker (installed once with cargo) and the
+# machine's Postgres (started if it is down).
+.PHONY: services
+services:
+	@command -v tansu >/dev/null || test -x $(HOME)/.cargo/bin/tansu || \
+		cargo install tansu@0.6.0 --locked --features dynostore
+	@pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null || { \
+		pg_ctlcluster --skip-systemctl-redirect "$$(ls /etc/postgresql | head -1)" main start && \
+		for i in $$(seq 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done; }
+
 # Guest logic natively (SDK and guests), then the host and the end-to-end tests against
-# the compiled guests.
-test: guests
+# the compiled guests and real services.
+test: guests services
 	cd guests && cargo test
 	cargo test --workspace
 

@@ -1,19 +1,9 @@
 //! `weir guest check` and `weir guest run`, run as a user would.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use serde_json::{Value, json};
-use weir_tests::{guest_path, weir_bin};
-
-fn weir(args: &[&str]) -> Output {
-    Command::new(weir_bin())
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("WEIR_LOG", "warn")
-        .output()
-        .expect("run weir")
-}
+use weir_tests::{guest_path, weir};
 
 /// `weir guest check FILE`, expecting failure; returns stdout and stderr.
 fn check_failing(file: &str) -> (String, String) {

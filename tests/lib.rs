@@ -1,11 +1,14 @@
-//! Shared helpers for weir's end-to-end tests and benchmarks.
+//! Shared helpers for weir's end-to-end tests and benchmarks: the compiled guests, the
+//! `weir` binary, a throwaway Postgres schema, a tansu broker and a registry server, each
+//! cleaned up when dropped.
 //!
 //! The guests under `guests/` are built for wasm32-wasip2 by this crate's build script;
 //! [`guest_path`] finds them.
 
+use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Where the built guest components are.
 pub const GUEST_DIR: &str = env!("WEIR_GUEST_DIR");
@@ -21,34 +24,254 @@ pub fn guest_path(name: &str) -> PathBuf {
     path
 }
 
-/// The path of the `weir` binary, built (in this profile) on first use.
+/// The path of the `weir` command line under test (see `bin/weir_under_test.rs`).
+///
+/// Only integration tests of this crate get the variable naming it; it is read at run time
+/// so this library also builds for the benches.
 pub fn weir_bin() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            // Integration tests run from target/<profile>/deps; the binary sits beside.
-            let mut dir = std::env::current_exe().expect("current exe");
-            dir.pop();
-            if dir.ends_with("deps") {
-                dir.pop();
-            }
-            let profile = dir
-                .file_name()
-                .and_then(|p| p.to_str())
-                .unwrap_or("debug")
-                .to_string();
-            let cargo = option_env!("CARGO").unwrap_or("cargo");
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--quiet", "-p", "weir", "--bin", "weir"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile == "release" {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo build -p weir");
-            assert!(status.success(), "cargo build -p weir failed");
-            let bin = dir.join("weir");
-            assert!(bin.exists(), "{} is missing after the build", bin.display());
-            bin
+    let mut dir = std::env::current_exe().expect("current exe");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("weir-under-test");
+    assert!(bin.exists(), "{} is missing", bin.display());
+    bin
+}
+
+/// Runs the `weir` command line under test with `args`, quiet logs and no colour.
+pub fn weir(args: &[&str]) -> std::process::Output {
+    Command::new(weir_bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("WEIR_LOG", "warn")
+        .output()
+        .expect("run weir")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// A short random lower-case suffix for names that must not collide between tests.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}",
+        uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .get(..12)
+            .unwrap_or("x")
+    )
+}
+
+/// The Postgres server the tests use: `WEIR_TEST_DATABASE_URL`, else the local one.
+pub fn postgres_url() -> String {
+    std::env::var("WEIR_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A Postgres schema of its own for one test, dropped (with everything in it) on drop.
+/// [`TestDb::url`] connects with that schema first on the `search_path`, so unqualified
+/// tables land in it.
+pub struct TestDb {
+    /// The schema's name.
+    pub schema: String,
+    base: String,
+}
+
+impl TestDb {
+    /// Creates a fresh schema.
+    pub fn new() -> Self {
+        let schema = unique("weir_test");
+        run_sql(&postgres_url(), &format!("CREATE SCHEMA {schema}"));
+        Self {
+            schema,
+            base: postgres_url(),
+        }
+    }
+
+    /// A connection URL whose `search_path` is this schema.
+    pub fn url(&self) -> String {
+        let sep = if self.base.contains('?') { '&' } else { '?' };
+        format!(
+            "{}{sep}options=-c%20search_path%3D{}",
+            self.base, self.schema
+        )
+    }
+}
+
+impl Default for TestDb {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        run_sql(
+            &self.base,
+            &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema),
+        );
+    }
+}
+
+/// Runs SQL on a blocking connection of its own (test setup and cleanup).
+pub fn run_sql(url: &str, sql: &str) {
+    let url = url.to_string();
+    let sql = sql.to_string();
+    // A thread of its own, so this works inside and outside a tokio runtime.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+            tokio::spawn(conn);
+            client
+                .batch_execute(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
         })
-        .clone()
+    })
+    .join()
+    .expect("sql thread");
+}
+
+/// A tansu broker with in-memory storage on a free port, killed on drop.
+pub struct Broker {
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    pub bootstrap: String,
+    child: Child,
+}
+
+impl Broker {
+    /// Starts tansu (from `PATH` or `~/.cargo/bin`) and waits until it accepts connections.
+    pub fn start() -> Self {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--storage-engine",
+                "memory://tansu/",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "start tansu (install it: cargo install tansu@0.6.0 --locked --features dynostore)",
+            );
+        let bootstrap = format!("127.0.0.1:{port}");
+        wait_for_port(&bootstrap, Duration::from_secs(30));
+        Self { bootstrap, child }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Some(home) = std::env::var_os("HOME") {
+        let p = PathBuf::from(home).join(".cargo/bin/tansu");
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("tansu")
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_port(addr: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listening on {addr} after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// weir's registry server on a free port, stored in the given database, stopped on drop.
+pub struct Registry {
+    /// Base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Registry {
+    /// Starts the server on a thread of its own and waits until it listens.
+    pub fn start(database_url: &str) -> Self {
+        Self::start_on(database_url, 0)
+    }
+
+    /// Starts the server on `port` (0: any free port), with `SO_REUSEADDR` so a test can
+    /// stop it and start it again on the same port.
+    pub fn start_on(database_url: &str, port: u16) -> Self {
+        let database_url = database_url.to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let server = weir::registry::server::RegistryServer::connect(&database_url)
+                    .await
+                    .expect("registry connects to Postgres");
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.set_reuseaddr(true).unwrap();
+                socket
+                    .bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+                    .unwrap_or_else(|e| panic!("bind registry port {port}: {e}"));
+                let listener = socket.listen(128).unwrap();
+                ready_tx.send(listener.local_addr().unwrap()).unwrap();
+                server
+                    .serve(listener, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .expect("registry serves");
+            })
+        });
+        let addr = ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("registry started");
+        Self {
+            url: format!("http://{addr}"),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -1,8 +1,12 @@
 //! weir: WebAssembly stream processors between Kafka and Postgres.
 //!
-//! Modules, in the direction data flows: [`runtime`] runs guests; [`cli`] is the `weir`
-//! command.
+//! Modules, in the direction data flows: [`source`] consumes and decodes Kafka messages
+//! with schemas from the [`registry`]; [`runtime`] runs guests on them; [`cli`] is the
+//! `weir` command.
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod ingest;
+pub mod registry;
 pub mod runtime;
+pub mod source;

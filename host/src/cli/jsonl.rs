@@ -253,7 +253,8 @@ fn policy_text(p: &MergePolicy) -> String {
     }
 }
 
-fn key_json(key: &Option<Vec<u8>>) -> Json {
+/// A key as JSON: its text when it is UTF-8, else `{"$bytes": …}`.
+pub fn key_json(key: &Option<Vec<u8>>) -> Json {
     match key {
         None => Json::Null,
         Some(k) => match std::str::from_utf8(k) {
@@ -281,6 +282,19 @@ fn action_json(a: &Action) -> Json {
             },
         } }),
     }
+}
+
+/// A message as a JSON line, in the notation [`parse_message`] reads.
+pub fn message_json(message: &Message) -> Json {
+    json!({
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "timestamp_ms": message.timestamp_ms,
+        "key": key_json(&message.key),
+        "schema_id": message.schema_id,
+        "fields": row_json(&message.fields),
+    })
 }
 
 /// One outcome as a JSON object naming the message it belongs to.

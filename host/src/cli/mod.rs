@@ -1,7 +1,11 @@
 //! The `weir` command line.
 
 mod guest;
+mod ingest;
 pub mod jsonl;
+mod registry;
+mod schemas;
+mod tail;
 
 use std::process::ExitCode;
 
@@ -31,6 +35,17 @@ enum Command {
     /// Inspect and try guest components.
     #[command(subcommand)]
     Guest(guest::GuestCommand),
+    /// Run the Confluent-compatible schema registry.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
+    /// Register Avro schemas with a registry.
+    #[command(subcommand)]
+    Schemas(schemas::SchemasCommand),
+    /// Produce ticks to Kafka: simulated, or replayed from a file.
+    #[command(subcommand)]
+    Ingest(ingest::IngestCommand),
+    /// Print a topic's messages, decoded through the registry, as JSON lines.
+    Tail(tail::TailArgs),
 }
 
 /// Parses the arguments, runs the command and returns the process exit code.
@@ -39,6 +54,10 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Guest(cmd) => guest::run(cmd),
+        Command::Registry(cmd) => block_on(registry::run(cmd)),
+        Command::Schemas(cmd) => block_on(schemas::run(cmd)),
+        Command::Ingest(cmd) => block_on(ingest::run(cmd)),
+        Command::Tail(args) => block_on(tail::run(args)),
     };
     match result {
         Ok(code) => code,
@@ -47,6 +66,16 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs an async command on a multi-threaded tokio runtime.
+fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    command: F,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(command)
 }
 
 fn init_logging(format: LogFormat) {
@@ -60,6 +89,21 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Where Kafka and the schema registry are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Endpoints {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
+    pub brokers: String,
+    /// Schema registry URL.
+    #[arg(
+        long,
+        env = "SCHEMA_REGISTRY_URL",
+        default_value = "http://localhost:8081"
+    )]
+    pub registry: String,
 }
 
 /// Parses a byte size: `512`, `64KiB`, `128MiB`, `1GiB` (also `K`, `M`, `G`, `KB`…, all

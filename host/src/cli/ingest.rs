@@ -1,0 +1,305 @@
+//! `weir ingest simulate` and `weir ingest replay`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::ingest::replay::{Format, Reader};
+use crate::ingest::simulate::{AssetClass, SimConfig, Simulator, Symbol};
+use crate::ingest::{Pacer, Producer, now_ms};
+use crate::registry::RegistryClient;
+use crate::source::kafka::ensure_topics;
+
+/// `weir ingest` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum IngestCommand {
+    /// Produce simulated ticks for stocks, crypto and currency pairs.
+    Simulate(SimulateArgs),
+    /// Produce the ticks in a JSON lines or CSV file.
+    Replay(ReplayArgs),
+}
+
+/// Where to produce.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Kafka and the registry; each topic's subject `TOPIC-value` must be registered.
+    #[command(flatten)]
+    endpoints: super::Endpoints,
+    /// Messages a second; `max` for as fast as possible.
+    #[arg(long, default_value = "100", value_parser = parse_rate)]
+    rate: Rate,
+    /// Create missing topics with this many partitions (0: do not create).
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+}
+
+/// A target rate.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate(Option<f64>);
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    if s.eq_ignore_ascii_case("max") {
+        return Ok(Rate(None));
+    }
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(Rate(Some(r))),
+        _ => Err(format!(
+            "{s:?} is not a rate: a positive number of messages a second, or max"
+        )),
+    }
+}
+
+/// Arguments of `weir ingest simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Stock symbols, `AAPL,MSFT` or with starting prices `AAPL=187.5`; `none` for none.
+    #[arg(long, value_delimiter = ',')]
+    stocks: Option<Vec<String>>,
+    /// Crypto symbols (`BTC-USD,ETH-USD`); `none` for none.
+    #[arg(long, value_delimiter = ',')]
+    crypto: Option<Vec<String>>,
+    /// FX pairs (`EURUSD=X,USDJPY=X`); `none` for none.
+    #[arg(long, value_delimiter = ',')]
+    currency: Option<Vec<String>>,
+    /// Stop after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this long (`30s`, `5m`).
+    #[arg(long, value_parser = super::parse_duration)]
+    duration: Option<Duration>,
+    /// Seed of the random walk (and event ids); random when left out.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Give events simulated times from this instant on (RFC 3339), advancing by one
+    /// interval of the rate per message, instead of the wall clock: with --seed, the same
+    /// ticks every run.
+    #[arg(long)]
+    start_time: Option<String>,
+    /// Share of ticks that arrive late (event time set back by up to --late-by).
+    #[arg(long, default_value_t = 0.0)]
+    late_fraction: f64,
+    /// How late a late tick may be.
+    #[arg(long, default_value = "2m", value_parser = super::parse_duration)]
+    late_by: Duration,
+    /// Share of ticks sent twice with the same event id (a redelivering feed).
+    #[arg(long, default_value_t = 0.0)]
+    duplicate_fraction: f64,
+}
+
+/// Arguments of `weir ingest replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The file: JSON lines, or CSV with a header row.
+    file: PathBuf,
+    #[command(flatten)]
+    target: Target,
+    /// Topic of records that name none in a `topic` field.
+    #[arg(long)]
+    topic: Option<String>,
+    /// File format; by default from the extension (.csv is CSV, else JSON lines).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+}
+
+/// Runs a `weir ingest` command.
+pub async fn run(cmd: IngestCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        IngestCommand::Simulate(args) => simulate(args).await,
+        IngestCommand::Replay(args) => replay(args).await,
+    }
+}
+
+fn symbols(class: AssetClass, given: &Option<Vec<String>>) -> anyhow::Result<Vec<Symbol>> {
+    match given {
+        None => Ok(class
+            .default_symbols()
+            .iter()
+            .map(|(n, p)| Symbol {
+                class,
+                name: n.to_string(),
+                open: *p,
+            })
+            .collect()),
+        Some(list) if list.len() == 1 && list[0].eq_ignore_ascii_case("none") => Ok(vec![]),
+        Some(list) => list
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| Symbol::parse(class, s).map_err(|e| anyhow::anyhow!("--{}: {e}", flag(class))))
+            .collect(),
+    }
+}
+
+fn flag(class: AssetClass) -> &'static str {
+    match class {
+        AssetClass::Stocks => "stocks",
+        AssetClass::Crypto => "crypto",
+        AssetClass::Currency => "currency",
+    }
+}
+
+async fn prepare(target: &Target, topics: &[String]) -> anyhow::Result<Producer> {
+    if target.partitions > 0 {
+        ensure_topics(&target.endpoints.brokers, topics, target.partitions).await?;
+    }
+    let registry = RegistryClient::new(&target.endpoints.registry)?;
+    Producer::connect(&target.endpoints.brokers, &registry, topics).await
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let mut all = Vec::new();
+    for (class, given) in [
+        (AssetClass::Stocks, &args.stocks),
+        (AssetClass::Crypto, &args.crypto),
+        (AssetClass::Currency, &args.currency),
+    ] {
+        all.extend(symbols(class, given)?);
+    }
+    anyhow::ensure!(!all.is_empty(), "no symbols to simulate");
+    for (name, f) in [
+        ("--late-fraction", args.late_fraction),
+        ("--duplicate-fraction", args.duplicate_fraction),
+    ] {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&f),
+            "{name} must be between 0 and 1, not {f}"
+        );
+    }
+    let start_ms = match &args.start_time {
+        Some(t) => Some(
+            humantime::parse_rfc3339_weak(t)
+                .map_err(|e| anyhow::anyhow!("--start-time {t:?}: {e}"))?
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as i64,
+        ),
+        None => None,
+    };
+    let mut topics: Vec<String> = all.iter().map(|s| s.class.topic().to_string()).collect();
+    topics.sort();
+    topics.dedup();
+    let mut producer = prepare(&args.target, &topics).await?;
+    let seed = args.seed.unwrap_or_else(|| now_ms() as u64);
+    tracing::info!(seed, symbols = all.len(), "Simulating ticks");
+    let mut sim = Simulator::new(SimConfig {
+        symbols: all,
+        seed,
+        late_fraction: args.late_fraction,
+        late_by_ms: args.late_by.as_millis() as i64,
+        duplicate_fraction: args.duplicate_fraction,
+        source: "simulator".into(),
+    });
+    let mut pacer = Pacer::new(args.target.rate.0);
+    let step_ms = pacer.interval().as_secs_f64() * 1000.0;
+    let deadline = args.duration.map(|d| std::time::Instant::now() + d);
+    let mut sent = 0u64;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        if args.count.is_some_and(|c| sent >= c)
+            || deadline.is_some_and(|d| std::time::Instant::now() >= d)
+        {
+            break;
+        }
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = pacer.tick() => {}
+        }
+        let now = now_ms();
+        let event_ms = start_ms.map_or(now, |s| s + (sent as f64 * step_ms) as i64);
+        let (class, tick) = sim.next_tick(event_ms, now);
+        let key = tick["id"].as_str().unwrap_or_default().to_string();
+        if let Err(e) = producer.send(class.topic(), &key, &tick).await? {
+            anyhow::bail!(
+                "simulated tick does not fit the registered schema of {}: {e}",
+                class.topic()
+            );
+        }
+        sent += 1;
+        producer.report();
+    }
+    producer.finish().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let format = args.format.unwrap_or_else(|| Format::for_path(&args.file));
+    // Read everything first: a bad line is reported before anything is produced.
+    let mut reader = Reader::open(&args.file, format)?;
+    let mut records = Vec::new();
+    while let Some(record) = reader.next_record() {
+        let record = record?;
+        let topic = record
+            .topic
+            .clone()
+            .or_else(|| args.topic.clone())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}:{}: the record names no topic; add a `topic` field or pass --topic",
+                    args.file.display(),
+                    record.line
+                )
+            })?;
+        records.push((topic, record));
+    }
+    let mut topics: Vec<String> = records.iter().map(|(t, _)| t.clone()).collect();
+    topics.sort();
+    topics.dedup();
+    anyhow::ensure!(!records.is_empty(), "{}: no records", args.file.display());
+    let mut producer = prepare(&args.target, &topics).await?;
+    let source = format!(
+        "replay:{}",
+        args.file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("file")
+    );
+    // Encode everything before sending anything: a bad field stops the replay with its
+    // line before a single message is produced.
+    let mut encoded = Vec::with_capacity(records.len());
+    for (topic, mut record) in records {
+        // Fields a file may leave out: when it was read, and from where.
+        let fields = &mut record.fields;
+        fields
+            .entry("ingestion_time")
+            .or_insert_with(|| serde_json::json!(now_ms()));
+        fields
+            .entry("source")
+            .or_insert_with(|| serde_json::json!(source));
+        let key = fields
+            .get("id")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let payload = producer
+            .encode(&topic, fields)
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", args.file.display(), record.line))?;
+        encoded.push((topic, key, payload));
+    }
+    let mut pacer = Pacer::new(args.target.rate.0);
+    for (topic, key, payload) in encoded {
+        pacer.tick().await;
+        producer.send_bytes(&topic, &key, &payload).await?;
+        producer.report();
+    }
+    producer.finish().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,77 @@
+//! `weir registry`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use crate::registry::server::RegistryServer;
+
+/// `weir registry` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Serve the Confluent Schema Registry REST API, stored in Postgres.
+    Serve(ServeArgs),
+}
+
+/// `weir registry serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (host:port).
+    #[arg(long, env = "WEIR_REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
+    listen: String,
+
+    /// Postgres URL of the database holding the registry's tables
+    /// (postgresql://user:password@host:5432/db; add `?options=-c%20search_path%3Dname` to use
+    /// another schema than `public`). The tables are created if missing.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+}
+
+/// Runs a `weir registry` command.
+pub async fn run(cmd: RegistryCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RegistryCommand::Serve(args) => serve(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let server = RegistryServer::connect(&args.database_url).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "Schema registry listening");
+    server.serve(listener, shutdown_signal()).await?;
+    tracing::info!(%address, "Schema registry stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM; the server then finishes the requests in flight.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "Cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!(signal = "SIGINT", "Shutting down the schema registry"),
+        () = terminate => tracing::info!(signal = "SIGTERM", "Shutting down the schema registry"),
+    }
+}

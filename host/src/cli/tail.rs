@@ -1,0 +1,84 @@
+//! `weir tail`: a topic's messages, decoded through the registry, as JSON lines.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::json;
+
+use super::ingest::shutdown_signal;
+use super::jsonl::{key_json, message_json};
+use crate::registry::RegistryClient;
+use crate::source::{Decoded, Decoder, KafkaSource, SourceConfig, StartFrom};
+
+/// Arguments of `weir tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// The topic.
+    topic: String,
+    #[command(flatten)]
+    endpoints: super::Endpoints,
+    /// Start with the oldest message instead of new ones.
+    #[arg(long)]
+    from_beginning: bool,
+    /// Stop after this many messages.
+    #[arg(long, short = 'n')]
+    count: Option<u64>,
+}
+
+/// Runs `weir tail`.
+pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
+    let registry = Arc::new(RegistryClient::new(&args.endpoints.registry)?);
+    let decoder = Decoder::new(registry);
+    let mut source = KafkaSource::new(&SourceConfig {
+        brokers: args.endpoints.brokers.clone(),
+        // A group of its own: tail never moves a pipeline's offsets.
+        group_id: format!("weir-tail-{}", uuid::Uuid::new_v4().simple()),
+        topics: vec![args.topic.clone()],
+        batch_size: 500,
+        linger: Duration::from_millis(50),
+        start: if args.from_beginning {
+            StartFrom::Earliest
+        } else {
+            StartFrom::Latest
+        },
+        properties: vec![("enable.auto.commit".into(), "false".into())],
+    })?;
+    let mut printed = 0u64;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let mut out = std::io::stdout();
+    while args.count.is_none_or(|c| printed < c) {
+        let batch = tokio::select! {
+            _ = &mut stop => break,
+            batch = source.next_batch() => batch?,
+        };
+        for (raw, decoded) in batch
+            .messages
+            .iter()
+            .zip(decoder.decode_batch(&batch).await)
+        {
+            if args.count.is_some_and(|c| printed >= c) {
+                break;
+            }
+            let line = match decoded {
+                Decoded::Message(m) => message_json(&m),
+                Decoded::DeadLetter(d) => json!({
+                    "topic": d.topic,
+                    "partition": d.partition,
+                    "offset": d.offset,
+                    "timestamp_ms": raw.timestamp_ms,
+                    "key": key_json(&d.key),
+                    "dead_letter": { "stage": d.stage.as_str(), "error": d.error },
+                }),
+            };
+            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(b"\n")?;
+            printed += 1;
+        }
+        out.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
