@@ -30,11 +30,8 @@ test: guests services
 bench: guests
 	cargo bench -p weir-tests --bench runtime
 
-# Until the Kafka/Postgres pipeline lands, the demo shows the guest contract end to end:
-# check the passthrough guest against the world, then run it over sample ticks.
+# The whole pipeline locally: broker, registry, simulator, weir run, Postgres
+# (tests/demo/run.sh says how Postgres is found). Ctrl-C stops it.
 .PHONY: demo
-demo: guests
-	cargo build --release -p weir
-	./target/release/weir guest check guests/target/wasm32-wasip2/release/passthrough.wasm
-	./target/release/weir guest run guests/target/wasm32-wasip2/release/passthrough.wasm \
-		--input tests/data/ticks.jsonl --config include_metadata=true
+demo:
+	bash tests/demo/run.sh

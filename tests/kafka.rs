@@ -293,6 +293,7 @@ fn source(broker: &Broker, topic: &str) -> KafkaSource {
         linger: Duration::from_millis(100),
         start: StartFrom::Earliest,
         properties: vec![],
+        subscribe: true,
     })
     .unwrap()
 }

@@ -275,3 +275,160 @@ impl Drop for Registry {
         }
     }
 }
+
+/// Runs the `weir` command line under test like [`weir`], with extra environment
+/// variables set for it.
+pub fn weir_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(weir_bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("WEIR_LOG", "warn")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run weir")
+}
+
+/// A Postgres cluster of its own (initdb + pg_ctl in a temporary directory, on a free
+/// port), for tests that restart the server. Removed on drop.
+pub struct PgCluster {
+    /// Port it listens on (127.0.0.1).
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PgCluster {
+    /// Creates and starts the cluster (as the `postgres` user when running as root, since
+    /// Postgres refuses to run as root).
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("weir-pg")
+            .tempdir()
+            .expect("temp dir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let root = running_as_root();
+        if root {
+            let chown = |p: &std::path::Path| {
+                let ok = Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(p)
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                assert!(ok, "chown {} to postgres", p.display());
+            };
+            chown(dir.path());
+            Command::new("chmod")
+                .arg("755")
+                .arg(dir.path())
+                .status()
+                .unwrap();
+        }
+        let port = free_port();
+        let cluster = Self { port, dir };
+        cluster.pg(&[
+            "initdb",
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-N",
+        ]);
+        cluster.pg_ctl("start");
+        cluster
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn pg(&self, args: &[&str]) {
+        let mut cmd = if running_as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).args(args);
+            c
+        } else {
+            let mut c = Command::new(args[0]);
+            c.args(&args[1..]);
+            c
+        };
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", args[0]));
+        assert!(
+            out.status.success(),
+            "{} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let data = self.data();
+        let opts = format!(
+            "-p {} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port
+        );
+        let log = format!("{data}/server.log");
+        self.pg(&[
+            "pg_ctl", "-D", &data, "-o", &opts, "-l", &log, "-m", "fast", "-w", action,
+        ]);
+    }
+
+    /// Stops and starts the server (connections are cut).
+    pub fn restart(&self) {
+        self.pg_ctl("restart");
+    }
+
+    /// Stops the server.
+    pub fn stop(&self) {
+        self.pg_ctl("stop");
+    }
+
+    /// Starts a stopped server.
+    pub fn start_again(&self) {
+        self.pg_ctl("start");
+    }
+
+    /// URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = Command::new(if running_as_root() {
+            "runuser"
+        } else {
+            "pg_ctl"
+        })
+        .args(if running_as_root() {
+            vec![
+                "-u",
+                "postgres",
+                "--",
+                "pg_ctl",
+                "-D",
+                &data,
+                "-m",
+                "immediate",
+                "stop",
+            ]
+        } else {
+            vec!["-D", &data, "-m", "immediate", "stop"]
+        })
+        .output();
+    }
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}

@@ -6,7 +6,11 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod config;
 pub mod ingest;
+pub mod metrics;
+pub mod pipeline;
 pub mod registry;
 pub mod runtime;
+pub mod sink;
 pub mod source;

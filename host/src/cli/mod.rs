@@ -1,9 +1,12 @@
 //! The `weir` command line.
 
+mod config;
 mod guest;
 mod ingest;
 pub mod jsonl;
+mod migrate;
 mod registry;
+mod run;
 mod schemas;
 mod tail;
 
@@ -32,6 +35,9 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Render and check the configuration file.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Inspect and try guest components.
     #[command(subcommand)]
     Guest(guest::GuestCommand),
@@ -46,6 +52,10 @@ enum Command {
     Ingest(ingest::IngestCommand),
     /// Print a topic's messages, decoded through the registry, as JSON lines.
     Tail(tail::TailArgs),
+    /// Run the pipelines of a config: Kafka → guests → Postgres, exactly once.
+    Run(run::RunArgs),
+    /// Apply a directory of SQL migrations to Postgres, each file once, in name order.
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Parses the arguments, runs the command and returns the process exit code.
@@ -53,11 +63,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
+        Command::Config(cmd) => config::run(cmd),
         Command::Guest(cmd) => guest::run(cmd),
         Command::Registry(cmd) => block_on(registry::run(cmd)),
         Command::Schemas(cmd) => block_on(schemas::run(cmd)),
         Command::Ingest(cmd) => block_on(ingest::run(cmd)),
         Command::Tail(args) => block_on(tail::run(args)),
+        Command::Run(args) => block_on(run::run(args)),
+        Command::Migrate(args) => block_on(migrate::run(args)),
     };
     match result {
         Ok(code) => code,
@@ -106,35 +119,8 @@ pub struct Endpoints {
     pub registry: String,
 }
 
-/// Parses a byte size: `512`, `64KiB`, `128MiB`, `1GiB` (also `K`, `M`, `G`, `KB`…, all
-/// powers of 1024).
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (like 512, 64KiB, 128MiB, 1GiB)"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        other => {
-            return Err(format!(
-                "{text:?}: unknown size unit {other:?} (use KiB, MiB or GiB)"
-            ));
-        }
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{text:?} is too large"))
-}
-
-/// Parses a duration: `500ms`, `5s`, `1m 30s`.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration (like 500ms, 5s, 1m): {e}"))
-}
+// The parsers of sizes and durations live with the configuration, which reads them too.
+pub use crate::config::{parse_duration, parse_size};
 
 #[cfg(test)]
 mod tests {

@@ -45,6 +45,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
             StartFrom::Latest
         },
         properties: vec![("enable.auto.commit".into(), "false".into())],
+        subscribe: true,
     })?;
     let mut printed = 0u64;
     let stop = shutdown_signal();

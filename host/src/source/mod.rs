@@ -12,10 +12,13 @@ mod decode;
 pub mod kafka;
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio::time::Instant;
 
 pub use decode::{DeadLetter, Decoded, Decoder, Stage};
@@ -46,6 +49,9 @@ pub struct SourceConfig {
     pub start: StartFrom,
     /// Extra librdkafka properties, applied last.
     pub properties: Vec<(String, String)>,
+    /// Let Kafka's group coordinator assign partitions (`subscribe`), or leave assignment
+    /// to the caller ([`KafkaSource::assign`]).
+    pub subscribe: bool,
 }
 
 /// One message as read from Kafka, not yet decoded.
@@ -101,12 +107,64 @@ struct Pending {
     messages: Vec<RawMessage>,
 }
 
+/// A change of the partitions this member owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    /// These partitions were assigned.
+    Assigned(Vec<(String, i32)>),
+    /// These partitions were taken away; their pending messages were dropped.
+    Revoked(Vec<(String, i32)>),
+}
+
+/// Records rebalances for the pipeline to act on (seek to stored offsets, forget state).
+#[derive(Default)]
+pub struct SourceContext {
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+impl ClientContext for SourceContext {}
+
+fn partitions(list: &TopicPartitionList) -> Vec<(String, i32)> {
+    list.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            tracing::info!(partitions = ?partitions(list), "Partitions revoked");
+            self.events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(RebalanceEvent::Revoked(partitions(list)));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(partitions = ?partitions(list), "Partitions assigned");
+                self.events
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(RebalanceEvent::Assigned(partitions(list)));
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "Rebalance failed"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
 /// A consumer-group member yielding per-partition batches.
 pub struct KafkaSource {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<SourceContext>,
     batch_size: usize,
     linger: Duration,
+    per_topic: HashMap<String, (usize, Duration)>,
     pending: HashMap<(String, i32), Pending>,
+    assigned: Vec<(String, i32)>,
 }
 
 impl KafkaSource {
@@ -132,19 +190,119 @@ impl KafkaSource {
         for (k, v) in &config.properties {
             client.set(k, v);
         }
-        let consumer: StreamConsumer = client
-            .create()
+        let consumer: StreamConsumer<SourceContext> = client
+            .create_with_context(SourceContext::default())
             .map_err(|e| setup(format!("cannot create the consumer: {e}")))?;
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| setup(format!("cannot subscribe to {}: {e}", topics.join(", "))))?;
+        if config.subscribe {
+            let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+            consumer
+                .subscribe(&topics)
+                .map_err(|e| setup(format!("cannot subscribe to {}: {e}", topics.join(", "))))?;
+        }
         Ok(Self {
             consumer,
             batch_size: config.batch_size.max(1),
             linger: config.linger,
+            per_topic: HashMap::new(),
             pending: HashMap::new(),
+            assigned: Vec::new(),
         })
+    }
+
+    /// Uses its own batch size and linger for `topic`.
+    pub fn set_topic_batching(&mut self, topic: &str, batch_size: usize, linger: Duration) {
+        self.per_topic
+            .insert(topic.to_string(), (batch_size.max(1), linger));
+    }
+
+    fn batching(&self, topic: &str) -> (usize, Duration) {
+        self.per_topic
+            .get(topic)
+            .copied()
+            .unwrap_or((self.batch_size, self.linger))
+    }
+
+    /// Rebalances since the last call, oldest first. Pending messages of revoked
+    /// partitions are already dropped.
+    pub fn take_rebalances(&mut self) -> Vec<RebalanceEvent> {
+        let events = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for event in &events {
+            match event {
+                RebalanceEvent::Assigned(parts) => {
+                    for p in parts {
+                        if !self.assigned.contains(p) {
+                            self.assigned.push(p.clone());
+                        }
+                    }
+                }
+                RebalanceEvent::Revoked(parts) => {
+                    self.assigned.retain(|p| !parts.contains(p));
+                    for p in parts {
+                        self.pending.remove(p);
+                    }
+                }
+            }
+        }
+        events
+    }
+
+    /// Starts consuming these partitions, each from its offset (`None`: where
+    /// `auto.offset.reset` says).
+    pub fn assign(&mut self, partitions: &[(String, i32, Option<i64>)]) -> Result<(), SourceError> {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition, offset) in partitions {
+            let offset = match offset {
+                Some(o) => rdkafka::Offset::Offset(*o),
+                None => rdkafka::Offset::Invalid,
+            };
+            list.add_partition_offset(topic, *partition, offset)
+                .map_err(|e| SourceError::Fatal(format!("assign {topic}[{partition}]: {e}")))?;
+            let p = (topic.clone(), *partition);
+            if !self.assigned.contains(&p) {
+                self.assigned.push(p);
+            }
+        }
+        self.consumer
+            .incremental_assign(&list)
+            .map_err(|e| SourceError::Fatal(format!("assign partitions: {e}")))
+    }
+
+    /// Stops consuming these partitions and drops what was pending for them.
+    pub fn unassign(&mut self, partitions: &[(String, i32)]) -> Result<(), SourceError> {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            list.add_partition(topic, *partition);
+            self.pending.remove(&(topic.clone(), *partition));
+        }
+        self.assigned.retain(|p| !partitions.contains(p));
+        self.consumer
+            .incremental_unassign(&list)
+            .map_err(|e| SourceError::Fatal(format!("unassign partitions: {e}")))
+    }
+
+    /// Partitions this member owns now (as of the last [`KafkaSource::take_rebalances`]).
+    pub fn assigned(&self) -> &[(String, i32)] {
+        &self.assigned
+    }
+
+    /// Moves a partition's position to `offset`, dropping what was pending for it.
+    pub fn seek(&mut self, topic: &str, partition: i32, offset: i64) -> Result<(), SourceError> {
+        self.pending.remove(&(topic.to_string(), partition));
+        self.consumer
+            .seek(
+                topic,
+                partition,
+                rdkafka::Offset::Offset(offset),
+                Duration::from_secs(10),
+            )
+            .map_err(|e| SourceError::Fatal(format!("seek {topic}[{partition}] to {offset}: {e}")))
     }
 
     /// Waits for the next batch: a partition whose pending messages reached the batch size,
@@ -155,7 +313,7 @@ impl KafkaSource {
             if let Some(key) = self
                 .pending
                 .iter()
-                .filter(|(_, p)| now.duration_since(p.since) >= self.linger)
+                .filter(|((topic, _), p)| now.duration_since(p.since) >= self.batching(topic).1)
                 .min_by_key(|(_, p)| p.since)
                 .map(|(k, _)| k.clone())
             {
@@ -163,10 +321,12 @@ impl KafkaSource {
             }
             let wait = self
                 .pending
-                .values()
-                .map(|p| (p.since + self.linger).saturating_duration_since(now))
+                .iter()
+                .map(|((topic, _), p)| {
+                    (p.since + self.batching(topic).1).saturating_duration_since(now)
+                })
                 .min()
-                .unwrap_or(Duration::from_secs(1));
+                .unwrap_or(Duration::from_millis(200));
             match tokio::time::timeout(wait, self.consumer.recv()).await {
                 Err(_) => continue,
                 Ok(Err(e)) => {
@@ -183,12 +343,13 @@ impl KafkaSource {
                         key: m.key().map(<[u8]>::to_vec),
                         value: m.payload().map(<[u8]>::to_vec),
                     };
+                    let (batch_size, _) = self.batching(&key.0);
                     let pending = self.pending.entry(key.clone()).or_insert_with(|| Pending {
                         since: Instant::now(),
-                        messages: Vec::with_capacity(self.batch_size),
+                        messages: Vec::with_capacity(batch_size),
                     });
                     pending.messages.push(raw);
-                    if pending.messages.len() >= self.batch_size {
+                    if pending.messages.len() >= batch_size {
                         return Ok(self.take(key));
                     }
                 }
@@ -218,7 +379,7 @@ impl KafkaSource {
     }
 
     /// The underlying consumer.
-    pub fn consumer(&self) -> &StreamConsumer {
+    pub fn consumer(&self) -> &StreamConsumer<SourceContext> {
         &self.consumer
     }
 }

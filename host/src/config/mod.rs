@@ -1,0 +1,823 @@
+//! The configuration file, `weir.yaml`: where Kafka, the schema registry and Postgres are,
+//! and the pipelines (topic → guest → tables) to run.
+//!
+//! The file is a [tera](https://keats.github.io/tera/docs/) template, rendered before it is
+//! parsed, Helm-style:
+//!
+//! - `{{ env(name="DATABASE_URL") }}` is an environment variable; loading fails, naming the
+//!   variable and the file, when it is unset and the call gives no `default="…"`.
+//! - With `--values FILE` (YAML), the file's contents are `values` (and `Values`):
+//!   `{{ values.kafka.brokers | default(value="localhost:9092") }}`.
+//!
+//! `weir config render` prints the rendered text; line numbers in messages refer to it
+//! (they match the file as written wherever the template adds or removes no lines).
+//!
+//! Then it is parsed ([`load`]): unknown keys and wrong types are errors naming the key
+//! and the line, and the result is checked as a whole (every guest file exists, no topic
+//! feeds two pipelines, limits fit the runtime…). Relative paths are resolved against the
+//! directory of the configuration file.
+//!
+//! # Format
+//!
+//! ```yaml
+//! kafka:
+//!   brokers: {{ env(name="KAFKA_BROKERS", default="localhost:9092") }}
+//!   group_id: weir                 # consumer group (default weir)
+//!   properties:                    # extra librdkafka properties (default none)
+//!     session.timeout.ms: 45000
+//! registry:
+//!   url: {{ env(name="SCHEMA_REGISTRY_URL", default="http://localhost:8081") }}
+//! database:
+//!   url: {{ env(name="DATABASE_URL") }}
+//!   migrations: migrations         # optional; relative to this file
+//! http:
+//!   listen: 0.0.0.0:9464           # /metrics, /healthz, /readyz (default 127.0.0.1:9464)
+//! runtime:
+//!   max_stack: 512KiB              # native stack per guest call (default 512KiB)
+//!   instances: 64                  # guest instances live at once (default 64)
+//!   max_memory: 1GiB               # largest memory any guest may have (default 1GiB)
+//! guests:
+//!   dir: guests                    # where bare guest names are found; relative to this file
+//! pipelines:
+//!   - name: stocks
+//!     topic: tickers.stocks        # one topic…
+//!     guest: ticks.wasm            # relative to guests.dir (else to this file), or absolute
+//!     batch: {size: 500, linger: 100ms}       # the defaults
+//!     limits: {deadline: 5s, max_memory: 64MiB} # per guest call (defaults 10s, 128MiB)
+//!     config:                      # handed to the guest; scalars become text
+//!       table: stock_ticks
+//!   - name: candles
+//!     topics: [tickers.crypto, tickers.currency]   # …or several
+//!     guest: candles.wasm          # (an absolute path works too)
+//!     config: {interval: 1m, table: candles}
+//!     tables: [candles]            # tables it writes (default: config.table, if any)
+//! {% for p in values.extra_pipelines | default(value=[]) %}
+//!   - name: {{ p.name }}
+//!     topic: {{ p.topic }}
+//!     guest: {{ p.guest }}
+//! {% endfor %}
+//! ```
+//!
+//! Durations take a unit (`200ms`, `5s`, `1m`); sizes are bytes or take a unit (`64KiB`,
+//! `64MiB`, `1GiB`, powers of 1024).
+
+mod de;
+mod locate;
+mod render;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::runtime::{GuestLimits, PoolingConfig, RuntimeConfig};
+pub use de::{format_size, parse_duration, parse_size};
+use locate::Locator;
+pub use render::render;
+
+/// A loaded, checked configuration file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where Kafka is and how to consume.
+    pub kafka: KafkaConfig,
+    /// Where the schema registry is.
+    pub registry: RegistryConfig,
+    /// Where Postgres is.
+    pub database: DatabaseConfig,
+    /// The HTTP endpoints: metrics and probes.
+    pub http: HttpConfig,
+    /// Engine-wide guest runtime settings.
+    pub runtime: RuntimeSettings,
+    /// Where guests are found.
+    pub guests: GuestsConfig,
+    /// The pipelines, in file order; at least one.
+    pub pipelines: Vec<PipelineConfig>,
+    /// The configuration file (absolute).
+    pub source: PathBuf,
+}
+
+/// `kafka:`: the brokers and the consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Consumer group id (default `weir`).
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Extra librdkafka properties (`session.timeout.ms: 45000`), passed as they are.
+    #[serde(default, deserialize_with = "de::string_map")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// `registry:`: the Confluent-compatible schema registry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL, `http://host:port`.
+    pub url: String,
+}
+
+/// `database:`: Postgres.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Connection URL, `postgresql://user:password@host/db`.
+    pub url: String,
+    /// A directory of SQL migrations to apply at start, resolved relative to the
+    /// configuration file's directory.
+    #[serde(default)]
+    pub migrations: Option<PathBuf>,
+}
+
+/// `http:`: the endpoint serving `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on (default `127.0.0.1:9464`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// `runtime:`: settings of the guest runtime, shared by all guests.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Native stack a guest call may use, in bytes (default 512KiB).
+    #[serde(default = "default_max_stack", deserialize_with = "de::size")]
+    pub max_stack: usize,
+    /// Guest instances that may be live at once, across all guests (default 64).
+    #[serde(default = "default_instances")]
+    pub instances: u32,
+    /// Size of each pooled memory slot: no guest's `limits.max_memory` may exceed it
+    /// (default 1GiB).
+    #[serde(default = "default_runtime_max_memory", deserialize_with = "de::size")]
+    pub max_memory: usize,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            max_stack: default_max_stack(),
+            instances: default_instances(),
+            max_memory: default_runtime_max_memory(),
+        }
+    }
+}
+
+/// `guests:`: where guest components are found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestsConfig {
+    /// Directory where relative guest file names are looked up (and, later, watched for
+    /// new versions), resolved relative to the configuration file's directory.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+/// One pipeline: topics → guest → tables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    /// Unique name, for logs and metrics.
+    pub name: String,
+    /// The topics it consumes; no topic feeds two pipelines.
+    pub topics: Vec<String>,
+    /// The guest component (absolute path; the file exists).
+    pub guest: PathBuf,
+    /// Most messages per guest call.
+    pub batch_size: usize,
+    /// How long to wait for a batch to fill before processing what there is.
+    pub linger: Duration,
+    /// CPU deadline and memory cap of each guest call.
+    pub limits: GuestLimits,
+    /// Settings handed to the guest (`config:`), as text.
+    pub guest_config: BTreeMap<String, String>,
+    /// The tables this pipeline writes, checked at start.
+    pub tables: Vec<String>,
+}
+
+impl Config {
+    /// The guest runtime's settings: stack, and a pooling allocator sized from `runtime:`.
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            max_wasm_stack: self.runtime.max_stack,
+            pooling: Some(PoolingConfig {
+                instances: self.runtime.instances,
+                max_memory: self.runtime.max_memory,
+            }),
+            ..RuntimeConfig::default()
+        }
+    }
+}
+
+/// The configuration could not be loaded. Each message starts with the file and says
+/// which key (and, where known, which line) is wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The values file is missing, not YAML, or not a mapping.
+    #[error("values file {path}: {detail}")]
+    Values {
+        /// The values file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The template does not parse or render (tera's message, with its line information).
+    #[error("{path}: template: {detail}")]
+    Template {
+        /// The configuration file.
+        path: PathBuf,
+        /// tera's message and its causes.
+        detail: String,
+    },
+    /// `env()` names an unset variable and gives no default.
+    #[error(
+        "{path}: environment variable {name} is not set{}; set it, or give env() a default: env(name=\"{name}\", default=\"…\")",
+        at_line(*.line)
+    )]
+    EnvUnset {
+        /// The configuration file.
+        path: PathBuf,
+        /// The variable.
+        name: String,
+        /// The line of the `env()` call, if found.
+        line: Option<usize>,
+    },
+    /// The rendered text is not YAML of the expected shape: an unknown key, a wrong type,
+    /// a missing key (serde_yaml's message, with the key path and the line).
+    #[error("{path}: {detail}")]
+    Parse {
+        /// The configuration file.
+        path: PathBuf,
+        /// What and where.
+        detail: String,
+    },
+    /// A value is refused by the checks made after parsing.
+    #[error("{path}: {key}: {message}{}", at_line(*.line))]
+    Invalid {
+        /// The configuration file.
+        path: PathBuf,
+        /// The key, like `pipelines[1] (crypto).batch.size`.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+        /// The line in the rendered file, if found.
+        line: Option<usize>,
+    },
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!(" (line {l})")).unwrap_or_default()
+}
+
+/// Renders, parses and checks the configuration file at `path`, with the template values
+/// in the YAML file `values`, if any.
+pub fn load(path: &Path, values: Option<&Path>) -> Result<Config, ConfigError> {
+    let text = render(path, values)?;
+    parse(path, &text)
+}
+
+/// Parses and checks rendered configuration text; `path` is where it came from (for
+/// messages, and the base of relative paths).
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let at = Locator::new(text);
+    let file: ConfigFile = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        detail: parse_detail(&e),
+    })?;
+    Checker { path, at }.check(file)
+}
+
+/// serde_yaml's message, with its position. serde_yaml leaves out a position at the very
+/// start of the file (line 1, column 1), which is where an unknown first key is.
+fn parse_detail(e: &serde_yaml::Error) -> String {
+    let message = e.to_string();
+    match e.location() {
+        Some(l) if !message.contains(" at line ") => {
+            format!("{message} at line {} column {}", l.line(), l.column())
+        }
+        _ => message,
+    }
+}
+
+/// The file as written (the parts whose shape differs from [`Config`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    /// Kafka brokers and consumer settings.
+    kafka: KafkaConfig,
+    /// The schema registry.
+    registry: RegistryConfig,
+    /// Postgres.
+    database: DatabaseConfig,
+    /// The metrics and probes endpoint.
+    #[serde(default)]
+    http: HttpConfig,
+    /// Guest runtime settings.
+    #[serde(default)]
+    runtime: RuntimeSettings,
+    /// Where guests are found.
+    #[serde(default)]
+    guests: GuestsConfig,
+    /// The pipelines.
+    pipelines: Vec<PipelineFile>,
+}
+
+/// One item of `pipelines:` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    /// Unique name.
+    name: String,
+    /// The one topic consumed (or use `topics`).
+    #[serde(default)]
+    topic: Option<String>,
+    /// The topics consumed (or use `topic`).
+    #[serde(default)]
+    topics: Option<Vec<String>>,
+    /// The guest component file.
+    guest: PathBuf,
+    /// Batching.
+    #[serde(default)]
+    batch: BatchFile,
+    /// Per-call limits.
+    #[serde(default)]
+    limits: LimitsFile,
+    /// Settings handed to the guest.
+    #[serde(default, deserialize_with = "de::string_map")]
+    config: BTreeMap<String, String>,
+    /// The tables written (default: `config.table`).
+    #[serde(default)]
+    tables: Option<Vec<String>>,
+}
+
+/// `batch:` of a pipeline.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchFile {
+    /// Most messages per guest call (default 500).
+    #[serde(default = "default_batch_size")]
+    size: usize,
+    /// Longest wait for a batch to fill (default 100ms).
+    #[serde(default = "default_linger", deserialize_with = "de::duration")]
+    linger: Duration,
+}
+
+impl Default for BatchFile {
+    fn default() -> Self {
+        Self {
+            size: default_batch_size(),
+            linger: default_linger(),
+        }
+    }
+}
+
+/// `limits:` of a pipeline.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    /// CPU deadline of one guest call (default 10s).
+    #[serde(default = "default_deadline", deserialize_with = "de::duration")]
+    deadline: Duration,
+    /// Memory cap of one guest call (default 128MiB).
+    #[serde(default = "default_guest_max_memory", deserialize_with = "de::size")]
+    max_memory: usize,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        Self {
+            deadline: default_deadline(),
+            max_memory: default_guest_max_memory(),
+        }
+    }
+}
+
+fn default_group_id() -> String {
+    "weir".into()
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+const fn default_max_stack() -> usize {
+    512 << 10
+}
+const fn default_instances() -> u32 {
+    64
+}
+const fn default_runtime_max_memory() -> usize {
+    1 << 30
+}
+const fn default_batch_size() -> usize {
+    500
+}
+const fn default_linger() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_deadline() -> Duration {
+    GuestLimits::default().deadline
+}
+fn default_guest_max_memory() -> usize {
+    GuestLimits::default().max_memory
+}
+
+/// The checks made after parsing, and path resolution.
+struct Checker<'a> {
+    path: &'a Path,
+    at: Locator<'a>,
+}
+
+type Checked<T> = Result<T, ConfigError>;
+
+impl Checker<'_> {
+    fn invalid(
+        &self,
+        key: impl Into<String>,
+        message: impl Into<String>,
+        line: Option<usize>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.into(),
+            key: key.into(),
+            message: message.into(),
+            line,
+        }
+    }
+
+    fn check(&self, file: ConfigFile) -> Checked<Config> {
+        let source = std::path::absolute(self.path).map_err(|e| ConfigError::Read {
+            path: self.path.into(),
+            source: e,
+        })?;
+        let base = source.parent().map(Path::to_path_buf).unwrap_or_default();
+
+        self.non_empty(&["kafka", "brokers"], &file.kafka.brokers)?;
+        self.non_empty(&["kafka", "group_id"], &file.kafka.group_id)?;
+        self.non_empty(&["registry", "url"], &file.registry.url)?;
+        self.non_empty(&["database", "url"], &file.database.url)?;
+        if !(file.registry.url.starts_with("http://") || file.registry.url.starts_with("https://"))
+        {
+            return Err(self.invalid(
+                "registry.url",
+                format!("{:?} is not an http:// or https:// URL", file.registry.url),
+                self.at.top(&["registry", "url"]),
+            ));
+        }
+        self.check_runtime(&file.runtime)?;
+
+        let mut database = file.database;
+        database.migrations = match database.migrations {
+            Some(dir) => Some(self.existing_dir(&["database", "migrations"], &base, &dir)?),
+            None => None,
+        };
+        let guests = GuestsConfig {
+            dir: match file.guests.dir {
+                Some(dir) => Some(self.existing_dir(&["guests", "dir"], &base, &dir)?),
+                None => None,
+            },
+        };
+
+        if file.pipelines.is_empty() {
+            return Err(self.invalid(
+                "pipelines",
+                "no pipelines: add at least one (name, topic, guest)",
+                self.at.top(&["pipelines"]),
+            ));
+        }
+        let guest_base = guests.dir.as_deref().unwrap_or(&base);
+        let pipelines = file
+            .pipelines
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| self.check_pipeline(i, p, guest_base, &file.runtime))
+            .collect::<Checked<Vec<_>>>()?;
+        self.check_across(&pipelines)?;
+
+        Ok(Config {
+            kafka: file.kafka,
+            registry: file.registry,
+            database,
+            http: file.http,
+            runtime: file.runtime,
+            guests,
+            pipelines,
+            source,
+        })
+    }
+
+    fn non_empty(&self, keys: &[&str], value: &str) -> Checked<()> {
+        if value.trim().is_empty() {
+            return Err(self.invalid(keys.join("."), "must not be empty", self.at.top(keys)));
+        }
+        Ok(())
+    }
+
+    fn check_runtime(&self, r: &RuntimeSettings) -> Checked<()> {
+        let fail = |key: &str, message: &str| {
+            Err(self.invalid(
+                format!("runtime.{key}"),
+                message,
+                self.at.top(&["runtime", key]),
+            ))
+        };
+        if r.instances == 0 {
+            return fail("instances", "must be at least 1");
+        }
+        if r.max_stack == 0 {
+            return fail("max_stack", "must be more than 0 bytes");
+        }
+        if r.max_memory == 0 {
+            return fail("max_memory", "must be more than 0 bytes");
+        }
+        Ok(())
+    }
+
+    /// `dir` resolved against `base`; it must be an existing directory.
+    fn existing_dir(&self, keys: &[&str], base: &Path, dir: &Path) -> Checked<PathBuf> {
+        let resolved = resolve(base, dir);
+        if !resolved.is_dir() {
+            let what = if resolved.exists() {
+                "is not a directory"
+            } else {
+                "does not exist"
+            };
+            return Err(self.invalid(
+                keys.join("."),
+                format!("{} {what}", resolved.display()),
+                self.at.top(keys),
+            ));
+        }
+        Ok(resolved)
+    }
+
+    fn check_pipeline(
+        &self,
+        index: usize,
+        p: PipelineFile,
+        guest_base: &Path,
+        runtime: &RuntimeSettings,
+    ) -> Checked<PipelineConfig> {
+        let key = |k: &str| {
+            if p.name.is_empty() {
+                format!("pipelines[{index}].{k}")
+            } else {
+                format!("pipelines[{index}] ({}).{k}", p.name)
+            }
+        };
+        let line = |keys: &[&str]| self.at.pipeline(index, keys);
+
+        if p.name.is_empty()
+            || !p
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(self.invalid(
+                key("name"),
+                format!(
+                    "{:?} is not a pipeline name: use letters, digits, `_`, `-` and `.`",
+                    p.name
+                ),
+                line(&["name"]),
+            ));
+        }
+
+        let topics = match (p.topic, p.topics) {
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    key("topics"),
+                    "give `topic` or `topics`, not both",
+                    line(&["topics"]),
+                ));
+            }
+            (Some(t), None) => vec![t],
+            (None, Some(ts)) => ts,
+            (None, None) => {
+                return Err(self.invalid(
+                    key("topics"),
+                    "no topic: give `topic: NAME` or `topics: [A, B]`",
+                    line(&[]),
+                ));
+            }
+        };
+        if topics.is_empty() {
+            return Err(self.invalid(
+                key("topics"),
+                "is empty: list at least one topic",
+                line(&["topics"]),
+            ));
+        }
+        for (i, t) in topics.iter().enumerate() {
+            if t.trim().is_empty() {
+                return Err(self.invalid(
+                    key("topics"),
+                    "has an empty topic name",
+                    line(&["topics"]),
+                ));
+            }
+            if topics[..i].contains(t) {
+                return Err(self.invalid(
+                    key("topics"),
+                    format!("lists {t} twice"),
+                    self.at.pipeline_value(index, "topics", t),
+                ));
+            }
+        }
+
+        if p.batch.size == 0 {
+            return Err(self.invalid(
+                key("batch.size"),
+                "must be at least 1",
+                line(&["batch", "size"]),
+            ));
+        }
+        if p.limits.deadline.is_zero() {
+            return Err(self.invalid(
+                key("limits.deadline"),
+                "must be more than 0 (a guest call needs time to run)",
+                line(&["limits", "deadline"]),
+            ));
+        }
+        if p.limits.max_memory == 0 {
+            return Err(self.invalid(
+                key("limits.max_memory"),
+                "must be more than 0 bytes",
+                line(&["limits", "max_memory"]),
+            ));
+        }
+        if p.limits.max_memory > runtime.max_memory {
+            return Err(self.invalid(
+                key("limits.max_memory"),
+                format!(
+                    "{} is more than runtime.max_memory ({}), the largest memory any guest may have; lower it or raise runtime.max_memory",
+                    format_size(p.limits.max_memory),
+                    format_size(runtime.max_memory)
+                ),
+                line(&["limits", "max_memory"]),
+            ));
+        }
+
+        let guest = resolve(guest_base, &p.guest);
+        if !guest.is_file() {
+            let what = if guest.exists() {
+                "is not a file"
+            } else {
+                "does not exist"
+            };
+            return Err(self.invalid(
+                key("guest"),
+                format!("{} {what}", guest.display()),
+                line(&["guest"]),
+            ));
+        }
+
+        let tables = match p.tables {
+            Some(tables) => tables,
+            None => p.config.get("table").cloned().into_iter().collect(),
+        };
+        if tables.iter().any(|t| t.trim().is_empty()) {
+            return Err(self.invalid(key("tables"), "has an empty table name", line(&["tables"])));
+        }
+
+        Ok(PipelineConfig {
+            name: p.name,
+            topics,
+            guest,
+            batch_size: p.batch.size,
+            linger: p.batch.linger,
+            limits: GuestLimits {
+                deadline: p.limits.deadline,
+                max_memory: p.limits.max_memory,
+            },
+            guest_config: p.config,
+            tables,
+        })
+    }
+
+    /// Checks between pipelines: unique names, each topic routed once.
+    fn check_across(&self, pipelines: &[PipelineConfig]) -> Checked<()> {
+        let label = |i: usize| format!("pipelines[{i}] ({})", pipelines[i].name);
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut topics: HashMap<&str, usize> = HashMap::new();
+        for (i, p) in pipelines.iter().enumerate() {
+            if let Some(&first) = names.get(p.name.as_str()) {
+                return Err(self.invalid(
+                    format!("pipelines[{i}].name"),
+                    format!(
+                        "{:?} is already the name of {}{}; pipeline names must be unique",
+                        p.name,
+                        label(first),
+                        at_line(self.at.pipeline(first, &["name"]))
+                    ),
+                    self.at.pipeline(i, &["name"]),
+                ));
+            }
+            names.insert(&p.name, i);
+            for t in &p.topics {
+                if let Some(&first) = topics.get(t.as_str()) {
+                    let key = if p.topics.len() == 1 {
+                        "topic"
+                    } else {
+                        "topics"
+                    };
+                    let first_key = if pipelines[first].topics.len() == 1 {
+                        "topic"
+                    } else {
+                        "topics"
+                    };
+                    return Err(self.invalid(
+                        format!("{}.{key}", label(i)),
+                        format!(
+                            "topic {t} is already routed to {}{}; a topic feeds one pipeline",
+                            label(first),
+                            at_line(self.at.pipeline_value(first, first_key, t))
+                        ),
+                        self.at.pipeline_value(i, key, t),
+                    ));
+                }
+                topics.insert(t, i);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `path` if absolute, else `base/path`; made absolute without touching the file system.
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    let joined = base.join(path);
+    std::path::absolute(&joined).unwrap_or(joined)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "\
+kafka:
+  brokers: localhost:9092
+registry:
+  url: http://localhost:8081
+database:
+  url: postgresql://localhost/weir
+pipelines:
+  - name: stocks
+    topic: tickers.stocks
+    guest: g.wasm
+";
+
+    fn parse_in(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+        parse(&dir.join("weir.yaml"), text)
+    }
+
+    #[test]
+    fn minimal_file_gets_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("g.wasm"), b"").unwrap();
+        let c = parse_in(dir.path(), MINIMAL).unwrap();
+        assert_eq!(c.kafka.group_id, "weir");
+        assert_eq!(c.http.listen, "127.0.0.1:9464".parse().unwrap());
+        assert_eq!(c.runtime, RuntimeSettings::default());
+        let p = &c.pipelines[0];
+        assert_eq!(p.topics, ["tickers.stocks"]);
+        assert_eq!(p.batch_size, 500);
+        assert_eq!(p.linger, Duration::from_millis(100));
+        assert_eq!(p.limits, GuestLimits::default());
+        assert!(p.tables.is_empty());
+        assert!(p.guest.is_absolute() && p.guest.ends_with("g.wasm"));
+        let rc = c.runtime_config();
+        assert_eq!(rc.max_wasm_stack, 512 << 10);
+        let pool = rc.pooling.unwrap();
+        assert_eq!((pool.instances, pool.max_memory), (64, 1 << 30));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_path_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = MINIMAL.replace("    topic:", "    topik:");
+        let err = parse_in(dir.path(), &text).unwrap_err().to_string();
+        assert!(
+            err.contains("weir.yaml: pipelines[0]: unknown field `topik`"),
+            "{err}"
+        );
+        assert!(err.contains("at line 9"), "{err}");
+    }
+}

@@ -1,0 +1,366 @@
+//! Prometheus metrics and the HTTP endpoints that serve them and the probes.
+//!
+//! [`Metrics`] holds the host's metrics, with few and fixed labels (topic, table, stage,
+//! pipeline, guest, partition), and exports the counters guests define through
+//! [`MetricsEvents`] as `weir_guest_<name>_total{guest="…", <the guest's labels>}`.
+//! [`serve`] answers `GET /metrics` (OpenMetrics text), `/healthz` (the process is up;
+//! it never asks another service) and `/readyz` (partitions assigned and connections up,
+//! per [`Health`]).
+
+mod http;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::runtime::{GuestCounters, GuestId, HostEvents, Level, TracingEvents};
+pub use http::{CONTENT_TYPE, Health, router, serve};
+
+/// One label: its fixed name and the value.
+type Labels1 = [(&'static str, String); 1];
+/// Two labels.
+type Labels2 = [(&'static str, String); 2];
+type HistogramFamily = Family<Labels1, Histogram, fn() -> Histogram>;
+
+/// Buckets of `weir_batch_duration_seconds`: poll to commit, 1ms to 30s.
+const BATCH_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Buckets of `weir_guest_call_duration_seconds`: 100µs to the 10s default deadline and
+/// beyond.
+const GUEST_CALL_BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Guest counter names that would collide with the host's own `weir_guest_*` families.
+const RESERVED_GUEST_COUNTERS: [&str; 3] = ["swaps", "errors", "call_duration_seconds"];
+
+/// The host's metrics. Cheap to update from many threads.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    records_in: Family<Labels1, Counter>,
+    records_out: Family<Labels1, Counter>,
+    dead_letters: Family<Labels1, Counter>,
+    batch_duration: HistogramFamily,
+    guest_call: HistogramFamily,
+    guest_errors: Family<Labels2, Counter>,
+    consumer_lag: Family<Labels2, Gauge>,
+    offsets_committed: Family<Labels1, Counter>,
+    committed_offset: Family<Labels2, Gauge>,
+    guest_swaps: Family<Labels1, Counter>,
+    events: Arc<MetricsEvents>,
+}
+
+fn label(name: &'static str, value: &str) -> Labels1 {
+    [(name, value.to_string())]
+}
+
+fn labels(a: (&'static str, &str), b: (&'static str, &str)) -> Labels2 {
+    [(a.0, a.1.to_string()), (b.0, b.1.to_string())]
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new(BATCH_BUCKETS)
+}
+
+fn guest_call_histogram() -> Histogram {
+    Histogram::new(GUEST_CALL_BUCKETS)
+}
+
+impl Metrics {
+    /// Creates the metrics, all at zero.
+    pub fn new() -> Arc<Self> {
+        let m = Metrics {
+            registry: Registry::default(),
+            records_in: Family::default(),
+            records_out: Family::default(),
+            dead_letters: Family::default(),
+            batch_duration: Family::new_with_constructor(batch_histogram),
+            guest_call: Family::new_with_constructor(guest_call_histogram),
+            guest_errors: Family::default(),
+            consumer_lag: Family::default(),
+            offsets_committed: Family::default(),
+            committed_offset: Family::default(),
+            guest_swaps: Family::default(),
+            events: Arc::new(MetricsEvents::default()),
+        };
+        let mut registry = Registry::default();
+        registry.register(
+            "weir_records_in",
+            "Messages consumed from Kafka, by topic",
+            m.records_in.clone(),
+        );
+        registry.register(
+            "weir_records_out",
+            "Rows written to Postgres, by table",
+            m.records_out.clone(),
+        );
+        registry.register(
+            "weir_dead_letters",
+            "Messages sent to the dead-letter table, by the stage that refused them",
+            m.dead_letters.clone(),
+        );
+        registry.register_with_unit(
+            "weir_batch_duration",
+            "Time from polling a batch to committing it, by pipeline",
+            Unit::Seconds,
+            m.batch_duration.clone(),
+        );
+        registry.register_with_unit(
+            "weir_guest_call_duration",
+            "Time of one guest process call, by guest",
+            Unit::Seconds,
+            m.guest_call.clone(),
+        );
+        registry.register(
+            "weir_guest_errors",
+            "Failed guest calls, by guest and kind (deadline, out_of_memory, trap…)",
+            m.guest_errors.clone(),
+        );
+        registry.register(
+            "weir_consumer_lag",
+            "Messages between the consumer's position and the end of the partition",
+            m.consumer_lag.clone(),
+        );
+        registry.register(
+            "weir_offsets_committed",
+            "Offset commits (one per batch written), by topic",
+            m.offsets_committed.clone(),
+        );
+        registry.register(
+            "weir_committed_offset",
+            "The next offset committed to Postgres, by topic and partition",
+            m.committed_offset.clone(),
+        );
+        registry.register(
+            "weir_guest_swaps",
+            "Guest versions swapped in while running, by guest",
+            m.guest_swaps.clone(),
+        );
+        registry.register_collector(Box::new(GuestCollector(m.events.clone())));
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// `n` messages consumed from `topic`.
+    pub fn records_in(&self, topic: &str, n: u64) {
+        self.records_in
+            .get_or_create(&label("topic", topic))
+            .inc_by(n);
+    }
+
+    /// `n` rows written to `table`.
+    pub fn records_out(&self, table: &str, n: u64) {
+        self.records_out
+            .get_or_create(&label("table", table))
+            .inc_by(n);
+    }
+
+    /// `n` messages dead-lettered at `stage` (`decode`, `guest`, `sink`…).
+    pub fn dead_letters(&self, stage: &str, n: u64) {
+        self.dead_letters
+            .get_or_create(&label("stage", stage))
+            .inc_by(n);
+    }
+
+    /// One batch of `pipeline` took `seconds` from poll to commit.
+    pub fn batch_duration(&self, pipeline: &str, seconds: f64) {
+        self.batch_duration
+            .get_or_create(&label("pipeline", pipeline))
+            .observe(seconds);
+    }
+
+    /// One call of `guest` took `seconds`.
+    pub fn guest_call(&self, guest: &str, seconds: f64) {
+        self.guest_call
+            .get_or_create(&label("guest", guest))
+            .observe(seconds);
+    }
+
+    /// A call of `guest` failed; `kind` is [`crate::runtime::GuestErrorKind::name`].
+    pub fn guest_error(&self, guest: &str, kind: &str) {
+        self.guest_errors
+            .get_or_create(&labels(("guest", guest), ("kind", kind)))
+            .inc();
+    }
+
+    /// The consumer is `lag` messages behind the end of `topic`/`partition`.
+    pub fn consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag
+            .get_or_create(&labels(
+                ("topic", topic),
+                ("partition", &partition.to_string()),
+            ))
+            .set(lag);
+    }
+
+    /// A batch of `topic`/`partition` was committed; the next offset to read is
+    /// `next_offset`.
+    pub fn offset_committed(&self, topic: &str, partition: i32, next_offset: i64) {
+        self.offsets_committed
+            .get_or_create(&label("topic", topic))
+            .inc();
+        self.committed_offset
+            .get_or_create(&labels(
+                ("topic", topic),
+                ("partition", &partition.to_string()),
+            ))
+            .set(next_offset);
+    }
+
+    /// A new version of `guest` was swapped in.
+    pub fn guest_swap(&self, guest: &str) {
+        self.guest_swaps.get_or_create(&label("guest", guest)).inc();
+    }
+
+    /// Where guests' logs and counters go: hand it to
+    /// [`Runtime::new`](crate::runtime::Runtime::new) so guest counters appear in
+    /// [`Metrics::encode`].
+    pub fn events(self: &Arc<Self>) -> Arc<MetricsEvents> {
+        self.events.clone()
+    }
+
+    /// The OpenMetrics text exposition of every metric, guest counters included.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding metrics into a String cannot fail");
+        out
+    }
+}
+
+/// Receives what guests log and count: logs go to `tracing` (as with
+/// [`TracingEvents`]), counters are kept (at most 1000 series per guest) and exported by
+/// [`Metrics::encode`].
+#[derive(Debug, Default)]
+pub struct MetricsEvents {
+    inner: TracingEvents,
+    /// Reserved counter names already warned about, per guest.
+    refused: Mutex<HashSet<(String, String)>>,
+}
+
+impl MetricsEvents {
+    /// The guests' counters.
+    pub fn counters(&self) -> &GuestCounters {
+        &self.inner.counters
+    }
+}
+
+impl HostEvents for MetricsEvents {
+    fn log(&self, guest: &GuestId, level: Level, message: &str, fields: &[(String, String)]) {
+        self.inner.log(guest, level, message, fields);
+    }
+
+    fn counter_add(&self, guest: &GuestId, name: &str, delta: u64, labels: &[(String, String)]) {
+        if RESERVED_GUEST_COUNTERS.contains(&family_suffix(name)) {
+            let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+            if refused.insert((guest.name.clone(), name.into())) {
+                tracing::warn!(guest = %guest.name, counter = name, "Guest counter name is reserved for weir's own weir_guest_{name} metric; dropped");
+            }
+            return;
+        }
+        self.inner.counter_add(guest, name, delta, labels);
+    }
+}
+
+/// A guest counter's name without a `_total` suffix (the exposition adds it back).
+fn family_suffix(name: &str) -> &str {
+    match name.strip_suffix("_total") {
+        Some(base) if !base.is_empty() => base,
+        _ => name,
+    }
+}
+
+/// Encodes guest counters at scrape time.
+#[derive(Debug)]
+struct GuestCollector(Arc<MetricsEvents>);
+
+impl Collector for GuestCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        // Family name → label set → total. `x` and `x_total` of one guest meet here.
+        let mut families: BTreeMap<String, BTreeMap<Vec<(String, String)>, u64>> = BTreeMap::new();
+        for (key, value) in self.0.counters().snapshot() {
+            let family = format!("weir_guest_{}", family_suffix(&key.name));
+            let mut labels = Vec::with_capacity(key.labels.len() + 1);
+            labels.push(("guest".to_string(), key.guest));
+            // A guest's own label may not shadow the `guest` label (nor use the
+            // reserved `__` prefix): rename it the way Prometheus renames clashes.
+            labels.extend(key.labels.into_iter().map(|(k, v)| {
+                if k == "guest" || k.starts_with("__") {
+                    (format!("exported_{k}"), v)
+                } else {
+                    (k, v)
+                }
+            }));
+            let total = families
+                .entry(family)
+                .or_default()
+                .entry(labels)
+                .or_default();
+            *total = total.saturating_add(value);
+        }
+        for (name, series) in &families {
+            let mut metric = encoder.encode_descriptor(
+                name,
+                "A counter defined by guests",
+                None,
+                MetricType::Counter,
+            )?;
+            for (labels, value) in series {
+                metric
+                    .encode_family(labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(value, None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest(name: &str) -> GuestId {
+        GuestId {
+            name: name.into(),
+            version: "v".into(),
+            short_version: "v".into(),
+        }
+    }
+
+    #[test]
+    fn guest_counters_are_exported_escaped_and_merged() {
+        let m = Metrics::new();
+        let events = m.events();
+        let l = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        events.counter_add(&guest("g"), "ticks", 2, &l("symbol", "A\"B\\C\nD"));
+        events.counter_add(&guest("g"), "ticks_total", 3, &l("symbol", "A\"B\\C\nD"));
+        events.counter_add(&guest("g"), "seen", 1, &l("guest", "other"));
+        events.counter_add(&guest("g"), "swaps", 1, &[]);
+        let text = m.encode();
+        assert!(text.contains("# TYPE weir_guest_ticks counter\n"), "{text}");
+        assert!(
+            text.contains("weir_guest_ticks_total{guest=\"g\",symbol=\"A\\\"B\\\\C\\nD\"} 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_guest_seen_total{guest=\"g\",exported_guest=\"other\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("weir_guest_swaps_total{guest=\"g\"}"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

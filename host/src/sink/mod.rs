@@ -1,0 +1,655 @@
+//! The Postgres sink: one transaction per batch holding the batch's rows, merge-upserts,
+//! dead letters and the partition's next offset (compare-and-set), so a batch is written
+//! exactly once or not at all. Also `weir migrate`.
+//!
+//! How a batch is written (see DESIGN.md, "Delivery"):
+//! - Values are converted to their columns' types first ([`value`]); a message with a value
+//!   that does not fit, or naming a table or column that does not exist, is dead-lettered
+//!   whole (stage `sink`) and the rest goes on.
+//! - Inserts go by `COPY … (FORMAT binary)`, one per table and column set: rows naming
+//!   different columns are copied separately, so a column a row does not name gets its
+//!   default, as the guest contract says (a union of columns would have to write NULL).
+//! - Upserts go by one `INSERT … SELECT … FROM UNNEST($1::type[], …) GROUP BY key ON
+//!   CONFLICT (key) DO UPDATE` per table, column set, key and policies: rows with the same
+//!   key are combined in SQL by aggregates that give what applying them one by one gives,
+//!   then merged into the stored row.
+//! - If Postgres rejects a row (SQLSTATE classes 21, 22, 23, 42, 44, P0001), the batch is
+//!   retried with the messages bisected, each probe in a savepoint, and only the messages
+//!   at fault are dead-lettered.
+//! - Connection loss and an explicit list of transient errors (serialization failure,
+//!   deadlock, admin shutdown…) are retried with backoff until the batch commits; anything
+//!   else is returned.
+
+mod migrate;
+mod plan;
+mod tables;
+mod value;
+mod write;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+
+use crate::runtime::types::Action;
+
+pub use migrate::{MigrateReport, migrate};
+pub use tables::TableExpectation;
+pub use value::ValueKind;
+
+use plan::Plan;
+use tables::TableInfo;
+use write::Conn;
+
+/// How to reach Postgres, and whose offsets these are.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// `postgresql://…` URL.
+    pub database_url: String,
+    /// Consumer group the offsets belong to (`weir_offsets.group_id`).
+    pub group_id: String,
+}
+
+/// One input message's fate within a batch, in offset order.
+#[derive(Debug, Clone)]
+pub enum SinkItem {
+    /// The guest's actions for the message at `offset`. If Postgres rejects one of its
+    /// rows, the message goes to `dead_letters` (stage `sink`) with its raw key and value.
+    Actions {
+        /// Offset of the message.
+        offset: i64,
+        /// Raw key, kept for dead-lettering.
+        key: Option<Vec<u8>>,
+        /// Raw value, kept for dead-lettering.
+        value: Option<Vec<u8>>,
+        /// What to write (`Emit` actions are ignored by the sink).
+        actions: Vec<Action>,
+    },
+    /// A message that failed before the sink (framing, schema, decode, guest).
+    DeadLetter {
+        /// Offset of the message.
+        offset: i64,
+        /// Raw key.
+        key: Option<Vec<u8>>,
+        /// Raw value.
+        value: Option<Vec<u8>>,
+        /// Stage name (`framing`, `schema`, `decode`, `guest`, `sink`).
+        stage: String,
+        /// Why.
+        error: String,
+    },
+}
+
+/// A batch of one partition, to write in one transaction.
+#[derive(Debug, Clone)]
+pub struct SinkBatch {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset of the first message: the stored next offset must equal it (or no offset be
+    /// stored yet) for the batch to commit.
+    pub start_offset: i64,
+    /// The partition's next offset once this batch is committed.
+    pub next_offset: i64,
+    /// sha256 of the guest that produced the actions, recorded in `dead_letters`.
+    pub guest_version: Option<String>,
+    /// One item per message, in offset order.
+    pub items: Vec<SinkItem>,
+}
+
+/// What a committed batch wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteReport {
+    /// Rows inserted or upserted, per table.
+    pub rows: BTreeMap<String, u64>,
+    /// Dead letters written, as (offset, stage), including rows Postgres rejected.
+    pub dead_letters: Vec<(i64, String)>,
+    /// Transactions tried before one committed (1 when nothing went wrong).
+    pub attempts: u32,
+}
+
+/// The sink failed in a way the caller must act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// Another consumer committed this partition past where the batch starts: this
+    /// process lost the partition; drop the batch and seek to the stored offset.
+    #[error(
+        "{topic}[{partition}]: stored next offset is {stored:?}, not {expected}: another consumer owns this partition now"
+    )]
+    Stale {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The batch's start offset.
+        expected: i64,
+        /// What is stored.
+        stored: Option<i64>,
+    },
+    /// Tables missing or incompatible, found at start.
+    #[error("{0}")]
+    Tables(String),
+    /// Postgres cannot be reached (at start) or failed in a way retrying does not fix.
+    #[error("Postgres: {0}")]
+    Database(String),
+    /// A migration was refused or failed.
+    #[error("{0}")]
+    Migration(String),
+}
+
+/// How many times [`Sink::connect`] tries to reach Postgres before it gives up.
+const CONNECT_ATTEMPTS: u32 = 5;
+/// Backoff between tries: doubling from the first to the last.
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const MAX_RETRY: Duration = Duration::from_secs(10);
+
+/// Writes batches into Postgres for one consumer group, exactly once.
+///
+/// It holds one connection, shared by the partitions it writes: a batch holds it for its
+/// transaction. A lost connection is replaced on next use.
+pub struct Sink {
+    group_id: String,
+    pg: tokio_postgres::Config,
+    /// Where Postgres is, without the password, for messages.
+    target: String,
+    state: tokio::sync::Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    conn: Option<Conn>,
+    /// Column types of the tables written, by the name the guests use.
+    tables: HashMap<String, Arc<TableInfo>>,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("database", &self.target)
+            .field("group_id", &self.group_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one try at a batch failed.
+enum Failure {
+    Stale(Option<i64>),
+    Retry(tokio_postgres::Error),
+    Fatal(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match classify(&e) {
+            Class::Retry => Failure::Retry(e),
+            Class::Data | Class::Fatal => Failure::Fatal(e),
+        }
+    }
+}
+
+impl Sink {
+    /// Connects (retrying for a few seconds while Postgres is not reachable) and creates
+    /// weir's own tables, `weir_offsets` and `dead_letters`, if they are missing.
+    pub async fn connect(config: SinkConfig) -> Result<Self, SinkError> {
+        let mut pg = tokio_postgres::Config::from_str(&config.database_url).map_err(|e| {
+            SinkError::Database(format!("the database URL is not a Postgres URL: {e}"))
+        })?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(5));
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("weir");
+        }
+        let target = describe_config(&pg);
+        let sink = Self {
+            group_id: config.group_id,
+            pg,
+            target,
+            state: tokio::sync::Mutex::new(State::default()),
+        };
+        let mut delay = FIRST_RETRY;
+        let mut attempt = 1;
+        let conn = loop {
+            let opened = match sink.open().await {
+                Ok(conn) => conn
+                    .client
+                    .batch_execute(tables::SYSTEM_TABLES)
+                    .await
+                    .map(|()| conn),
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok(conn) => break conn,
+                Err(e) if attempt < CONNECT_ATTEMPTS && classify(&e) == Class::Retry => {
+                    tracing::warn!(
+                        database = %sink.target,
+                        attempt,
+                        retry_in = ?delay,
+                        error = %error_text(&e),
+                        "Postgres is not reachable yet; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(SinkError::Database(format!(
+                        "cannot connect to {} and create weir's tables there: {}",
+                        sink.target,
+                        error_text(&e)
+                    )));
+                }
+            }
+        };
+        sink.state.lock().await.conn = Some(conn);
+        Ok(sink)
+    }
+
+    /// Checks that each table exists and has the expected columns, each of a type that
+    /// takes values of the expected kind; refuses with one message listing every problem.
+    /// Caches the column types of every table it finds.
+    pub async fn check_tables(&self, tables: &[TableExpectation]) -> Result<(), SinkError> {
+        let mut state = self.state.lock().await;
+        let State {
+            conn,
+            tables: cache,
+        } = &mut *state;
+        let conn = self.ready(conn).await.map_err(|e| self.database(&e))?;
+        let mut problems = Vec::new();
+        for expected in tables {
+            let info = tables::load(&conn.client, &expected.table)
+                .await
+                .map_err(|e| self.database(&e))?;
+            tables::check(expected, info.as_ref(), &mut problems);
+            match info {
+                Some(info) => cache.insert(expected.table.clone(), Arc::new(info)),
+                None => cache.remove(&expected.table),
+            };
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SinkError::Tables(format!(
+                "tables in {} do not fit the pipeline: {}",
+                self.target,
+                problems.join("; ")
+            )))
+        }
+    }
+
+    /// The stored next offset of `topic[partition]` for this group, or `None` if no batch
+    /// of it was ever committed. Retries while Postgres is unreachable.
+    pub async fn stored_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, SinkError> {
+        let mut delay = FIRST_RETRY;
+        loop {
+            let result = {
+                let mut state = self.state.lock().await;
+                match self.ready(&mut state.conn).await {
+                    Ok(conn) => conn
+                        .client
+                        .query_opt(write::STORED, &[&self.group_id, &topic, &partition])
+                        .await
+                        .map(|row| row.map(|r| r.get::<_, i64>(0))),
+                    Err(e) => Err(e),
+                }
+            };
+            match result {
+                Ok(offset) => return Ok(offset),
+                Err(e) if classify(&e) == Class::Retry => {
+                    tracing::warn!(
+                        database = %self.target,
+                        topic,
+                        partition,
+                        retry_in = ?delay,
+                        error = %error_text(&e),
+                        "Cannot read the stored offset; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY);
+                }
+                Err(e) => return Err(self.database(&e)),
+            }
+        }
+    }
+
+    /// Writes one batch in one transaction with the partition's next offset.
+    ///
+    /// Returns [`SinkError::Stale`], having written nothing, when the stored next offset
+    /// is neither absent nor the batch's start. Rows Postgres rejects send their messages
+    /// to `dead_letters` (stage `sink`) and the rest commits. Connection loss and transient
+    /// errors are retried with backoff (200 ms doubling to 10 s) until the batch commits.
+    pub async fn write_batch(&self, batch: &SinkBatch) -> Result<WriteReport, SinkError> {
+        let mut delay = FIRST_RETRY;
+        let mut attempts = 0;
+        // A report whose COMMIT got no answer: it may have committed.
+        let mut in_doubt = None;
+        loop {
+            attempts += 1;
+            let outcome = {
+                let mut state = self.state.lock().await;
+                let outcome = self.attempt(&mut state, batch, &mut in_doubt).await;
+                if outcome.is_err() {
+                    settle(&mut state.conn).await;
+                }
+                outcome
+            };
+            match outcome {
+                Ok(mut report) => {
+                    report.attempts = attempts;
+                    return Ok(report);
+                }
+                Err(Failure::Stale(stored)) => {
+                    return Err(SinkError::Stale {
+                        topic: batch.topic.clone(),
+                        partition: batch.partition,
+                        expected: batch.start_offset,
+                        stored,
+                    });
+                }
+                Err(Failure::Retry(e)) => {
+                    tracing::warn!(
+                        database = %self.target,
+                        topic = %batch.topic,
+                        partition = batch.partition,
+                        start_offset = batch.start_offset,
+                        attempt = attempts,
+                        retry_in = ?delay,
+                        error = %error_text(&e),
+                        "Writing the batch failed; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY);
+                }
+                Err(Failure::Fatal(e)) => {
+                    return Err(SinkError::Database(format!(
+                        "{}[{}] at offset {}: {} (in {})",
+                        batch.topic,
+                        batch.partition,
+                        batch.start_offset,
+                        error_text(&e),
+                        self.target
+                    )));
+                }
+            }
+        }
+    }
+
+    /// One try at a batch.
+    async fn attempt(
+        &self,
+        state: &mut State,
+        batch: &SinkBatch,
+        in_doubt: &mut Option<WriteReport>,
+    ) -> Result<WriteReport, Failure> {
+        let State { conn, tables } = state;
+        let conn = self.ready(conn).await?;
+        let mut fresh = HashSet::new();
+        for name in table_names(batch) {
+            if !tables.contains_key(name) {
+                load_table(conn, tables, name).await?;
+                fresh.insert(name);
+            }
+        }
+        let mut plan = Plan::build(&batch.items, tables);
+        // A row named a column a cached table lacks: maybe it was added since.
+        let suspects: Vec<String> = plan
+            .suspects
+            .iter()
+            .filter(|name| !fresh.contains(name.as_str()))
+            .cloned()
+            .collect();
+        if !suspects.is_empty() {
+            for name in &suspects {
+                load_table(conn, tables, name).await?;
+            }
+            plan = Plan::build(&batch.items, tables);
+        }
+
+        conn.dirty = true;
+        if let Err(stored) = conn.begin(&self.group_id, batch).await? {
+            conn.dirty = false;
+            return stale_or_done(stored, batch, in_doubt);
+        }
+        let (rows, rejected) = match conn.apply(&plan, &plan.messages).await {
+            Ok(rows) => (rows, Vec::new()),
+            Err(e) if classify(&e.error) == Class::Data => {
+                tracing::debug!(
+                    topic = %batch.topic,
+                    partition = batch.partition,
+                    error = %write::describe(&e),
+                    "Postgres rejected a row; isolating the messages at fault"
+                );
+                conn.client.batch_execute("ROLLBACK").await?;
+                // The rejection may come from a table changed since its columns were read.
+                let names: Vec<String> = plan
+                    .tables
+                    .iter()
+                    .map(|(name, _)| name.to_string())
+                    .collect();
+                for name in &names {
+                    load_table(conn, tables, name).await?;
+                }
+                plan = Plan::build(&batch.items, tables);
+                if let Err(stored) = conn.begin(&self.group_id, batch).await? {
+                    conn.dirty = false;
+                    return stale_or_done(stored, batch, in_doubt);
+                }
+                conn.isolate(&plan).await?
+            }
+            Err(e) => return Err(e.error.into()),
+        };
+        let mut all_rejected = plan.rejected.clone();
+        all_rejected.extend(rejected);
+        let dead_letters = conn
+            .dead_letters(&self.group_id, batch, &all_rejected)
+            .await?;
+        let report = WriteReport {
+            rows,
+            dead_letters,
+            attempts: 0,
+        };
+        match conn.commit(&self.group_id, batch).await {
+            Ok(()) => {
+                conn.dirty = false;
+                Ok(report)
+            }
+            Err(e) => {
+                if e.as_db_error().is_none() {
+                    *in_doubt = Some(report);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The connection, opened (again) if there is none or it is not usable.
+    async fn ready<'c>(
+        &self,
+        slot: &'c mut Option<Conn>,
+    ) -> Result<&'c mut Conn, tokio_postgres::Error> {
+        let conn = match slot.take() {
+            Some(conn) if !conn.dirty && !conn.client.is_closed() => conn,
+            old => {
+                if old.is_some() {
+                    tracing::info!(database = %self.target, "Reconnecting to Postgres");
+                }
+                self.open().await?
+            }
+        };
+        Ok(slot.insert(conn))
+    }
+
+    async fn open(&self) -> Result<Conn, tokio_postgres::Error> {
+        let (client, connection) = self.pg.connect(tokio_postgres::NoTls).await?;
+        let target = self.target.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(database = %target, error = %e, "Postgres connection ended");
+            }
+        });
+        Ok(Conn::new(client))
+    }
+
+    fn database(&self, e: &tokio_postgres::Error) -> SinkError {
+        SinkError::Database(format!("{} (in {})", error_text(e), self.target))
+    }
+}
+
+/// The batch is stale, unless a commit of this very batch got no answer and did happen.
+fn stale_or_done(
+    stored: Option<i64>,
+    batch: &SinkBatch,
+    in_doubt: &mut Option<WriteReport>,
+) -> Result<WriteReport, Failure> {
+    match in_doubt.take() {
+        Some(report) if stored == Some(batch.next_offset) => Ok(report),
+        _ => Err(Failure::Stale(stored)),
+    }
+}
+
+/// After a failed try: roll back, or drop the connection if that fails.
+async fn settle(slot: &mut Option<Conn>) {
+    if let Some(conn) = slot
+        && conn.dirty
+    {
+        if !conn.client.is_closed() && conn.client.batch_execute("ROLLBACK").await.is_ok() {
+            conn.dirty = false;
+        } else {
+            *slot = None;
+        }
+    }
+}
+
+async fn load_table(
+    conn: &Conn,
+    cache: &mut HashMap<String, Arc<TableInfo>>,
+    name: &str,
+) -> Result<(), tokio_postgres::Error> {
+    match tables::load(&conn.client, name).await? {
+        Some(info) => {
+            cache.insert(name.to_string(), Arc::new(info));
+        }
+        None => {
+            cache.remove(name);
+        }
+    }
+    Ok(())
+}
+
+/// The tables a batch writes.
+fn table_names(batch: &SinkBatch) -> HashSet<&str> {
+    let mut names = HashSet::new();
+    for item in &batch.items {
+        if let SinkItem::Actions { actions, .. } = item {
+            for action in actions {
+                match action {
+                    Action::Insert(row) => names.insert(row.table.as_str()),
+                    Action::Upsert(row) => names.insert(row.table.as_str()),
+                    Action::Emit(_) => false,
+                };
+            }
+        }
+    }
+    names
+}
+
+/// What to do about a Postgres error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Transient: try again (on a new connection if this one is gone).
+    Retry,
+    /// The data's fault: the row goes to `dead_letters`.
+    Data,
+    /// Neither: report it.
+    Fatal,
+}
+
+/// SQLSTATEs that go away by themselves, besides class 08 (connection exceptions) and
+/// errors without a SQLSTATE (the connection broke).
+pub(crate) const RETRIABLE: &[SqlState] = &[
+    SqlState::T_R_SERIALIZATION_FAILURE,
+    SqlState::T_R_DEADLOCK_DETECTED,
+    SqlState::T_R_STATEMENT_COMPLETION_UNKNOWN,
+    SqlState::LOCK_NOT_AVAILABLE,
+    SqlState::QUERY_CANCELED,
+    SqlState::ADMIN_SHUTDOWN,
+    SqlState::CRASH_SHUTDOWN,
+    SqlState::CANNOT_CONNECT_NOW,
+    SqlState::INSUFFICIENT_RESOURCES,
+    SqlState::DISK_FULL,
+    SqlState::OUT_OF_MEMORY,
+    SqlState::TOO_MANY_CONNECTIONS,
+    SqlState::READ_ONLY_SQL_TRANSACTION,
+    SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+    SqlState::SYSTEM_ERROR,
+    SqlState::IO_ERROR,
+];
+
+/// Classes of SQLSTATE that blame the data: cardinality, data exception, integrity
+/// constraint, syntax or access rule (a missing column), check option.
+const DATA_CLASSES: &[&str] = &["21", "22", "23", "42", "44"];
+
+pub(crate) fn classify(e: &tokio_postgres::Error) -> Class {
+    let Some(code) = e.code() else {
+        // No SQLSTATE: the connection failed, unless a value could not be encoded.
+        let text = e.to_string();
+        return if text.starts_with("error serializing") || text.starts_with("error deserializing") {
+            Class::Fatal
+        } else {
+            Class::Retry
+        };
+    };
+    if RETRIABLE.contains(code) || code.code().starts_with("08") {
+        Class::Retry
+    } else if DATA_CLASSES.contains(&&code.code()[..2]) || *code == SqlState::RAISE_EXCEPTION {
+        Class::Data
+    } else {
+        Class::Fatal
+    }
+}
+
+/// A Postgres error as one line: its message and SQLSTATE, or the connection failure.
+pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                text.push_str(": ");
+                text.push_str(detail);
+            }
+            text
+        }
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// Where a Postgres config points, without the password.
+pub(crate) fn describe_config(config: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    format!(
+        "postgresql://{}@{}:{}/{}",
+        config.get_user().unwrap_or(""),
+        hosts.join(","),
+        ports.join(","),
+        config.get_dbname().unwrap_or("")
+    )
+}

@@ -1,0 +1,197 @@
+//! The tables the sink writes: weir's own (`weir_offsets`, `dead_letters`), created at
+//! connect, and the pipeline's, whose column types are read from the catalog once and
+//! cached, and checked against what the guests will write.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use tokio_postgres::Client;
+
+use super::value::{PgType, ValueKind};
+
+/// weir's own tables, unqualified so the connection's `search_path` decides where they
+/// live. Created under an advisory lock: concurrent `CREATE TABLE IF NOT EXISTS` can
+/// otherwise fail on the catalog's unique indexes.
+pub(crate) const SYSTEM_TABLES: &str = r#"
+BEGIN;
+SELECT pg_advisory_xact_lock(hashtext('weir.sink'), hashtext(coalesce(current_schema(), '')));
+CREATE TABLE IF NOT EXISTS weir_offsets (
+    group_id    text NOT NULL,
+    topic       text NOT NULL,
+    partition   int NOT NULL,
+    next_offset bigint NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_id, topic, partition)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id            bigserial PRIMARY KEY,
+    group_id      text NOT NULL,
+    topic         text NOT NULL,
+    partition     int NOT NULL,
+    "offset"      bigint NOT NULL,
+    stage         text NOT NULL,
+    error         text NOT NULL,
+    guest_version text,
+    key           bytea,
+    value         bytea,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (group_id, topic, partition, "offset")
+);
+COMMIT;
+"#;
+
+/// A table's columns, as the catalog has them.
+#[derive(Debug)]
+pub(crate) struct TableInfo {
+    /// `"schema"."table"`, quoted for SQL.
+    pub sql_name: String,
+    pub columns: Vec<Column>,
+    by_name: HashMap<String, u16>,
+}
+
+/// One column.
+#[derive(Debug)]
+pub(crate) struct Column {
+    pub name: String,
+    /// The name quoted for SQL.
+    pub ident: String,
+    /// Its type with modifiers, as `\d` shows it (`numeric(18,8)`).
+    pub declared: String,
+    /// Its base type (domains resolved), for conversion.
+    pub ty: PgType,
+    /// The base type's SQL name, for array casts (`$1::numeric[]`).
+    pub base: String,
+    /// Whether `min`/`max` aggregates exist for the base type (numbers, strings, times,
+    /// enums); other orderable types are aggregated by sorting.
+    pub has_min_max: bool,
+}
+
+impl TableInfo {
+    /// The column called `name`: its exact name, else the name folded to lower case as
+    /// Postgres folds unquoted identifiers.
+    pub fn column(&self, name: &str) -> Option<u16> {
+        self.by_name.get(name).copied().or_else(|| {
+            name.bytes()
+                .any(|b| b.is_ascii_uppercase())
+                .then(|| self.by_name.get(&name.to_ascii_lowercase()).copied())
+                .flatten()
+        })
+    }
+}
+
+/// Quotes an identifier for SQL.
+pub(crate) fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// The table named `name` (as SQL names it: `ticks`, `market.ticks`, resolved through the
+/// `search_path`), or `None` if there is none.
+pub(crate) async fn load(
+    client: &Client,
+    name: &str,
+) -> Result<Option<TableInfo>, tokio_postgres::Error> {
+    // The base type of each column: domains (over domains) resolved.
+    const QUERY: &str = "
+        WITH RECURSIVE rel AS (
+            SELECT c.oid, n.nspname::text AS nspname, c.relname::text AS relname
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = to_regclass($1)
+        ), chain(attnum, typ, depth) AS (
+            SELECT a.attnum, a.atttypid, 0
+              FROM pg_attribute a JOIN rel ON a.attrelid = rel.oid
+             WHERE a.attnum > 0 AND NOT a.attisdropped
+            UNION ALL
+            SELECT chain.attnum, t.typbasetype, chain.depth + 1
+              FROM chain JOIN pg_type t ON t.oid = chain.typ
+             WHERE t.typtype = 'd'
+        )
+        SELECT rel.nspname, rel.relname, a.attname::text,
+               format_type(a.atttypid, a.atttypmod), bt.oid, bt.typcategory::text,
+               bt.typtype::text, format_type(bt.oid, NULL)
+          FROM rel
+          LEFT JOIN pg_attribute a
+                 ON a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
+          LEFT JOIN LATERAL (
+                SELECT typ FROM chain WHERE chain.attnum = a.attnum
+                 ORDER BY depth DESC LIMIT 1) b ON true
+          LEFT JOIN pg_type bt ON bt.oid = b.typ
+         ORDER BY a.attnum";
+    let rows = match client.query(QUERY, &[&name]).await {
+        Ok(rows) => rows,
+        // A name that is not a valid relation name (`a.b.c.d`) names no table.
+        Err(e) if e.code().is_some_and(|c| c.code().starts_with("42")) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let sql_name = format!(
+        "{}.{}",
+        quote(first.get::<_, &str>(0)),
+        quote(first.get::<_, &str>(1))
+    );
+    let mut columns = Vec::with_capacity(rows.len());
+    let mut by_name = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let Some(name) = row.get::<_, Option<String>>(2) else {
+            continue;
+        };
+        let oid: u32 = row.get(4);
+        let category: String = row.get(5);
+        let typtype: String = row.get(6);
+        by_name.insert(name.clone(), columns.len() as u16);
+        columns.push(Column {
+            ident: quote(&name),
+            name,
+            declared: row.get(3),
+            ty: PgType::classify(oid, &category, &typtype),
+            base: row.get(7),
+            has_min_max: matches!(category.as_str(), "N" | "S" | "D" | "T" | "E"),
+        });
+    }
+    Ok(Some(TableInfo {
+        sql_name,
+        columns,
+        by_name,
+    }))
+}
+
+/// What a pipeline expects of one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableExpectation {
+    /// The table, as the guest names it (`ticks`, `market.ticks`).
+    pub table: String,
+    /// Columns it must have, each able to take values of the given kind. Empty: the table
+    /// only has to exist.
+    pub columns: Vec<(String, ValueKind)>,
+}
+
+/// Adds what is wrong with `table` (loaded as `info`) to `problems`.
+pub(crate) fn check(
+    expected: &TableExpectation,
+    info: Option<&TableInfo>,
+    problems: &mut Vec<String>,
+) {
+    let table = &expected.table;
+    let Some(info) = info else {
+        problems.push(format!("table {table} does not exist"));
+        return;
+    };
+    for (column, kind) in &expected.columns {
+        match info.column(column) {
+            None => problems.push(format!("{table}.{column} does not exist")),
+            Some(i) => {
+                let col = &info.columns[i as usize];
+                if !col.ty.accepts(*kind) {
+                    let mut p = String::new();
+                    let _ = write!(
+                        p,
+                        "{table}.{column}: expected {kind}, found {}",
+                        col.declared
+                    );
+                    problems.push(p);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# The weir demo: the whole pipeline on this machine.
+#
+#   tansu broker + weir registry  ->  weir ingest simulate  ->  Kafka topics tickers.*
+#   ->  weir run (passthrough guest)  ->  Postgres tables tickers_stocks/crypto/currency
+#
+# Postgres: $DATABASE_URL if set, else the local server on 127.0.0.1:5432, else a
+# throwaway cluster made with initdb/pg_ctl. Ctrl-C stops everything this started.
+# DEMO_DURATION (default 30s) is how long ticks are produced; DEMO_RATE (default 200) how
+# many a second.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+duration=${DEMO_DURATION:-30s}
+rate=${DEMO_RATE:-200}
+work=$(mktemp -d "${TMPDIR:-/tmp}/weir-demo.XXXXXX")
+chmod 755 "$work"
+pids=()
+pg_data=""
+keep_pg=""
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+cleanup() {
+  local code=$?
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$pg_data" ] && [ -z "$keep_pg" ]; then
+    say "Stopping the throwaway Postgres cluster"
+    as_postgres pg_ctl -D "$pg_data" -m fast stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$work"
+  exit "$code"
+}
+trap cleanup EXIT
+trap 'say "Interrupted"; exit 130' INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_port() {
+  for _ in $(seq 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing is listening on port $1 ($2); see $work/$2.log" >&2
+  exit 1
+}
+
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+say "Building weir and the guests"
+make -s guests >/dev/null
+cargo build --release -q -p weir
+weir="$root/target/release/weir"
+export WEIR_LOG=${WEIR_LOG:-warn}
+
+if ! command -v tansu >/dev/null && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
+  say "Installing the tansu broker (once; a few minutes)"
+  cargo install tansu@0.6.0 --locked --features dynostore
+fi
+tansu=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
+
+# Postgres.
+if [ -n "${DATABASE_URL:-}" ]; then
+  say "Using DATABASE_URL"
+  admin_url=$DATABASE_URL
+  db_url=$DATABASE_URL
+elif pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  say "Using the local Postgres on 127.0.0.1:5432 (database weir_demo)"
+  admin_url="postgresql://postgres@127.0.0.1:5432/postgres"
+  psql -q "$admin_url" -tc "SELECT 1 FROM pg_database WHERE datname = 'weir_demo'" | grep -q 1 \
+    || psql -q "$admin_url" -c "CREATE DATABASE weir_demo"
+  db_url="postgresql://postgres@127.0.0.1:5432/weir_demo"
+elif command -v initdb >/dev/null && command -v pg_ctl >/dev/null; then
+  port=$(free_port)
+  # Outside $work, so the rows outlive the demo when it ends normally.
+  pg_data=$(mktemp -d "${TMPDIR:-/tmp}/weir-demo-pg.XXXXXX")
+  say "Starting a throwaway Postgres cluster on port $port ($pg_data)"
+  chmod 755 "$pg_data"
+  if [ "$(id -u)" = 0 ]; then chown postgres "$pg_data"; fi
+  as_postgres initdb -D "$pg_data" -U postgres --auth=trust >"$work/initdb.log" 2>&1
+  as_postgres pg_ctl -D "$pg_data" -o "-p $port -k $pg_data -c listen_addresses=127.0.0.1" \
+    -l "$pg_data/server.log" -w start >/dev/null
+  db_url="postgresql://postgres@127.0.0.1:$port/postgres"
+  admin_url=$db_url
+else
+  cat >&2 <<'EOF'
+No Postgres found. Either
+  - set DATABASE_URL=postgresql://user@host:port/db, or
+  - start a local server on 127.0.0.1:5432 (Debian: apt-get install postgresql), or
+  - install initdb/pg_ctl (Debian: apt-get install postgresql) so the demo can make one.
+EOF
+  exit 1
+fi
+
+kafka_port=$(free_port)
+registry_port=$(free_port)
+http_port=$(free_port)
+export KAFKA_BROKERS="127.0.0.1:$kafka_port"
+export SCHEMA_REGISTRY_URL="http://127.0.0.1:$registry_port"
+export DATABASE_URL=$db_url
+export WEIR_HTTP="127.0.0.1:$http_port"
+
+say "Starting the tansu broker on $KAFKA_BROKERS"
+RUST_LOG=warn "$tansu" broker --storage-engine memory://tansu/ \
+  --listener-url "tcp://$KAFKA_BROKERS" --advertised-listener-url "tcp://$KAFKA_BROKERS" \
+  >"$work/tansu.log" 2>&1 &
+pids+=($!)
+wait_port "$kafka_port" tansu
+
+say "Starting weir registry on $SCHEMA_REGISTRY_URL"
+"$weir" registry serve --listen "127.0.0.1:$registry_port" --database-url "$db_url" \
+  >"$work/registry.log" 2>&1 &
+pids+=($!)
+wait_port "$registry_port" registry
+
+say "Pushing the schemas"
+"$weir" schemas push --registry "$SCHEMA_REGISTRY_URL" schemas/
+
+say "Creating the topics and starting weir run (metrics on http://$WEIR_HTTP/metrics)"
+"$weir" ingest simulate --count 0 --rate max >/dev/null 2>&1 || true
+WEIR_LOG=info "$weir" run --config tests/demo/weir.yaml >"$work/run.log" 2>&1 &
+run_pid=$!
+pids+=($run_pid)
+wait_port "$http_port" run
+
+say "Producing ticks for $duration at $rate/s"
+"$weir" ingest simulate --rate "$rate" --duration "$duration" &
+sim_pid=$!
+pids+=($sim_pid)
+wait "$sim_pid"
+
+count_rows() {
+  psql -qtA "$db_url" -c "SELECT (SELECT count(*) FROM tickers_stocks) + (SELECT count(*) FROM tickers_crypto) + (SELECT count(*) FROM tickers_currency)"
+}
+say "Waiting for weir run to write everything"
+last=-1
+for _ in $(seq 60); do
+  rows=$(count_rows)
+  if [ "$rows" = "$last" ]; then break; fi
+  last=$rows
+  sleep 1
+done
+kill -0 "$run_pid" 2>/dev/null || { echo "weir run stopped; its log:" >&2; tail -20 "$work/run.log" >&2; exit 1; }
+
+say "Rows per table"
+psql "$db_url" -c "
+  SELECT 'tickers_stocks' AS \"table\", count(*) AS rows, max(event_time) AS latest FROM tickers_stocks
+  UNION ALL SELECT 'tickers_crypto', count(*), max(event_time) FROM tickers_crypto
+  UNION ALL SELECT 'tickers_currency', count(*), max(event_time) FROM tickers_currency
+  UNION ALL SELECT 'dead_letters', count(*), max(created_at) FROM dead_letters"
+psql "$db_url" -c "SELECT id, price, bid, ask, event_time FROM tickers_crypto ORDER BY event_time DESC LIMIT 5"
+
+cat <<EOF
+
+Look at the data with:
+  psql "$db_url"
+The pipeline, broker and registry stop now; Postgres keeps the rows.
+EOF
+if [ -n "$pg_data" ]; then
+  keep_pg=1
+  stop="pg_ctl -D $pg_data stop && rm -rf $pg_data"
+  if [ "$(id -u)" = 0 ]; then stop="runuser -u postgres -- $stop"; fi
+  echo "The throwaway Postgres cluster keeps running for that; stop and remove it with:"
+  echo "  $stop"
+fi

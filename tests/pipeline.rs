@@ -1,0 +1,554 @@
+//! `weir run` end to end: tansu, weir's registry, Postgres and the passthrough guest.
+//! Every good message must become exactly one row and every poison message exactly one
+//! dead letter — through SIGKILLs, a Postgres restart and a consumer-group member dying.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value as Avro;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use weir::registry::{RegistryClient, SchemaId, frame_into};
+use weir_tests::{Broker, PgCluster, Registry, TestDb, free_port, guest_path, weir_bin};
+
+const TOPIC: &str = "events";
+const SCHEMA: &str = r#"{"type":"record","name":"Event","namespace":"weir.test","fields":[
+  {"name":"seq","type":"long"},
+  {"name":"symbol","type":"string"},
+  {"name":"price","type":"double"},
+  {"name":"at","type":{"type":"long","logicalType":"timestamp-millis"}}]}"#;
+const TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS events (
+    seq bigint NOT NULL, symbol text NOT NULL, price double precision NOT NULL,
+    at timestamptz NOT NULL, kafka_topic text, kafka_partition int, kafka_offset bigint,
+    kafka_timestamp timestamptz)";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// What was produced: good messages and poison ones by the stage that must catch them.
+#[derive(Debug, Default)]
+struct Produced {
+    good: u64,
+    poison: BTreeMap<&'static str, u64>,
+}
+
+impl Produced {
+    fn poison_total(&self) -> u64 {
+        self.poison.values().sum()
+    }
+}
+
+/// Produces `n` events over 3 partitions; every 100th is poison (bad magic byte, unknown
+/// schema id, or a truncated body, in turn).
+fn produce(broker: &Broker, registry_url: &str, n: u64) -> Produced {
+    rt().block_on(async {
+        weir::source::kafka::ensure_topics(&broker.bootstrap, &[TOPIC.to_string()], 3)
+            .await
+            .unwrap();
+        let id = RegistryClient::new(registry_url)
+            .unwrap()
+            .register(&format!("{TOPIC}-value"), SCHEMA)
+            .await
+            .unwrap();
+        let schema = apache_avro::Schema::parse_str(SCHEMA).unwrap();
+        let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .unwrap();
+        let producer: FutureProducer = weir::source::kafka::client_config(&broker.bootstrap)
+            .set("linger.ms", "20")
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap();
+        let mut produced = Produced::default();
+        let mut pending = Vec::new();
+        for seq in 0..n {
+            let body = writer
+                .write_value_to_vec(Avro::Record(vec![
+                    ("seq".into(), Avro::Long(seq as i64)),
+                    ("symbol".into(), Avro::String(format!("SYM{}", seq % 17))),
+                    (
+                        "price".into(),
+                        Avro::Double(100.0 + (seq % 1000) as f64 / 100.0),
+                    ),
+                    (
+                        "at".into(),
+                        Avro::TimestampMillis(1_714_573_800_000 + seq as i64),
+                    ),
+                ]))
+                .unwrap();
+            let mut value = Vec::new();
+            if seq % 100 == 99 {
+                let stage = match (seq / 100) % 3 {
+                    0 => {
+                        value = format!("{{\"seq\": {seq}}}").into_bytes();
+                        "framing"
+                    }
+                    1 => {
+                        frame_into(SchemaId(9_999_999), &body, &mut value);
+                        "schema"
+                    }
+                    _ => {
+                        frame_into(id, &body[..body.len() / 2], &mut value);
+                        "decode"
+                    }
+                };
+                *produced.poison.entry(stage).or_default() += 1;
+            } else {
+                frame_into(id, &body, &mut value);
+                produced.good += 1;
+            }
+            let key = format!("SYM{}", seq % 17);
+            let record = FutureRecord::to(TOPIC)
+                .partition((seq % 3) as i32)
+                .key(&key)
+                .payload(&value);
+            // Enqueued synchronously: the delivery future borrows nothing.
+            pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+            if pending.len() >= 5000 {
+                for f in pending.drain(..) {
+                    f.await.unwrap().map_err(|(e, _)| e).unwrap();
+                }
+            }
+        }
+        for f in pending {
+            f.await.unwrap().map_err(|(e, _)| e).unwrap();
+        }
+        produced
+    })
+}
+
+struct Pipeline {
+    dir: tempfile::TempDir,
+    db_url: String,
+    registry_url: String,
+    brokers: String,
+    group: String,
+}
+
+impl Pipeline {
+    fn new(db_url: &str, registry_url: &str, brokers: &str) -> Self {
+        weir_tests::run_sql(db_url, TABLE_SQL);
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            db_url: db_url.into(),
+            registry_url: registry_url.into(),
+            brokers: brokers.into(),
+            group: weir_tests::unique("group"),
+        }
+    }
+
+    /// Writes a config for one `weir run` process serving metrics on `http_port`.
+    fn config(&self, http_port: u16) -> PathBuf {
+        let path = self.dir.path().join(format!("weir-{http_port}.yaml"));
+        let guest = guest_path("passthrough");
+        std::fs::write(
+            &path,
+            format!(
+                "kafka:\n  brokers: \"{}\"\n  group_id: \"{}\"\n  properties:\n    session.timeout.ms: \"6000\"\n    heartbeat.interval.ms: \"500\"\n\
+                 registry:\n  url: \"{}\"\n\
+                 database:\n  url: \"{}\"\n\
+                 http:\n  listen: \"127.0.0.1:{http_port}\"\n\
+                 pipelines:\n  - name: events\n    topic: {TOPIC}\n    guest: \"{}\"\n    batch:\n      size: 500\n      linger: 50ms\n    config:\n      table: events\n      include_metadata: \"true\"\n    tables: [events]\n",
+                self.brokers,
+                self.group,
+                self.registry_url,
+                self.db_url,
+                guest.display()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Starts `weir run`; its log goes to a file in the test's directory.
+    fn spawn(&self, http_port: u16) -> Child {
+        let config = self.config(http_port);
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("run-{http_port}.log"))).unwrap();
+        Command::new(weir_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("WEIR_LOG", "info,rdkafka=warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start weir run")
+    }
+
+    fn log(&self, http_port: u16) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("run-{http_port}.log")))
+            .unwrap_or_default()
+    }
+
+    /// (rows, dead letters) so far.
+    fn counts(&self) -> (u64, u64) {
+        query_counts(&self.db_url)
+    }
+
+    /// Waits until `expected` messages are accounted for (rows + dead letters), or fails.
+    fn wait_for(&self, expected: u64, timeout: Duration, children: &mut [&mut Child]) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (rows, dead) = self.counts();
+            if rows + dead >= expected {
+                return;
+            }
+            for c in children.iter_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!(
+                        "weir run exited early with {status}; logs:\n{}",
+                        self.logs()
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {rows} rows + {dead} dead letters of {expected} after {timeout:?}; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                all.push_str(&format!("--- {}\n", p.display()));
+                for l in tail.into_iter().rev() {
+                    all.push_str(l);
+                    all.push('\n');
+                }
+            }
+        }
+        all
+    }
+
+    /// Asserts exactly once: each good event is one row, each poison message one dead
+    /// letter with its stage, and the stored offsets are at the end of each partition.
+    fn assert_exactly_once(&self, produced: &Produced) {
+        let (rows, distinct, dead, distinct_dead, by_stage, offsets) = rt().block_on(async {
+            let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let one = |sql: &'static str| {
+                let client = &client;
+                async move {
+                    let row = client.query_one(sql, &[]).await.unwrap();
+                    (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64)
+                }
+            };
+            let (rows, distinct) = one("SELECT count(*), count(DISTINCT seq) FROM events").await;
+            let (dead, distinct_dead) =
+                one("SELECT count(*), count(DISTINCT (partition, \"offset\")) FROM dead_letters")
+                    .await;
+            let by_stage: BTreeMap<String, u64> = client
+                .query(
+                    "SELECT stage, count(*) FROM dead_letters GROUP BY stage",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+                .collect();
+            let offsets: BTreeMap<i32, i64> = client
+                .query(
+                    "SELECT partition, next_offset FROM weir_offsets WHERE group_id = $1",
+                    &[&self.group],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+                .collect();
+            (rows, distinct, dead, distinct_dead, by_stage, offsets)
+        });
+        assert_eq!(rows, produced.good, "rows");
+        assert_eq!(distinct, produced.good, "distinct events (a duplicate row)");
+        assert_eq!(dead, produced.poison_total(), "dead letters");
+        assert_eq!(distinct_dead, dead, "a message dead-lettered twice");
+        let want: BTreeMap<String, u64> = produced
+            .poison
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        assert_eq!(by_stage, want, "dead letters by stage");
+        let total = produced.good + produced.poison_total();
+        let per_partition: i64 = offsets.values().sum();
+        assert_eq!(
+            offsets.len(),
+            3,
+            "offsets stored for every partition: {offsets:?}"
+        );
+        assert_eq!(
+            per_partition as u64, total,
+            "stored next offsets: {offsets:?}"
+        );
+    }
+}
+
+fn query_counts(url: &str) -> (u64, u64) {
+    rt().block_on(async {
+        let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else {
+            return (0, 0);
+        };
+        tokio::spawn(conn);
+        let count = |sql: &'static str| {
+            let client = &client;
+            async move {
+                client
+                    .query_one(sql, &[])
+                    .await
+                    .map(|r| r.get::<_, i64>(0) as u64)
+                    .unwrap_or(0)
+            }
+        };
+        (
+            count("SELECT count(*) FROM events").await,
+            count("SELECT count(*) FROM dead_letters").await,
+        )
+    })
+}
+
+fn kill9(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// A deterministic pseudo-random duration in [lo, hi) ms.
+fn jitter(seed: &mut u64, lo: u64, hi: u64) -> Duration {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    Duration::from_millis(lo + *seed % (hi - lo))
+}
+
+#[test]
+fn exactly_once_through_poison_and_repeated_sigkills() {
+    let db = TestDb::new();
+    let registry = Registry::start(&db.url());
+    let broker = Broker::start();
+    let produced = produce(&broker, &registry.url, 100_000);
+    assert_eq!(produced.poison_total(), 1000);
+    let p = Pipeline::new(&db.url(), &registry.url, &broker.bootstrap);
+    let port = free_port();
+    let mut seed = 0x5eed_u64;
+    let mut kills = 0;
+    let mut child = p.spawn(port);
+    while kills < 5 {
+        std::thread::sleep(jitter(&mut seed, 1500, 5000));
+        let (rows, dead) = p.counts();
+        kill9(&mut child);
+        kills += 1;
+        eprintln!("SIGKILL {kills} at {rows} rows + {dead} dead letters");
+        child = p.spawn(port);
+    }
+    p.wait_for(100_000, Duration::from_secs(600), &mut [&mut child]);
+    // Let a last batch (if any) settle, then check nothing more arrives.
+    std::thread::sleep(Duration::from_secs(2));
+    kill9(&mut child);
+    p.assert_exactly_once(&produced);
+}
+
+#[test]
+fn exactly_once_through_a_postgres_restart() {
+    let db = TestDb::new();
+    let registry = Registry::start(&db.url());
+    let broker = Broker::start();
+    let cluster = PgCluster::start();
+    let produced = produce(&broker, &registry.url, 100_000);
+    let p = Pipeline::new(&cluster.url(), &registry.url, &broker.bootstrap);
+    let port = free_port();
+    let mut child = p.spawn(port);
+    // Restart once rows are flowing.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while p.counts().0 < 5_000 {
+        assert!(Instant::now() < deadline, "no rows; logs:\n{}", p.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.start_again();
+    p.wait_for(100_000, Duration::from_secs(600), &mut [&mut child]);
+    std::thread::sleep(Duration::from_secs(2));
+    kill9(&mut child);
+    assert!(
+        p.log(port).contains("retrying")
+            || p.log(port).contains("Retrying")
+            || p.log(port).contains("reconnect"),
+        "the outage was noticed and retried; log:\n{}",
+        p.log(port)
+    );
+    p.assert_exactly_once(&produced);
+}
+
+#[test]
+fn exactly_once_when_one_of_two_group_members_dies() {
+    let db = TestDb::new();
+    let registry = Registry::start(&db.url());
+    let broker = Broker::start();
+    let produced = produce(&broker, &registry.url, 100_000);
+    let p = Pipeline::new(&db.url(), &registry.url, &broker.bootstrap);
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = p.spawn(port_a);
+    let mut b = p.spawn(port_b);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while p.counts().0 < 20_000 {
+        assert!(
+            Instant::now() < deadline,
+            "no progress; logs:\n{}",
+            p.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kill9(&mut b);
+    p.wait_for(100_000, Duration::from_secs(600), &mut [&mut a]);
+    std::thread::sleep(Duration::from_secs(2));
+    kill9(&mut a);
+    p.assert_exactly_once(&produced);
+}
+
+#[test]
+fn metrics_expose_the_pipeline_and_shutdown_is_graceful() {
+    let db = TestDb::new();
+    let registry = Registry::start(&db.url());
+    let broker = Broker::start();
+    let produced = produce(&broker, &registry.url, 3_000);
+    let p = Pipeline::new(&db.url(), &registry.url, &broker.bootstrap);
+    let port = free_port();
+    let mut child = p.spawn(port);
+    p.wait_for(3_000, Duration::from_secs(300), &mut [&mut child]);
+    let get = |path: &str| {
+        rt().block_on(async {
+            let r = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    assert_eq!(get("/healthz").0, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get("/readyz").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {}",
+            get("/readyz").1
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Lag is measured every few seconds.
+    std::thread::sleep(Duration::from_secs(6));
+    let (status, text) = get("/metrics");
+    assert_eq!(status, 200);
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+    };
+    assert_eq!(value("weir_records_in_total{topic=\"events\"}"), 3000.0);
+    assert_eq!(
+        value("weir_records_out_total{table=\"events\"}"),
+        produced.good as f64
+    );
+    for (stage, n) in &produced.poison {
+        assert_eq!(
+            value(&format!("weir_dead_letters_total{{stage=\"{stage}\"}}")),
+            *n as f64
+        );
+    }
+    assert_eq!(
+        value("weir_consumer_lag{topic=\"events\",partition=\"0\"}"),
+        0.0
+    );
+    assert!(value("weir_offsets_committed_total{topic=\"events\"}") >= 3.0);
+    assert!(
+        text.contains("weir_batch_duration_seconds_bucket{"),
+        "{text}"
+    );
+    assert!(
+        text.contains("weir_guest_call_duration_seconds_bucket{"),
+        "{text}"
+    );
+
+    // SIGTERM: finishes and exits cleanly.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "weir run did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        p.log(port)
+    );
+    p.assert_exactly_once(&produced);
+}
+
+#[test]
+fn unreachable_dependencies_are_refused_at_start() {
+    let db = TestDb::new();
+    let registry = Registry::start(&db.url());
+    let broker = Broker::start();
+    let closed = free_port();
+    for (what, db_url, registry_url, brokers, expect) in [
+        (
+            "registry",
+            db.url(),
+            format!("http://127.0.0.1:{closed}"),
+            broker.bootstrap.clone(),
+            "schema registry",
+        ),
+        (
+            "database",
+            format!("postgresql://postgres@127.0.0.1:{closed}/x"),
+            registry.url.clone(),
+            broker.bootstrap.clone(),
+            "Postgres",
+        ),
+        (
+            "kafka",
+            db.url(),
+            registry.url.clone(),
+            format!("127.0.0.1:{closed}"),
+            "Kafka brokers",
+        ),
+    ] {
+        let p = Pipeline::new(&db.url(), &registry_url, &brokers);
+        let p = Pipeline {
+            db_url: db_url.clone(),
+            ..p
+        };
+        let port = free_port();
+        let mut child = p.spawn(port);
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{what}: weir run started anyway");
+        let log = p.log(port);
+        assert!(log.contains(expect), "{what}: {log}");
+    }
+}

@@ -1,0 +1,1168 @@
+//! The Postgres sink against a real Postgres: typed inserts, merge-upserts, rejected rows,
+//! dead letters, the offset compare-and-set, connection loss, table checks, and
+//! `weir migrate`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weir::runtime::types::{
+    Action, ColumnPolicy, Decimal, Field, InsertRow, MergePolicy, UpsertRow, Value,
+};
+use weir::sink::{
+    Sink, SinkBatch, SinkConfig, SinkError, SinkItem, TableExpectation, ValueKind, WriteReport,
+    migrate,
+};
+use weir_tests::{TestDb, postgres_url, run_sql, unique, weir};
+
+const TOPIC: &str = "tickers.stocks";
+
+async fn client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(connection);
+    client.batch_execute("SET TIME ZONE 'UTC'").await.unwrap();
+    client
+}
+
+async fn sink(url: &str) -> Sink {
+    Sink::connect(SinkConfig {
+        database_url: url.to_string(),
+        group_id: "sink-tests".into(),
+    })
+    .await
+    .expect("sink connects")
+}
+
+fn field(name: &str, value: Value) -> Field {
+    Field {
+        name: name.into(),
+        value,
+    }
+}
+
+fn insert(table: &str, row: Vec<Field>) -> Action {
+    Action::Insert(InsertRow {
+        table: table.into(),
+        row,
+    })
+}
+
+fn dec(text: &str) -> Value {
+    Value::Decimal(Decimal::parse(text).unwrap())
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.into())
+}
+
+/// The message at `offset`, with these actions and a raw key and value derived from it.
+fn message(offset: i64, actions: Vec<Action>) -> SinkItem {
+    SinkItem::Actions {
+        offset,
+        key: Some(format!("key-{offset}").into_bytes()),
+        value: Some(format!("value-{offset}").into_bytes()),
+        actions,
+    }
+}
+
+/// A batch of `items` starting at `start`, one offset per item.
+fn batch(start: i64, items: Vec<SinkItem>) -> SinkBatch {
+    SinkBatch {
+        topic: TOPIC.into(),
+        partition: 3,
+        start_offset: start,
+        next_offset: start + items.len() as i64,
+        guest_version: Some("sha256:feed".into()),
+        items,
+    }
+}
+
+/// Every column of every row of `sql`, as text (NULL as None).
+async fn rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_string))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn s(v: &str) -> Option<String> {
+    Some(v.to_string())
+}
+
+#[tokio::test]
+async fn inserts_of_every_type_land_exactly_and_the_offset_moves_on() {
+    let db = TestDb::new();
+    run_sql(
+        &db.url(),
+        "CREATE TABLE ticks (id int8 PRIMARY KEY, price float8, amount numeric(30,10),
+             symbol text, at timestamptz, ok bool, raw bytea, doc jsonb,
+             note text DEFAULT 'none');
+         CREATE TABLE refs (n int4, d date, u uuid, small int2, f4 real, cur varchar(8),
+             plain numeric, local timestamp, day date, js json);",
+    );
+    let sink = sink(&db.url()).await;
+    let big = Decimal::from_i128(i128::MAX, 8);
+    let first = batch(
+        0,
+        vec![
+            message(
+                0,
+                vec![insert(
+                    "ticks",
+                    vec![
+                        field("id", Value::Int(1)),
+                        field("price", Value::Float(1.5)),
+                        field("amount", dec("-98765432109876543210.0123456789")),
+                        field("symbol", text("AAPL")),
+                        field("at", Value::Timestamp(0)),
+                        field("ok", Value::Boolean(true)),
+                        field("raw", Value::Bytes(vec![])),
+                        field("doc", text("{\"a\":[1,2]}")),
+                    ],
+                )],
+            ),
+            message(
+                1,
+                vec![
+                    insert(
+                        "ticks",
+                        vec![
+                            field("id", Value::Int(2)),
+                            field("price", Value::Int(-3)),
+                            field("amount", dec("0.0000000001")),
+                            field("symbol", text("é漢")),
+                            field("at", Value::Timestamp(1_700_000_000_123_456)),
+                            field("ok", Value::Boolean(false)),
+                            field("raw", Value::Bytes(vec![0, 255])),
+                            field("doc", text("\"x\"")),
+                            field("note", text("given")),
+                        ],
+                    ),
+                    insert(
+                        "refs",
+                        vec![
+                            field("n", Value::Int(42)),
+                            field("d", Value::Int(19_000)),
+                            field("u", text("67E55044-10B1-426F-9247-BB680E5FE0C8")),
+                            field("small", Value::Int(-5)),
+                            field("f4", Value::Float(0.5)),
+                            field("cur", text("abc")),
+                            field("plain", Value::Decimal(big.clone())),
+                            field("local", Value::Timestamp(-1)),
+                            field("day", Value::Timestamp(86_400_000_000 * 3 - 1)),
+                            field("js", text("[1, {\"b\": null}]")),
+                        ],
+                    ),
+                ],
+            ),
+            message(
+                2,
+                vec![
+                    insert(
+                        "ticks",
+                        vec![
+                            field("id", Value::Int(3)),
+                            field("price", Value::Null),
+                            field("amount", Value::Int(-7)),
+                            field("symbol", Value::Null),
+                        ],
+                    ),
+                    insert(
+                        "refs",
+                        vec![field("n", Value::Int(7)), field("plain", Value::Int(7))],
+                    ),
+                    insert(
+                        "refs",
+                        vec![field("plain", Value::Float(2.5)), field("n", Value::Int(8))],
+                    ),
+                    insert(
+                        "refs",
+                        vec![field("n", Value::Int(9)), field("plain", dec("0.00"))],
+                    ),
+                ],
+            ),
+        ],
+    );
+    let report = sink.write_batch(&first).await.unwrap();
+    assert_eq!(
+        report,
+        WriteReport {
+            rows: BTreeMap::from([("refs".into(), 4), ("ticks".into(), 3)]),
+            dead_letters: vec![],
+            attempts: 1,
+        }
+    );
+    let pg = client(&db.url()).await;
+    assert_eq!(
+        rows(
+            &pg,
+            "SELECT id, price, amount, symbol, at, ok, raw, doc, note FROM ticks ORDER BY id"
+        )
+        .await,
+        vec![
+            vec![
+                s("1"),
+                s("1.5"),
+                s("-98765432109876543210.0123456789"),
+                s("AAPL"),
+                s("1970-01-01 00:00:00+00"),
+                s("t"),
+                s("\\x"),
+                s("{\"a\": [1, 2]}"),
+                s("none"),
+            ],
+            vec![
+                s("2"),
+                s("-3"),
+                s("0.0000000001"),
+                s("é漢"),
+                s("2023-11-14 22:13:20.123456+00"),
+                s("f"),
+                s("\\x00ff"),
+                s("\"x\""),
+                s("given"),
+            ],
+            vec![
+                s("3"),
+                None,
+                s("-7.0000000000"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                s("none"),
+            ],
+        ]
+    );
+    assert_eq!(
+        rows(
+            &pg,
+            "SELECT n, (d - date '1970-01-01'), u, small, f4, cur, plain, local, day, js
+               FROM refs ORDER BY n"
+        )
+        .await,
+        vec![
+            vec![
+                s("7"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                s("7"),
+                None,
+                None,
+                None
+            ],
+            vec![
+                s("8"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                s("2.5"),
+                None,
+                None,
+                None
+            ],
+            vec![
+                s("9"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                s("0.00"),
+                None,
+                None,
+                None
+            ],
+            vec![
+                s("42"),
+                s("19000"),
+                s("67e55044-10b1-426f-9247-bb680e5fe0c8"),
+                s("-5"),
+                s("0.5"),
+                s("abc"),
+                Some(big.to_string()),
+                s("1969-12-31 23:59:59.999999"),
+                s("1970-01-03"),
+                s("[1, {\"b\": null}]"),
+            ],
+        ]
+    );
+    assert_eq!(sink.stored_offset(TOPIC, 3).await.unwrap(), Some(3));
+    assert_eq!(sink.stored_offset(TOPIC, 4).await.unwrap(), None);
+
+    // The next batch starts where the last one ended.
+    let second = batch(
+        3,
+        vec![
+            message(3, vec![insert("ticks", vec![field("id", Value::Int(4))])]),
+            message(4, vec![]),
+        ],
+    );
+    assert_eq!(sink.write_batch(&second).await.unwrap().rows["ticks"], 1);
+    assert_eq!(sink.stored_offset(TOPIC, 3).await.unwrap(), Some(5));
+
+    // A batch that does not start there is stale, and writes nothing.
+    for start in [3, 9] {
+        let stale = batch(
+            start,
+            vec![message(
+                start,
+                vec![insert("ticks", vec![field("id", Value::Int(99))])],
+            )],
+        );
+        match sink.write_batch(&stale).await {
+            Err(SinkError::Stale {
+                expected, stored, ..
+            }) => assert_eq!((expected, stored), (start, Some(5))),
+            other => panic!("expected Stale, got {other:?}"),
+        }
+    }
+    assert_eq!(count(&pg, "ticks").await, 4);
+    assert_eq!(sink.stored_offset(TOPIC, 3).await.unwrap(), Some(5));
+}
+
+/// A deterministic pseudo-random sequence.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % below
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Tick {
+    symbol: &'static str,
+    /// Microseconds since the epoch.
+    at: i64,
+    /// Price in cents.
+    price: i64,
+    /// Size in thousandths.
+    size: i64,
+}
+
+const CANDLES: &str = "(symbol text, bucket timestamptz, open numeric, high numeric,
+    low numeric, close numeric, volume numeric, trades int8, first_event_at timestamptz,
+    last_event_at timestamptz, PRIMARY KEY (symbol, bucket))";
+
+fn candle_upsert(table: &str, tick: &Tick) -> Action {
+    let price = Value::Decimal(Decimal::from_i128(tick.price.into(), 2));
+    let policy = |column: &str, policy: MergePolicy| ColumnPolicy {
+        column: column.into(),
+        policy,
+    };
+    Action::Upsert(UpsertRow {
+        table: table.into(),
+        key: vec!["symbol".into(), "bucket".into()],
+        row: vec![
+            field("symbol", text(tick.symbol)),
+            field("bucket", Value::Timestamp(1_700_000_000_000_000)),
+            field("open", price.clone()),
+            field("high", price.clone()),
+            field("low", price.clone()),
+            field("close", price),
+            field(
+                "volume",
+                Value::Decimal(Decimal::from_i128(tick.size.into(), 3)),
+            ),
+            field("trades", Value::Int(1)),
+            field("first_event_at", Value::Timestamp(tick.at)),
+            field("last_event_at", Value::Timestamp(tick.at)),
+        ],
+        policies: vec![
+            policy("open", MergePolicy::FirstByTime("first_event_at".into())),
+            policy("high", MergePolicy::Max),
+            policy("low", MergePolicy::Min),
+            policy("close", MergePolicy::LastByTime("last_event_at".into())),
+            policy("volume", MergePolicy::Sum),
+            policy("trades", MergePolicy::Sum),
+            policy("first_event_at", MergePolicy::Min),
+            policy("last_event_at", MergePolicy::Max),
+        ],
+    })
+}
+
+/// Writes `actions`, one message each, in batches of the given sizes (cycled).
+async fn write_in_batches(sink: &Sink, actions: Vec<Action>, sizes: &[usize], start: i64) -> i64 {
+    let mut offset = start;
+    let mut actions = actions.into_iter().peekable();
+    for size in sizes.iter().cycle() {
+        if actions.peek().is_none() {
+            break;
+        }
+        let items: Vec<SinkItem> = actions
+            .by_ref()
+            .take(*size)
+            .enumerate()
+            .map(|(i, a)| message(offset + i as i64, vec![a]))
+            .collect();
+        let b = batch(offset, items);
+        let report = sink.write_batch(&b).await.unwrap();
+        assert!(report.dead_letters.is_empty(), "{report:?}");
+        offset = b.next_offset;
+    }
+    offset
+}
+
+#[tokio::test]
+async fn merge_upserts_give_the_same_candle_in_any_batching_and_order() {
+    let db = TestDb::new();
+    run_sql(
+        &db.url(),
+        &format!("CREATE TABLE candles {CANDLES}; CREATE TABLE candles_one {CANDLES};"),
+    );
+    let sink = sink(&db.url()).await;
+    let mut rng = Lcg(7);
+    let base = 1_700_000_000_000_000;
+    // Few distinct times, so equal times (ties) happen often; arrival order is random.
+    let ticks: Vec<Tick> = (0..300)
+        .map(|_| Tick {
+            symbol: ["AAA", "BBB", "CCC"][rng.next(3) as usize],
+            at: base + rng.next(8) as i64 * 1_000_000,
+            price: 10_000 + rng.next(10_000) as i64,
+            size: 1 + rng.next(100_000) as i64,
+        })
+        .collect();
+
+    // Batched: many rows of a key in one batch, out of time order.
+    write_in_batches(
+        &sink,
+        ticks.iter().map(|t| candle_upsert("candles", t)).collect(),
+        &[1, 7, 50, 13, 120, 2],
+        0,
+    )
+    .await;
+    // One message per batch: the policies applied one row at a time.
+    let sink_one = Sink::connect(SinkConfig {
+        database_url: db.url(),
+        group_id: "one-by-one".into(),
+    })
+    .await
+    .unwrap();
+    write_in_batches(
+        &sink_one,
+        ticks
+            .iter()
+            .map(|t| candle_upsert("candles_one", t))
+            .collect(),
+        &[1],
+        0,
+    )
+    .await;
+
+    // What the policies say, computed here.
+    let mut expected: BTreeMap<&str, Vec<Option<String>>> = BTreeMap::new();
+    for symbol in ["AAA", "BBB", "CCC"] {
+        let of: Vec<&Tick> = ticks.iter().filter(|t| t.symbol == symbol).collect();
+        // First by time: the earliest time; on a tie, the first to arrive.
+        let open = of.iter().min_by_key(|t| t.at).unwrap();
+        // Last by time: the latest time; on a tie, the last to arrive.
+        let close = of.iter().max_by_key(|t| t.at).unwrap();
+        let cents = |v: i64| Decimal::from_i128(v.into(), 2).to_string();
+        expected.insert(
+            symbol,
+            vec![
+                s(symbol),
+                Some(cents(open.price)),
+                Some(cents(of.iter().map(|t| t.price).max().unwrap())),
+                Some(cents(of.iter().map(|t| t.price).min().unwrap())),
+                Some(cents(close.price)),
+                Some(
+                    Decimal::from_i128(of.iter().map(|t| i128::from(t.size)).sum(), 3).to_string(),
+                ),
+                Some(of.len().to_string()),
+                Some(of.iter().map(|t| t.at).min().unwrap().to_string()),
+                Some(of.iter().map(|t| t.at).max().unwrap().to_string()),
+            ],
+        );
+    }
+    let pg = client(&db.url()).await;
+    for table in ["candles", "candles_one"] {
+        let got = rows(
+            &pg,
+            &format!(
+                "SELECT symbol, open, high, low, close, volume, trades,
+                        (extract(epoch FROM first_event_at) * 1000000)::int8,
+                        (extract(epoch FROM last_event_at) * 1000000)::int8
+                   FROM {table} ORDER BY symbol"
+            ),
+        )
+        .await;
+        assert_eq!(
+            got,
+            expected.values().cloned().collect::<Vec<_>>(),
+            "{table}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn upserts_whose_policies_do_not_combine_still_apply_in_message_order() {
+    // `b` is last by `t`, but `t` itself is replaced: not combinable in a batch. And two
+    // shapes write the same keys. Batched and one-at-a-time must still agree.
+    let db = TestDb::new();
+    let table = "(k text PRIMARY KEY, a numeric, b int8, t int8, u text, lo bool)";
+    run_sql(
+        &db.url(),
+        &format!("CREATE TABLE mixed {table}; CREATE TABLE mixed_one {table};"),
+    );
+    let policy = |column: &str, policy: MergePolicy| ColumnPolicy {
+        column: column.into(),
+        policy,
+    };
+    let mut rng = Lcg(11);
+    let make = |table: &str, rng: &mut Lcg| -> Action {
+        let k = text(["x", "y"][rng.next(2) as usize]);
+        let row = if rng.next(2) == 0 {
+            UpsertRow {
+                table: table.into(),
+                key: vec!["k".into()],
+                row: vec![
+                    field("k", k),
+                    field("a", Value::Int(rng.next(100) as i64)),
+                    field("b", Value::Int(rng.next(100) as i64)),
+                    field("t", Value::Int(rng.next(5) as i64)),
+                    field("lo", Value::Boolean(rng.next(2) == 0)),
+                ],
+                policies: vec![
+                    policy("b", MergePolicy::LastByTime("t".into())),
+                    policy("lo", MergePolicy::Min),
+                ],
+            }
+        } else {
+            UpsertRow {
+                table: table.into(),
+                key: vec!["k".into()],
+                row: vec![
+                    field("k", k),
+                    field("a", Value::Int(rng.next(100) as i64)),
+                    field("u", text(&format!("u{}", rng.next(100)))),
+                ],
+                policies: vec![policy("a", MergePolicy::Sum)],
+            }
+        };
+        Action::Upsert(row)
+    };
+    let mut r1 = Lcg(11);
+    let batched: Vec<Action> = (0..120).map(|_| make("mixed", &mut r1)).collect();
+    let one: Vec<Action> = (0..120).map(|_| make("mixed_one", &mut rng)).collect();
+    let sink = sink(&db.url()).await;
+    write_in_batches(&sink, batched, &[40, 80], 0).await;
+    let sink_one = Sink::connect(SinkConfig {
+        database_url: db.url(),
+        group_id: "one-by-one".into(),
+    })
+    .await
+    .unwrap();
+    write_in_batches(&sink_one, one, &[1], 0).await;
+    let pg = client(&db.url()).await;
+    let a = rows(&pg, "SELECT * FROM mixed ORDER BY k").await;
+    let b = rows(&pg, "SELECT * FROM mixed_one ORDER BY k").await;
+    assert_eq!(a.len(), 2);
+    assert_eq!(a, b);
+}
+
+#[tokio::test]
+async fn rejected_rows_dead_letter_their_messages_and_the_rest_commits() {
+    let db = TestDb::new();
+    run_sql(
+        &db.url(),
+        "CREATE TABLE trades (id int8 PRIMARY KEY, price float8 NOT NULL CHECK (price > 0));
+         CREATE TABLE totals (k text PRIMARY KEY, n int8);",
+    );
+    let sink = sink(&db.url()).await;
+    let start = 1000;
+    let items: Vec<SinkItem> = (0..50)
+        .map(|i| {
+            let price = match i {
+                10 => Value::Float(-1.0),
+                33 => text("abc"),
+                _ => Value::Float(i as f64 + 1.0),
+            };
+            message(
+                start + i,
+                vec![
+                    insert(
+                        "trades",
+                        vec![field("id", Value::Int(i)), field("price", price)],
+                    ),
+                    Action::Upsert(UpsertRow {
+                        table: "totals".into(),
+                        key: vec!["k".into()],
+                        row: vec![field("k", text("all")), field("n", Value::Int(1))],
+                        policies: vec![ColumnPolicy {
+                            column: "n".into(),
+                            policy: MergePolicy::Sum,
+                        }],
+                    }),
+                ],
+            )
+        })
+        .collect();
+    let report = sink.write_batch(&batch(start, items)).await.unwrap();
+    assert_eq!(
+        report.dead_letters,
+        vec![
+            (start + 10, "sink".to_string()),
+            (start + 33, "sink".to_string())
+        ]
+    );
+    assert_eq!(report.rows["trades"], 48);
+    let pg = client(&db.url()).await;
+    assert_eq!(count(&pg, "trades").await, 48);
+    // A rejected message's other rows do not land either.
+    assert_eq!(rows(&pg, "SELECT n FROM totals").await, vec![vec![s("48")]]);
+    let letters = rows(
+        &pg,
+        "SELECT \"offset\", stage, error, guest_version, encode(key, 'escape'),
+                encode(value, 'escape'), topic, partition, group_id
+           FROM dead_letters ORDER BY \"offset\"",
+    )
+    .await;
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let check = letters[0][2].clone().unwrap();
+    assert!(
+        check.contains("trades") && check.contains("trades_price_check"),
+        "{check}"
+    );
+    let kind = letters[1][2].clone().unwrap();
+    assert!(
+        kind.contains("trades.price") && kind.contains("text"),
+        "{kind}"
+    );
+    for (letter, offset) in letters.iter().zip([start + 10, start + 33]) {
+        assert_eq!(letter[0], Some(offset.to_string()));
+        assert_eq!(letter[1], s("sink"));
+        assert_eq!(letter[3], s("sha256:feed"));
+        assert_eq!(letter[4], Some(format!("key-{offset}")));
+        assert_eq!(letter[5], Some(format!("value-{offset}")));
+        assert_eq!(letter[6], s(TOPIC));
+        assert_eq!(letter[7], s("3"));
+        assert_eq!(letter[8], s("sink-tests"));
+    }
+    assert_eq!(
+        sink.stored_offset(TOPIC, 3).await.unwrap(),
+        Some(start + 50)
+    );
+}
+
+#[tokio::test]
+async fn bisection_finds_every_kind_of_row_postgres_rejects() {
+    let db = TestDb::new();
+    run_sql(
+        &db.url(),
+        "CREATE TABLE t (id int8 PRIMARY KEY, code varchar(4), amount numeric(6,2) NOT NULL,
+                         CHECK (amount <> 13));
+         CREATE TABLE u (k int8 PRIMARY KEY, v int2);",
+    );
+    let sink = sink(&db.url()).await;
+    // Offset → what the dead letter's error must say.
+    let bad: BTreeMap<i64, &str> = BTreeMap::from([
+        (3, "t_pkey"),                  // the same id as message 2
+        (57, "character varying(4)"),   // too long
+        (90, "null value"),             // NOT NULL
+        (131, "overflow"),              // numeric(6,2) overflow
+        (170, "t_amount_check"),        // CHECK
+        (199, "smallint out of range"), // its sum overflows what 198 stored
+    ]);
+    let items: Vec<SinkItem> = (0..200)
+        .map(|i| {
+            let (id, code, amount) = match i {
+                3 => (2, text("ok"), dec("1")),
+                57 => (i, text("toolong"), dec("1")),
+                90 => (i, text("ok"), Value::Null),
+                131 => (i, text("ok"), dec("123456.78")),
+                170 => (i, text("ok"), dec("13")),
+                _ => (i, text("ok"), dec("2.50")),
+            };
+            let mut actions = vec![insert(
+                "t",
+                vec![
+                    field("id", Value::Int(id)),
+                    field("code", code),
+                    field("amount", amount),
+                ],
+            )];
+            if i >= 198 {
+                actions.push(Action::Upsert(UpsertRow {
+                    table: "u".into(),
+                    key: vec!["k".into()],
+                    row: vec![field("k", Value::Int(1)), field("v", Value::Int(30_000))],
+                    policies: vec![ColumnPolicy {
+                        column: "v".into(),
+                        policy: MergePolicy::Sum,
+                    }],
+                }));
+            }
+            message(i, actions)
+        })
+        .collect();
+    let report = sink.write_batch(&batch(0, items)).await.unwrap();
+    let rejected: Vec<i64> = report.dead_letters.iter().map(|(o, _)| *o).collect();
+    assert_eq!(rejected, bad.keys().copied().collect::<Vec<_>>());
+    let pg = client(&db.url()).await;
+    assert_eq!(count(&pg, "t").await, 200 - 6);
+    assert_eq!(rows(&pg, "SELECT v FROM u").await, vec![vec![s("30000")]]);
+    let errors = rows(&pg, "SELECT \"offset\", error FROM dead_letters ORDER BY 1").await;
+    for (row, (offset, needle)) in errors.iter().zip(&bad) {
+        assert_eq!(row[0], Some(offset.to_string()));
+        let error = row[1].clone().unwrap();
+        assert!(error.contains(needle), "offset {offset}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn pre_sink_dead_letters_are_written_once() {
+    let db = TestDb::new();
+    run_sql(&db.url(), "CREATE TABLE t (id int8)");
+    let sink = sink(&db.url()).await;
+    let b = SinkBatch {
+        topic: TOPIC.into(),
+        partition: 0,
+        start_offset: 10,
+        next_offset: 13,
+        guest_version: Some("sha256:abc".into()),
+        items: vec![
+            SinkItem::DeadLetter {
+                offset: 10,
+                key: Some(b"k10".to_vec()),
+                value: Some(vec![0, 1, 2, 255]),
+                stage: "decode".into(),
+                error: "truncated Avro at byte 3".into(),
+            },
+            message(11, vec![insert("t", vec![field("id", Value::Int(11))])]),
+            SinkItem::DeadLetter {
+                offset: 12,
+                key: None,
+                value: None,
+                stage: "guest".into(),
+                error: "price \0 is negative".into(),
+            },
+        ],
+    };
+    let report = sink.write_batch(&b).await.unwrap();
+    assert_eq!(
+        report.dead_letters,
+        vec![(10, "decode".to_string()), (12, "guest".to_string())]
+    );
+    let pg = client(&db.url()).await;
+    let expected = vec![
+        vec![
+            s("10"),
+            s("decode"),
+            s("truncated Avro at byte 3"),
+            s("sha256:abc"),
+            s("\\x6b3130"),
+            s("\\x000102ff"),
+        ],
+        vec![
+            s("12"),
+            s("guest"),
+            s("price \u{FFFD} is negative"),
+            s("sha256:abc"),
+            None,
+            None,
+        ],
+    ];
+    let query = "SELECT \"offset\", stage, error, guest_version, key, value
+                   FROM dead_letters ORDER BY \"offset\"";
+    assert_eq!(rows(&pg, query).await, expected);
+    // The same batch again (a redelivery to a stale owner) writes nothing more.
+    assert!(matches!(
+        sink.write_batch(&b).await,
+        Err(SinkError::Stale {
+            stored: Some(13),
+            ..
+        })
+    ));
+    assert_eq!(rows(&pg, query).await, expected);
+    assert_eq!(count(&pg, "t").await, 1);
+}
+
+/// Rows of `n` inserts into `t`, one message each.
+fn numbered(start: i64, n: i64) -> SinkBatch {
+    batch(
+        start,
+        (start..start + n)
+            .map(|i| message(i, vec![insert("t", vec![field("id", Value::Int(i))])]))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_mid_batch_is_replaced_and_the_batch_commits_once() {
+    let db = TestDb::new();
+    run_sql(&db.url(), "CREATE TABLE t (id int8 PRIMARY KEY)");
+    let app = unique("weir_sink");
+    let url = format!("{}&application_name={app}", db.url());
+    let sink = Arc::new(sink(&url).await);
+    sink.check_tables(&[TableExpectation {
+        table: "t".into(),
+        columns: vec![("id".into(), ValueKind::Int)],
+    }])
+    .await
+    .unwrap();
+    let admin = client(&postgres_url()).await;
+    let pid_of = |wait: &'static str| {
+        let admin = &admin;
+        let app = app.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let found = admin
+                    .query(
+                        "SELECT pid FROM pg_stat_activity
+                          WHERE application_name = $1 AND coalesce(wait_event_type, '') LIKE $2",
+                        &[&app, &wait],
+                    )
+                    .await
+                    .unwrap();
+                if let Some(row) = found.first() {
+                    return row.get::<_, i32>(0);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the sink's backend never showed up"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // The sink's COPY waits for a lock held elsewhere; its backend is killed meanwhile.
+    let locker = client(&db.url()).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let writing = tokio::spawn({
+        let sink = sink.clone();
+        async move { sink.write_batch(&numbered(0, 1000)).await }
+    });
+    let pid = pid_of("Lock").await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), writing)
+        .await
+        .expect("write_batch finishes")
+        .unwrap()
+        .unwrap();
+    assert!(report.attempts >= 2, "{report:?}");
+    assert_eq!(report.rows["t"], 1000);
+    let pg = client(&db.url()).await;
+    assert_eq!(count(&pg, "t").await, 1000);
+    assert_eq!(sink.stored_offset(TOPIC, 3).await.unwrap(), Some(1000));
+
+    // Killed while idle between batches: the next batch reconnects.
+    let pid = pid_of("%").await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let report = sink.write_batch(&numbered(1000, 500)).await.unwrap();
+    assert_eq!(report.rows["t"], 500);
+    assert_eq!(count(&pg, "t").await, 1500);
+    let ids = rows(&pg, "SELECT min(id), max(id), count(DISTINCT id) FROM t").await;
+    assert_eq!(ids, vec![vec![s("0"), s("1499"), s("1500")]]);
+    assert_eq!(sink.stored_offset(TOPIC, 3).await.unwrap(), Some(1500));
+}
+
+#[tokio::test]
+async fn table_checks_list_every_problem_at_once() {
+    let db = TestDb::new();
+    run_sql(
+        &db.url(),
+        "CREATE DOMAIN price AS numeric CHECK (VALUE > 0);
+         CREATE TABLE quotes (symbol text, bid price, at timestamptz, note text)",
+    );
+    let sink = sink(&db.url()).await;
+    let expect = |table: &str, columns: &[(&str, ValueKind)]| TableExpectation {
+        table: table.into(),
+        columns: columns.iter().map(|(c, k)| (c.to_string(), *k)).collect(),
+    };
+    sink.check_tables(&[expect(
+        "quotes",
+        &[
+            ("symbol", ValueKind::Text),
+            ("bid", ValueKind::Decimal),
+            ("bid", ValueKind::Float),
+            ("at", ValueKind::Timestamp),
+        ],
+    )])
+    .await
+    .expect("fitting tables pass");
+    let err = sink
+        .check_tables(&[
+            expect(
+                "quotes",
+                &[
+                    ("symbol", ValueKind::Text),
+                    ("note", ValueKind::Float),
+                    ("ask", ValueKind::Decimal),
+                ],
+            ),
+            expect("candles", &[]),
+        ])
+        .await
+        .unwrap_err();
+    let SinkError::Tables(message) = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        message.contains("quotes.note: expected float, found text"),
+        "{message}"
+    );
+    assert!(message.contains("quotes.ask does not exist"), "{message}");
+    assert!(
+        message.contains("table candles does not exist"),
+        "{message}"
+    );
+    assert!(!message.contains("symbol"), "{message}");
+}
+
+#[tokio::test]
+async fn sinks_starting_together_create_their_tables_once() {
+    let db = TestDb::new();
+    let url = db.url();
+    let (a, b, c) = tokio::join!(sink(&url), sink(&url), sink(&url));
+    drop((a, b, c));
+    let pg = client(&db.url()).await;
+    let tables = rows(
+        &pg,
+        &format!(
+            "SELECT table_name FROM information_schema.tables
+              WHERE table_schema = '{}' ORDER BY 1",
+            db.schema
+        ),
+    )
+    .await;
+    assert_eq!(
+        tables,
+        vec![vec![s("dead_letters")], vec![s("weir_offsets")]]
+    );
+}
+
+#[tokio::test]
+async fn a_missing_table_rejects_its_messages_only() {
+    let db = TestDb::new();
+    run_sql(&db.url(), "CREATE TABLE t (id int8)");
+    let sink = sink(&db.url()).await;
+    let b = batch(
+        0,
+        vec![
+            message(0, vec![insert("t", vec![field("id", Value::Int(1))])]),
+            message(1, vec![insert("nope", vec![field("id", Value::Int(2))])]),
+            message(2, vec![insert("t", vec![field("idd", Value::Int(3))])]),
+        ],
+    );
+    let report = sink.write_batch(&b).await.unwrap();
+    assert_eq!(
+        report.dead_letters,
+        vec![(1, "sink".to_string()), (2, "sink".to_string())]
+    );
+    let pg = client(&db.url()).await;
+    let errors = rows(&pg, "SELECT error FROM dead_letters ORDER BY \"offset\"").await;
+    assert_eq!(
+        errors,
+        vec![
+            vec![s("table nope does not exist")],
+            vec![s("t.idd does not exist")]
+        ]
+    );
+    // A column added later is seen without a restart.
+    run_sql(&db.url(), "ALTER TABLE t ADD COLUMN idd int8");
+    let b = batch(
+        3,
+        vec![message(
+            3,
+            vec![insert("t", vec![field("idd", Value::Int(3))])],
+        )],
+    );
+    assert!(sink.write_batch(&b).await.unwrap().dead_letters.is_empty());
+    assert_eq!(count(&pg, "t").await, 2);
+}
+
+fn write(dir: &Path, name: &str, sql: &str) {
+    std::fs::write(dir.join(name), sql).unwrap();
+}
+
+#[tokio::test]
+async fn migrations_apply_once_in_order_and_refuse_changes() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tables = "CREATE TABLE m1 (id int PRIMARY KEY);\nCREATE TABLE m2 (x text);\n";
+    write(
+        dir.path(),
+        "002_data.sql",
+        "INSERT INTO m1 VALUES (1), (2);",
+    );
+    write(dir.path(), "001_tables.sql", tables);
+    write(dir.path(), "README.md", "not a migration");
+
+    let report = migrate(&db.url(), dir.path()).await.unwrap();
+    assert_eq!(report.applied, ["001_tables.sql", "002_data.sql"]);
+    assert!(report.skipped.is_empty());
+    let report = migrate(&db.url(), dir.path()).await.unwrap();
+    assert!(report.applied.is_empty());
+    assert_eq!(report.skipped, ["001_tables.sql", "002_data.sql"]);
+    let pg = client(&db.url()).await;
+    assert_eq!(count(&pg, "m1").await, 2);
+    let recorded = pg
+        .query(
+            "SELECT name, sha256 = encode(sha256(convert_to($1, 'UTF8')), 'hex')
+               FROM weir_migrations ORDER BY name",
+            &[&tables],
+        )
+        .await
+        .unwrap();
+    assert_eq!(recorded.len(), 2);
+    assert_eq!(recorded[0].get::<_, String>(0), "001_tables.sql");
+    assert!(recorded[0].get::<_, bool>(1), "sha256 of 001 recorded");
+
+    write(
+        dir.path(),
+        "003_more.sql",
+        "ALTER TABLE m2 ADD COLUMN y int;",
+    );
+    let report = migrate(&db.url(), dir.path()).await.unwrap();
+    assert_eq!(report.applied, ["003_more.sql"]);
+
+    // A failing file is rolled back and not recorded; those before it stay applied.
+    write(dir.path(), "004_ok.sql", "CREATE TABLE m4 (id int);");
+    write(
+        dir.path(),
+        "005_bad.sql",
+        "CREATE TABLE m5 (id int); SELECT 1/0;",
+    );
+    let err = migrate(&db.url(), dir.path())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("005_bad.sql") && err.contains("division by zero"),
+        "{err}"
+    );
+    assert!(err.contains("004_ok.sql"), "{err}");
+    assert_eq!(
+        rows(
+            &pg,
+            "SELECT to_regclass('m4') IS NOT NULL, to_regclass('m5') IS NULL"
+        )
+        .await,
+        vec![vec![s("t"), s("t")]]
+    );
+    std::fs::remove_file(dir.path().join("005_bad.sql")).unwrap();
+
+    // An applied file that changed is refused, before anything new is applied.
+    write(
+        dir.path(),
+        "001_tables.sql",
+        "CREATE TABLE m1 (id bigint PRIMARY KEY);",
+    );
+    write(dir.path(), "006_new.sql", "CREATE TABLE m6 (id int);");
+    let err = migrate(&db.url(), dir.path())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("001_tables.sql") && err.contains("changed"),
+        "{err}"
+    );
+    assert_eq!(count(&pg, "weir_migrations").await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_apply_each_file_once() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "001.sql", "CREATE TABLE counter (n int);");
+    write(dir.path(), "002.sql", "INSERT INTO counter VALUES (1);");
+    let url = db.url();
+    let (a, b, c) = tokio::join!(
+        migrate(&url, dir.path()),
+        migrate(&url, dir.path()),
+        migrate(&url, dir.path())
+    );
+    let reports = [a.unwrap(), b.unwrap(), c.unwrap()];
+    let applied: usize = reports.iter().map(|r| r.applied.len()).sum();
+    assert_eq!(applied, 2, "{reports:?}");
+    let pg = client(&db.url()).await;
+    assert_eq!(count(&pg, "counter").await, 1);
+}
+
+#[test]
+fn weir_migrate_prints_what_it_did_and_fails_with_the_reason() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "001_a.sql", "CREATE TABLE a (id int);");
+    let path = dir.path().to_str().unwrap();
+    let url = db.url();
+    let out = weir(&["migrate", "--database-url", &url, path]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("applied 001_a.sql"), "{stdout}");
+    write(dir.path(), "002_b.sql", "CREATE TABLE b (id int);");
+    let out = weir(&["migrate", "--database-url", &url, path]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("skipped (already applied) 001_a.sql"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("applied 002_b.sql"), "{stdout}");
+    write(dir.path(), "001_a.sql", "CREATE TABLE a (id int8);");
+    let out = weir(&["migrate", "--database-url", &url, path]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("001_a.sql"), "{stderr}");
+    // The password is not echoed.
+    let out = weir(&[
+        "migrate",
+        "--database-url",
+        "postgresql://weir:s3cret@127.0.0.1:1/nowhere",
+        path,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("127.0.0.1:1") && !stderr.contains("s3cret"),
+        "{stderr}"
+    );
+}
