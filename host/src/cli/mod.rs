@@ -127,20 +127,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512"), Ok(512));
-        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
-        assert_eq!(parse_size("128 MiB"), Ok(128 << 20));
-        assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert!(parse_size("lots").unwrap_err().contains("not a size"));
-        assert!(
-            parse_size("3 parsecs")
-                .unwrap_err()
-                .contains("unknown size unit")
-        );
-    }
-
-    #[test]
     fn cli_parses() {
         use clap::CommandFactory;
         Cli::command().debug_assert();

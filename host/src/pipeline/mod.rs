@@ -62,6 +62,9 @@ pub struct Runner {
     topics: Vec<String>,
     partitions: Vec<Partition>,
     last_discovery: Option<Instant>,
+    /// How far before the stored offset the next re-read of a partition starts, after the
+    /// broker resumed past it (see [`Runner::process`]).
+    reread: HashMap<(String, i32), i64>,
 }
 
 impl Runner {
@@ -175,6 +178,7 @@ impl Runner {
             topics,
             partitions: Vec::new(),
             last_discovery: None,
+            reread: HashMap::new(),
         })
     }
 
@@ -299,17 +303,28 @@ impl Runner {
             match batch.messages.first() {
                 None => return Ok(()),
                 Some(first) if first.offset > next => {
+                    // The broker resumed after the stored offset. Some brokers answer a
+                    // fetch from the middle of a record batch with the next batch, so read
+                    // again from further back (the part already committed is trimmed
+                    // above), further each time.
+                    let key = (topic.clone(), partition);
+                    let back = self.reread.get(&key).map_or(512, |b| b * 4);
+                    self.reread.insert(key, back);
+                    let from = (next - back).max(0);
                     tracing::warn!(
                         topic,
                         partition,
                         expected = next,
                         got = first.offset,
-                        "Gap before batch; seeking back to the stored offset"
+                        from,
+                        "Fetch resumed past the stored offset; reading again from earlier"
                     );
-                    self.source.seek(&topic, partition, next)?;
+                    self.source.seek(&topic, partition, from)?;
                     return Ok(());
                 }
-                Some(_) => {}
+                Some(_) => {
+                    self.reread.remove(&(topic.clone(), partition));
+                }
             }
         }
         let Some(&route_index) = self.by_topic.get(&topic) else {

@@ -102,7 +102,7 @@ impl Store {
         if config.get_application_name().is_none() {
             config.application_name("weir-registry");
         }
-        let target = describe(&config);
+        let target = crate::sink::describe_config(&config);
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -178,26 +178,6 @@ fn retriable(e: &PoolError) -> bool {
         },
         _ => false,
     }
-}
-
-/// Where a Postgres config points, without the password.
-fn describe(config: &tokio_postgres::Config) -> String {
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .map(|h| match h {
-            tokio_postgres::config::Host::Tcp(name) => name.clone(),
-            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-        })
-        .collect();
-    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        config.get_user().unwrap_or(""),
-        hosts.join(","),
-        ports.join(","),
-        config.get_dbname().unwrap_or("")
-    )
 }
 
 /// Takes the registry's write lock for the rest of the transaction.
