@@ -46,7 +46,8 @@ wait_port() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.1
   done
-  echo "nothing is listening on port $1 ($2); see $work/$2.log" >&2
+  echo "nothing is listening on port $1 ($2); the end of its log:" >&2
+  tail -20 "$work/$2.log" >&2 || true
   exit 1
 }
 
@@ -106,6 +107,9 @@ export KAFKA_BROKERS="127.0.0.1:$kafka_port"
 export SCHEMA_REGISTRY_URL="http://127.0.0.1:$registry_port"
 export DATABASE_URL=$db_url
 export WEIR_HTTP="127.0.0.1:$http_port"
+# A group of its own each run: the broker is new each run, so offsets a previous run
+# stored in Postgres would point past its messages.
+export WEIR_GROUP="weir-demo-$(date +%s)"
 
 say "Starting the tansu broker on $KAFKA_BROKERS"
 RUST_LOG=warn "$tansu" broker --storage-engine memory://tansu/ \
@@ -148,6 +152,11 @@ for _ in $(seq 60); do
   sleep 1
 done
 kill -0 "$run_pid" 2>/dev/null || { echo "weir run stopped; its log:" >&2; tail -20 "$work/run.log" >&2; exit 1; }
+if [ "$last" = 0 ]; then
+  echo "no rows were written; the end of weir run's log:" >&2
+  tail -20 "$work/run.log" >&2
+  exit 1
+fi
 
 say "Rows per table"
 psql "$db_url" -c "
