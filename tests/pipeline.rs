@@ -154,7 +154,7 @@ impl Pipeline {
                  registry:\n  url: \"{}\"\n\
                  database:\n  url: \"{}\"\n\
                  http:\n  listen: \"127.0.0.1:{http_port}\"\n\
-                 pipelines:\n  - name: events\n    topic: {TOPIC}\n    guest: \"{}\"\n    batch:\n      size: 500\n      linger: 50ms\n    config:\n      table: events\n      include_metadata: \"true\"\n    tables: [events]\n",
+                 pipelines:\n  - name: events\n    topic: {TOPIC}\n    guest: \"{}\"\n    batch:\n      size: 500\n      linger: 50ms\n    config:\n      table: events\n      include_metadata: \"true\"\n    tables: [events]\n    columns: schema\n",
                 self.brokers,
                 self.group,
                 self.registry_url,
@@ -551,4 +551,32 @@ fn unreachable_dependencies_are_refused_at_start() {
         let log = p.log(port);
         assert!(log.contains(expect), "{what}: {log}");
     }
+}
+
+#[test]
+fn tables_that_do_not_fit_the_schema_are_refused_at_start() {
+    let db = TestDb::new();
+    let registry = Registry::start(&db.url());
+    let broker = Broker::start();
+    // The schema is registered (and a few events produced), but the table's `price` is
+    // text and `at` is missing.
+    produce(&broker, &registry.url, 10);
+    weir_tests::run_sql(
+        &db.url(),
+        "CREATE TABLE events (seq bigint, symbol text, price text)",
+    );
+    let p = Pipeline::new(&db.url(), &registry.url, &broker.bootstrap);
+    let port = free_port();
+    let status = p.spawn(port).wait().unwrap();
+    assert!(
+        !status.success(),
+        "weir run started with a table that does not fit"
+    );
+    let log = p.log(port);
+    assert!(
+        log.contains("events.price: expected float, found text"),
+        "{log}"
+    );
+    assert!(log.contains("events.at does not exist"), "{log}");
+    assert_eq!(p.counts().0, 0);
 }

@@ -46,6 +46,7 @@
 //!     limits: {deadline: 5s, max_memory: 64MiB} # per guest call (defaults 10s, 128MiB)
 //!     config:                      # handed to the guest; scalars become text
 //!       table: stock_ticks
+//!     columns: schema              # check a column per value-schema field (default: exist)
 //!   - name: candles
 //!     topics: [tickers.crypto, tickers.currency]   # …or several
 //!     guest: candles.wasm          # (an absolute path works too)
@@ -204,6 +205,20 @@ pub struct PipelineConfig {
     pub guest_config: BTreeMap<String, String>,
     /// The tables this pipeline writes, checked at start.
     pub tables: Vec<String>,
+    /// What to check of their columns at start.
+    pub columns: ColumnCheck,
+}
+
+/// What `weir run` checks of a pipeline's tables' columns before it starts (`columns:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnCheck {
+    /// Only that the tables exist: the guest decides the columns (the default).
+    #[default]
+    Exist,
+    /// The guest writes each message's fields as columns (like `passthrough`): every field
+    /// of the topics' latest value schemas needs a column of a compatible type.
+    Schema,
 }
 
 impl Config {
@@ -368,6 +383,9 @@ struct PipelineFile {
     /// The tables written (default: `config.table`).
     #[serde(default)]
     tables: Option<Vec<String>>,
+    /// What to check of the tables' columns at start.
+    #[serde(default)]
+    columns: ColumnCheck,
 }
 
 /// `batch:` of a pipeline.
@@ -710,6 +728,7 @@ impl Checker<'_> {
             },
             guest_config: p.config,
             tables,
+            columns: p.columns,
         })
     }
 

@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rdkafka::consumer::Consumer as _;
 
-use crate::config::{Config, PipelineConfig};
+use crate::config::{ColumnCheck, Config, PipelineConfig};
 use crate::metrics::{Health, Metrics};
 use crate::registry::RegistryClient;
 use crate::runtime::types::{Batch, ConfigEntry, Message, Outcome};
 use crate::runtime::{Guest, GuestError, Runtime};
-use crate::sink::{Sink, SinkBatch, SinkConfig, SinkError, SinkItem, TableExpectation};
+use crate::sink::{Sink, SinkBatch, SinkConfig, SinkError, SinkItem, TableExpectation, ValueKind};
+use crate::source::avro::field_kinds;
 use crate::source::{
     Decoded, Decoder, KafkaSource, RawBatch, RawMessage, SourceConfig, Stage, StartFrom,
 };
@@ -116,19 +117,14 @@ impl Runner {
             group_id: config.kafka.group_id.clone(),
         })
         .await?;
-        let expectations: Vec<TableExpectation> = config
-            .pipelines
-            .iter()
-            .flat_map(|p| p.tables.iter())
-            .map(|t| TableExpectation {
-                table: t.clone(),
-                columns: vec![],
-            })
-            .collect();
+        let registry = Arc::new(RegistryClient::new(&config.registry.url)?);
+        let mut expectations = Vec::new();
+        for p in &config.pipelines {
+            expectations.extend(table_expectations(p, &registry).await?);
+        }
         sink.check_tables(&expectations).await?;
         health.set_connected(true);
 
-        let registry = Arc::new(RegistryClient::new(&config.registry.url)?);
         let mut source = KafkaSource::new(&SourceConfig {
             brokers: config.kafka.brokers.clone(),
             group_id: config.kafka.group_id.clone(),
@@ -517,6 +513,39 @@ impl Runner {
         })
         .await;
     }
+}
+
+/// What `weir run` expects of a pipeline's tables: that they exist and, with
+/// `columns: schema`, a compatible column for every field of its topics' value schemas.
+async fn table_expectations(
+    pipeline: &PipelineConfig,
+    registry: &RegistryClient,
+) -> anyhow::Result<Vec<TableExpectation>> {
+    let mut columns: Vec<(String, ValueKind)> = Vec::new();
+    if pipeline.columns == ColumnCheck::Schema {
+        for topic in &pipeline.topics {
+            let subject = format!("{topic}-value");
+            let latest = registry.latest(&subject).await.with_context(|| {
+                format!(
+                    "pipeline {} has `columns: schema`, so its topics' schemas must be registered",
+                    pipeline.name
+                )
+            })?;
+            for field in field_kinds(&latest.schema) {
+                if !columns.iter().any(|(n, _)| *n == field.0) {
+                    columns.push(field);
+                }
+            }
+        }
+    }
+    Ok(pipeline
+        .tables
+        .iter()
+        .map(|table| TableExpectation {
+            table: table.clone(),
+            columns: columns.clone(),
+        })
+        .collect())
 }
 
 /// Kafka group settings that would make librdkafka join the broker's group; weir's group

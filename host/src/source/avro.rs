@@ -13,6 +13,7 @@ use apache_avro::schema::{Name, RecordSchema};
 use apache_avro::types::Value as Avro;
 
 use crate::runtime::types::{Decimal, Field, Value};
+use crate::sink::ValueKind;
 
 /// A writer schema prepared for decoding: the schema and its named records, so references
 /// to them resolve.
@@ -108,6 +109,66 @@ impl AvroDecoder {
             }
         }
     }
+}
+
+/// The flattened fields of a record schema and the kind of value each decodes to, as
+/// [`AvroDecoder::decode`] names them. A field that is always null has no kind and is left
+/// out; a union takes its first non-null branch's kind.
+pub fn field_kinds(schema: &Schema) -> Vec<(String, ValueKind)> {
+    let mut records = HashMap::new();
+    collect_records(schema, &mut records);
+    let mut out = Vec::new();
+    kinds_into("", schema, &records, &mut out);
+    out
+}
+
+fn kinds_into(
+    name: &str,
+    schema: &Schema,
+    records: &HashMap<Name, RecordSchema>,
+    out: &mut Vec<(String, ValueKind)>,
+) {
+    let record = match schema {
+        Schema::Record(r) => Some(r),
+        Schema::Ref { name } => records.get(name),
+        _ => None,
+    };
+    if let Some(r) = record {
+        for f in &r.fields {
+            let full = if name.is_empty() {
+                f.name.clone()
+            } else {
+                format!("{name}.{}", f.name)
+            };
+            kinds_into(&full, &f.schema, records, out);
+        }
+        return;
+    }
+    let kind = match schema {
+        Schema::Union(u) => {
+            if let Some(branch) = u.variants().iter().find(|v| !matches!(v, Schema::Null)) {
+                kinds_into(name, branch, records, out);
+            }
+            return;
+        }
+        Schema::Null => return,
+        Schema::Boolean => ValueKind::Boolean,
+        Schema::Int | Schema::Long | Schema::Date | Schema::TimeMillis | Schema::TimeMicros => {
+            ValueKind::Int
+        }
+        Schema::Float | Schema::Double => ValueKind::Float,
+        Schema::Bytes | Schema::Fixed(_) => ValueKind::Bytes,
+        Schema::Decimal(_) => ValueKind::Decimal,
+        Schema::TimestampMillis
+        | Schema::TimestampMicros
+        | Schema::TimestampNanos
+        | Schema::LocalTimestampMillis
+        | Schema::LocalTimestampMicros
+        | Schema::LocalTimestampNanos => ValueKind::Timestamp,
+        // Strings, enums, uuids; arrays and maps arrive as JSON text.
+        _ => ValueKind::Text,
+    };
+    out.push((name.to_string(), kind));
 }
 
 fn collect_records(schema: &Schema, out: &mut HashMap<Name, RecordSchema>) {
@@ -290,6 +351,30 @@ mod tests {
             fields
                 .iter()
                 .any(|f| f.name == "last.ask" && f.value == Value::Float(2.0))
+        );
+    }
+
+    #[test]
+    fn field_kinds_follow_the_decoded_names() {
+        let schema = Schema::parse_str(SCHEMA).unwrap();
+        let kinds = field_kinds(&schema);
+        assert_eq!(
+            kinds,
+            [
+                ("id", ValueKind::Text),
+                ("price", ValueKind::Float),
+                ("size", ValueKind::Int),
+                ("kind", ValueKind::Text),
+                ("at", ValueKind::Timestamp),
+                ("eid", ValueKind::Text),
+                ("amount", ValueKind::Decimal),
+                ("quote.bid", ValueKind::Float),
+                ("quote.ask", ValueKind::Float),
+                ("last.bid", ValueKind::Float),
+                ("last.ask", ValueKind::Float),
+                ("tags", ValueKind::Text),
+            ]
+            .map(|(n, k)| (n.to_string(), k))
         );
     }
 
