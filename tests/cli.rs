@@ -170,3 +170,38 @@ fn run_reports_a_guest_failure_and_a_wrong_world() {
         "{stderr}"
     );
 }
+
+#[test]
+fn migrate_takes_the_database_and_directory_from_a_config() {
+    let db = weir_tests::TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sql")).unwrap();
+    std::fs::write(
+        dir.path().join("sql/001_t.sql"),
+        "CREATE TABLE migrated (id int)",
+    )
+    .unwrap();
+    let config = dir.path().join("weir.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kafka: {{brokers: \"127.0.0.1:1\"}}\nregistry: {{url: \"http://127.0.0.1:1\"}}\n\
+             database: {{url: \"{}\", migrations: sql}}\n\
+             pipelines:\n  - {{name: p, topic: t, guest: \"{}\"}}\n",
+            db.url(),
+            guest_path("passthrough").display()
+        ),
+    )
+    .unwrap();
+    let run = || {
+        let out = weir(&["migrate", "--config", path(&config)]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert_eq!(run(), "applied 001_t.sql\n");
+    assert_eq!(
+        run(),
+        "skipped (already applied) 001_t.sql\nnothing to apply\n"
+    );
+    weir_tests::run_sql(&db.url(), "SELECT id FROM migrated");
+}
