@@ -387,3 +387,44 @@ fn calls_run_concurrently_on_separate_instances() {
     });
     assert_eq!(guest.stats(), (80, 0));
 }
+
+#[test]
+fn a_slot_swaps_at_the_next_snapshot_and_rolls_back() {
+    use weir::runtime::GuestSlot;
+    let rt = runtime();
+    let a = load(&rt, "passthrough", GuestLimits::default());
+    let b = load(&rt, "fixture_chatty", GuestLimits::default());
+    let (va, vb) = (a.id().version.clone(), b.id().version.clone());
+    let slot = GuestSlot::new("ticks", a.clone());
+    // A batch holds on to the version it started with.
+    let in_flight = slot.current();
+    let swapped = slot.swap(b.clone()).expect("a different version swaps");
+    assert_eq!(
+        (swapped.old_version.as_str(), swapped.new_version.as_str()),
+        (va.as_str(), vb.as_str())
+    );
+    assert_eq!(in_flight.id().version, va);
+    let out = in_flight.process(&batch(vec![tick(1)])).unwrap();
+    assert!(
+        matches!(&out[0], Outcome::Actions(a) if a.len() == 1),
+        "the old version ran: {out:?}"
+    );
+    // The next batch runs the new one (chatty drops every message).
+    let next = slot.current();
+    assert_eq!(next.id().version, vb);
+    assert_eq!(
+        next.process(&batch(vec![tick(1)])).unwrap(),
+        vec![Outcome::Actions(vec![])]
+    );
+    // Swapping in the version in use changes nothing.
+    assert!(slot.swap(b).is_none());
+    let back = slot.rollback().expect("there is a previous version");
+    assert_eq!(back.new_version, va);
+    assert_eq!(slot.current().id().version, va);
+    assert_eq!(
+        slot.rollback().unwrap().new_version,
+        vb,
+        "rolling back again returns"
+    );
+    assert_eq!(slot.swaps(), 3);
+}

@@ -20,7 +20,7 @@ use crate::config::{ColumnCheck, Config, PipelineConfig};
 use crate::metrics::{Health, Metrics};
 use crate::registry::RegistryClient;
 use crate::runtime::types::{Batch, ConfigEntry, Message, Outcome};
-use crate::runtime::{Guest, GuestError, Runtime};
+use crate::runtime::{Guest, GuestError, GuestSlot, Runtime};
 use crate::sink::{Sink, SinkBatch, SinkConfig, SinkError, SinkItem, TableExpectation, ValueKind};
 use crate::source::avro::field_kinds;
 use crate::source::{
@@ -40,7 +40,7 @@ const DEFAULT_SESSION: Duration = Duration::from_secs(10);
 /// One configured pipeline, ready to run batches.
 struct Route {
     name: String,
-    guest: Guest,
+    guest: Arc<GuestSlot>,
     guest_config: Vec<ConfigEntry>,
 }
 
@@ -91,7 +91,7 @@ impl Runner {
             }
             routes.push(Route {
                 name: p.name.clone(),
-                guest,
+                guest: GuestSlot::new(&guest.id().name.clone(), guest),
                 guest_config: p
                     .guest_config
                     .iter()
@@ -328,14 +328,16 @@ impl Runner {
         };
         self.metrics.records_in(&topic, batch.messages.len() as u64);
         let decoded = self.decoder.decode_batch(&batch).await;
-        let items = self.run_guest(route_index, &batch, decoded);
         let route = &self.routes[route_index];
+        // One version for the whole batch: a swap lands at the next batch.
+        let guest = route.guest.current();
+        let items = self.run_guest(route, &guest, &batch, decoded);
         let sink_batch = SinkBatch {
             topic: topic.clone(),
             partition,
             start_offset: batch.messages[0].offset,
             next_offset: batch.next_offset().expect("non-empty batch"),
-            guest_version: Some(route.guest.id().version.clone()),
+            guest_version: Some(guest.id().version.clone()),
             items,
         };
         match self.sink.write_batch(&sink_batch).await {
@@ -383,11 +385,11 @@ impl Runner {
     /// until the message(s) at fault are isolated.
     fn run_guest(
         &self,
-        route_index: usize,
+        route: &Route,
+        guest: &Guest,
         batch: &RawBatch,
         decoded: Vec<Decoded>,
     ) -> Vec<SinkItem> {
-        let route = &self.routes[route_index];
         let raws: HashMap<i64, &RawMessage> =
             batch.messages.iter().map(|m| (m.offset, m)).collect();
         let mut items: Vec<Option<SinkItem>> = Vec::with_capacity(decoded.len());
@@ -409,7 +411,7 @@ impl Runner {
                 })),
             }
         }
-        let outcomes = self.call_isolating(route, messages.clone());
+        let outcomes = self.call_isolating(route, guest, messages.clone());
         for ((slot, message), outcome) in slots.into_iter().zip(messages).zip(outcomes) {
             let raw = raws.get(&message.offset);
             let key = raw.and_then(|r| r.key.clone());
@@ -447,6 +449,7 @@ impl Runner {
     fn call_isolating(
         &self,
         route: &Route,
+        guest: &Guest,
         messages: Vec<Message>,
     ) -> Vec<Result<Outcome, GuestError>> {
         if messages.is_empty() {
@@ -460,14 +463,13 @@ impl Runner {
         let started = Instant::now();
         // A guest call is CPU work that may run to its deadline: keep the runtime's other
         // tasks (metrics, signals) going while it runs.
-        let result = tokio::task::block_in_place(|| route.guest.process(&batch));
+        let result = tokio::task::block_in_place(|| guest.process(&batch));
         self.metrics
-            .guest_call(&route.guest.id().name, started.elapsed().as_secs_f64());
+            .guest_call(&guest.id().name, started.elapsed().as_secs_f64());
         match result {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(e) => {
-                self.metrics
-                    .guest_error(&route.guest.id().name, e.kind.name());
+                self.metrics.guest_error(&guest.id().name, e.kind.name());
                 if n == 1 {
                     tracing::warn!(guest = %e.guest, offset = batch.messages[0].offset, error = %e, "Guest failed on a message; dead-lettering it");
                     return vec![Err(e)];
@@ -475,8 +477,8 @@ impl Runner {
                 tracing::info!(guest = %e.guest, messages = n, error = %e, "Guest call failed; splitting the batch to isolate the message at fault");
                 let mut messages = batch.messages;
                 let right = messages.split_off(n / 2);
-                let mut out = self.call_isolating(route, messages);
-                out.extend(self.call_isolating(route, right));
+                let mut out = self.call_isolating(route, guest, messages);
+                out.extend(self.call_isolating(route, guest, right));
                 out
             }
         }

@@ -10,6 +10,7 @@
 mod bindings;
 mod check;
 mod host;
+mod slot;
 
 use std::fmt;
 use std::path::Path;
@@ -24,6 +25,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use bindings::types;
 pub use check::{ALLOWED_IMPORTS, GuestInfo, Item, WORLD};
 pub use host::{GuestCounters, HostEvents, Level, TracingEvents};
+pub use slot::{GuestSlot, Swapped};
 
 use bindings::{Processor, ProcessorPre};
 use host::CallState;
