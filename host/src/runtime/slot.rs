@@ -4,7 +4,7 @@
 //! version for the whole batch, so a swap lands at the next batch boundary and never waits
 //! for more than the batch in flight.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use super::Guest;
 
@@ -12,9 +12,8 @@ use super::Guest;
 #[derive(Debug)]
 pub struct GuestSlot {
     name: String,
+    /// Swaps and rollbacks change it under the write lock, one at a time.
     state: RwLock<SlotState>,
-    /// Serialises swaps, so a rollback always sees the version the last swap replaced.
-    changing: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -45,7 +44,6 @@ impl GuestSlot {
                 previous: None,
                 swaps: 0,
             }),
-            changing: Mutex::new(()),
         })
     }
 
@@ -66,11 +64,22 @@ impl GuestSlot {
     /// Swaps in `guest` (already compiled and checked); the replaced version becomes the
     /// rollback target. Swapping in the version already current changes nothing.
     pub fn swap(&self, guest: Guest) -> Option<Swapped> {
-        let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         if state.current.id().version == guest.id().version {
             return None;
         }
+        Some(self.replace(&mut state, guest, "Swapped guest"))
+    }
+
+    /// Goes back to the version the last swap replaced; `None` when there is none.
+    pub fn rollback(&self) -> Option<Swapped> {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let previous = state.previous.take()?;
+        Some(self.replace(&mut state, previous, "Rolled guest back"))
+    }
+
+    /// Makes `guest` current, keeping the replaced version for rollback.
+    fn replace(&self, state: &mut SlotState, guest: Guest, what: &str) -> Swapped {
         let old = std::mem::replace(&mut state.current, guest);
         let swapped = Swapped {
             name: self.name.clone(),
@@ -79,25 +88,8 @@ impl GuestSlot {
         };
         state.previous = Some(old);
         state.swaps += 1;
-        tracing::info!(guest = %self.name, old = %swapped.old_version, new = %swapped.new_version, "Swapped guest");
-        Some(swapped)
-    }
-
-    /// Goes back to the version the last swap replaced; `None` when there is none.
-    pub fn rollback(&self) -> Option<Swapped> {
-        let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let previous = state.previous.take()?;
-        let old = std::mem::replace(&mut state.current, previous);
-        let swapped = Swapped {
-            name: self.name.clone(),
-            old_version: old.id().version.clone(),
-            new_version: state.current.id().version.clone(),
-        };
-        state.previous = Some(old);
-        state.swaps += 1;
-        tracing::info!(guest = %self.name, old = %swapped.old_version, new = %swapped.new_version, "Rolled guest back");
-        Some(swapped)
+        tracing::info!(guest = %self.name, old = %swapped.old_version, new = %swapped.new_version, "{what}");
+        swapped
     }
 
     /// Swaps and rollbacks so far.
