@@ -250,6 +250,13 @@ impl Pipeline {
                 }
             };
             let (rows, distinct) = one("SELECT count(*), count(DISTINCT seq) FROM events").await;
+            let (_, by_offset) =
+                one("SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)) FROM events")
+                    .await;
+            assert_eq!(
+                by_offset, rows,
+                "a Kafka message (partition, offset) written twice"
+            );
             let (dead, distinct_dead) =
                 one("SELECT count(*), count(DISTINCT (partition, \"offset\")) FROM dead_letters")
                     .await;

@@ -348,6 +348,17 @@ impl KafkaSource {
                         since: Instant::now(),
                         messages: Vec::with_capacity(batch_size),
                     });
+                    // A batch holds each offset once, in increasing order. After a seek the
+                    // client can still deliver messages fetched before it, and the re-read
+                    // repeats them; a repeat within one batch would be written twice.
+                    if pending
+                        .messages
+                        .last()
+                        .is_some_and(|last| raw.offset <= last.offset)
+                    {
+                        tracing::debug!(topic = %key.0, partition = key.1, offset = raw.offset, "Dropped an out-of-order or repeated message from a batch");
+                        continue;
+                    }
                     pending.messages.push(raw);
                     if pending.messages.len() >= batch_size {
                         return Ok(self.take(key));
