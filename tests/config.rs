@@ -647,3 +647,91 @@ fn the_documented_example_loads() {
         );
     }
 }
+
+#[test]
+fn hot_swap_settings_parse_with_their_defaults() {
+    let dir = Dir::new();
+    dir.write("guests/g.wasm", "");
+    dir.write("secrets/token", "t");
+    let base = format!(
+        "{HEADER}  - name: stocks\n    topic: tickers.stocks\n    guest: g.wasm\n    version_column: guest_version\n"
+    );
+    let path = dir.config(&format!("guests:\n  dir: guests\n{base}"));
+    let c = config::load(&path, None).unwrap();
+    assert!(c.guests.watch, "watched by default");
+    assert_eq!(c.guests.rescan, Duration::from_secs(1));
+    assert_eq!(c.admin, None, "the admin API is off by default");
+    assert_eq!(
+        c.pipelines[0].version_column.as_deref(),
+        Some("guest_version")
+    );
+
+    let path = dir.config(&format!(
+        "guests:\n  dir: guests\n  watch: false\n  rescan: 250ms\n\
+         admin:\n  listen: 127.0.0.1:9465\n  token_file: secrets/token\n  max_body: 8MiB\n{base}"
+    ));
+    let c = config::load(&path, None).unwrap();
+    assert!(!c.guests.watch);
+    assert_eq!(c.guests.rescan, Duration::from_millis(250));
+    let admin = c.admin.unwrap();
+    assert_eq!(admin.listen, "127.0.0.1:9465".parse().unwrap());
+    assert_eq!(
+        admin.token_file.unwrap(),
+        std::path::absolute(dir.path().join("secrets/token")).unwrap()
+    );
+    assert_eq!(admin.max_body, 8 << 20);
+}
+
+#[test]
+fn an_admin_api_without_exactly_one_token_source_is_refused() {
+    let dir = Dir::new();
+    dir.write("g.wasm", "");
+    let err = dir.load_err(&format!(
+        "admin:\n  listen: 127.0.0.1:9465\n{}",
+        with_header(PIPE)
+    ));
+    assert!(
+        err.starts_with("admin: the admin API needs a bearer token: set token_file"),
+        "{err}"
+    );
+    assert!(err.ends_with("(line 1)"), "{err}");
+    let err = dir.load_err(&format!(
+        "admin:\n  listen: 127.0.0.1:9465\n  token_file: t\n  token_env: T\n{}",
+        with_header(PIPE)
+    ));
+    assert_eq!(
+        err,
+        "admin: give token_file or token_env, not both (line 4)"
+    );
+}
+
+#[test]
+fn a_guest_name_meaning_two_files_is_refused() {
+    let dir = Dir::new();
+    dir.write("a/g.wasm", "");
+    dir.write("b/g.wasm", "");
+    let err = dir.load_err(&with_header(
+        "  - name: stocks\n    topic: tickers.stocks\n    guest: a/g.wasm\n\
+         \x20 - name: crypto\n    topic: tickers.crypto\n    guest: b/g.wasm\n",
+    ));
+    assert!(err.starts_with("pipelines[1] (crypto).guest: "), "{err}");
+    assert!(
+        err.contains("has the guest name \"g\"") && err.ends_with("(line 13)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn weir_run_refuses_an_unreadable_admin_token_before_connecting() {
+    let dir = Dir::new();
+    dir.write("g.wasm", "");
+    let path = dir.config(&format!(
+        "admin:\n  listen: 127.0.0.1:0\n  token_env: WEIR_TEST_UNSET_TOKEN\n{}",
+        with_header(PIPE)
+    ));
+    let err = weir_failing(&["run", "--config", s(&path)]);
+    assert!(
+        err.contains("the admin token variable WEIR_TEST_UNSET_TOKEN is not set"),
+        "{err}"
+    );
+}

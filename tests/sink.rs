@@ -76,6 +76,7 @@ fn batch(start: i64, items: Vec<SinkItem>) -> SinkBatch {
         start_offset: start,
         next_offset: start + items.len() as i64,
         guest_version: Some("sha256:feed".into()),
+        version_column: None,
         items,
     }
 }
@@ -753,6 +754,7 @@ async fn pre_sink_dead_letters_are_written_once() {
         start_offset: 10,
         next_offset: 13,
         guest_version: Some("sha256:abc".into()),
+        version_column: None,
         items: vec![
             SinkItem::DeadLetter {
                 offset: 10,
@@ -1014,6 +1016,73 @@ async fn a_missing_table_rejects_its_messages_only() {
     );
     assert!(sink.write_batch(&b).await.unwrap().dead_letters.is_empty());
     assert_eq!(count(&pg, "t").await, 2);
+}
+
+#[tokio::test]
+async fn the_version_column_is_filled_in_every_row_on_request() {
+    let db = TestDb::new();
+    run_sql(
+        &db.url(),
+        "CREATE TABLE t (id int8, v text); CREATE TABLE u (k text PRIMARY KEY, n int8, v text);
+         CREATE TABLE plain (id int8)",
+    );
+    let sink = sink(&db.url()).await;
+    let upsert = |k: &str, n: i64, v: Option<&str>| {
+        let mut row = vec![field("k", text(k)), field("n", Value::Int(n))];
+        if let Some(v) = v {
+            row.push(field("v", text(v)));
+        }
+        Action::Upsert(UpsertRow {
+            table: "u".into(),
+            row,
+            key: vec!["k".into()],
+            policies: vec![ColumnPolicy {
+                column: "n".into(),
+                policy: MergePolicy::Sum,
+            }],
+        })
+    };
+    let mut b = batch(
+        0,
+        vec![
+            message(0, vec![insert("t", vec![field("id", Value::Int(1))])]),
+            // A guest's own value for the column does not hide the version.
+            message(
+                1,
+                vec![
+                    insert("t", vec![field("id", Value::Int(2)), field("v", text("x"))]),
+                    upsert("a", 1, None),
+                ],
+            ),
+            message(2, vec![upsert("a", 2, Some("y"))]),
+            // A table without the column refuses the row, naming the setting.
+            message(3, vec![insert("plain", vec![field("id", Value::Int(3))])]),
+        ],
+    );
+    b.guest_version = Some("v1".into());
+    b.version_column = Some("v".into());
+    let report = sink.write_batch(&b).await.unwrap();
+    assert_eq!(report.dead_letters, vec![(3, "sink".to_string())]);
+    let pg = client(&db.url()).await;
+    assert_eq!(
+        rows(&pg, "SELECT id, v FROM t ORDER BY id").await,
+        vec![vec![s("1"), s("v1")], vec![s("2"), s("v1")]]
+    );
+    assert_eq!(
+        rows(&pg, "SELECT error FROM dead_letters").await,
+        vec![vec![s(
+            "plain.v does not exist (the pipeline's version_column)"
+        )]]
+    );
+    // A later version replaces the one recorded on an upserted row.
+    let mut b = batch(4, vec![message(4, vec![upsert("a", 4, None)])]);
+    b.guest_version = Some("v2".into());
+    b.version_column = Some("v".into());
+    sink.write_batch(&b).await.unwrap();
+    assert_eq!(
+        rows(&pg, "SELECT k, n, v FROM u").await,
+        vec![vec![s("a"), s("7"), s("v2")]]
+    );
 }
 
 fn write(dir: &Path, name: &str, sql: &str) {

@@ -5,6 +5,7 @@
 //! `weir` command.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod ingest;

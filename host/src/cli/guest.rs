@@ -1,4 +1,5 @@
-//! `weir guest check` and `weir guest run`.
+//! `weir guest check` and `weir guest run`; `deploy`, `list` and `rollback` are in
+//! [`super::admin`].
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,31 @@ pub enum GuestCommand {
     /// "fields": {…}}`, or just the fields object. Typed values are one-key objects:
     /// {"$timestamp": "2024-05-01T12:00:00Z"}, {"$decimal": "1.50"}, {"$bytes": "<base64>"}.
     Run(RunArgs),
+    /// Deploy a new version of a guest to a running `weir run` through its admin API: it
+    /// is compiled and checked there, then swapped in at each pipeline's next batch.
+    Deploy {
+        #[command(flatten)]
+        admin: super::admin::AdminArgs,
+        /// The guest name (the file stem of the guest in the pipeline config).
+        name: String,
+        /// The new version (.wasm).
+        file: PathBuf,
+    },
+    /// List the guests of a running `weir run`: version, load time, calls, errors, topics.
+    List {
+        #[command(flatten)]
+        admin: super::admin::AdminArgs,
+        /// Print the admin API's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Roll a guest of a running `weir run` back to the version its last swap replaced.
+    Rollback {
+        #[command(flatten)]
+        admin: super::admin::AdminArgs,
+        /// The guest name.
+        name: String,
+    },
 }
 
 /// Arguments of `weir guest run`.
@@ -78,6 +104,13 @@ pub fn run(cmd: GuestCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         GuestCommand::Check { file } => check(&file),
         GuestCommand::Run(args) => run_jsonl(args),
+        GuestCommand::Deploy { admin, name, file } => {
+            super::block_on(super::admin::deploy(&admin, &name, &file))
+        }
+        GuestCommand::List { admin, json } => super::block_on(super::admin::list(&admin, json)),
+        GuestCommand::Rollback { admin, name } => {
+            super::block_on(super::admin::rollback(&admin, &name))
+        }
     }
 }
 

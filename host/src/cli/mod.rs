@@ -1,5 +1,6 @@
 //! The `weir` command line.
 
+mod admin;
 mod config;
 mod guest;
 mod ingest;

@@ -7,8 +7,12 @@ use clap::Args;
 
 use super::ingest::shutdown_signal;
 use crate::metrics::{Health, Metrics};
-use crate::pipeline::Runner;
+use std::sync::Arc;
+
+use crate::admin::{AdminState, TokenSource};
+use crate::pipeline::{Runner, load_guests};
 use crate::runtime::Runtime;
+use crate::runtime::watch::Watcher;
 
 /// Arguments of `weir run`.
 #[derive(Debug, Args)]
@@ -21,7 +25,7 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
     let metrics = Metrics::new();
-    let health = std::sync::Arc::new(Health::default());
+    let health = Arc::new(Health::default());
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
@@ -35,12 +39,49 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let _ = http_stopped.await;
         },
     ));
-    let runtime = Runtime::new(config.runtime_config(), metrics.events())?;
-    let runner = Runner::start(&config, &runtime, metrics.clone(), health.clone()).await?;
+    let runtime = Arc::new(Runtime::new(config.runtime_config(), metrics.events())?);
+    // Before anything is loaded or connected: a bad admin setup is refused at once.
+    let admin = match &config.admin {
+        Some(admin) => {
+            let token = TokenSource::from_config(admin);
+            token.read()?;
+            let listener = tokio::net::TcpListener::bind(admin.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (admin.listen)", admin.listen))?;
+            tracing::info!(address = %admin.listen, "Serving the admin API");
+            Some((listener, token, admin.max_body))
+        }
+        None => None,
+    };
+    let guests = Arc::new(load_guests(&config, runtime)?);
+    let runner = Runner::start(&config, &guests, metrics.clone(), health.clone()).await?;
+    let _watcher = if config.guests.watch {
+        Some(Watcher::start(guests.clone(), config.guests.rescan)?)
+    } else {
+        None
+    };
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = admin.map(|(listener, token, max_body)| {
+        tokio::spawn(crate::admin::serve(
+            listener,
+            AdminState {
+                guests: guests.clone(),
+                token,
+                max_body,
+            },
+            async {
+                let _ = admin_stopped.await;
+            },
+        ))
+    });
     tracing::info!(pipelines = config.pipelines.len(), group = %config.kafka.group_id, "Running");
     let result = runner.run(shutdown_signal()).await;
     let _ = stop_http.send(());
+    let _ = stop_admin.send(());
     let _ = http.await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     result?;
     Ok(ExitCode::SUCCESS)
 }

@@ -38,6 +38,13 @@
 //!   max_memory: 1GiB               # largest memory any guest may have (default 1GiB)
 //! guests:
 //!   dir: guests                    # where bare guest names are found; relative to this file
+//!   watch: true                    # swap in changed guest files while running (default)
+//!   rescan: 1s                     # backstop rescan when no file events arrive (default 1s)
+//! admin:                           # the admin API (GET/PUT /guests…); off without this
+//!   listen: 127.0.0.1:9465
+//!   token_file: /var/run/secrets/weir/admin-token   # the bearer token: a file…
+//!   # token_env: WEIR_ADMIN_TOKEN                  # …or an environment variable
+//!   max_body: 64MiB                # largest .wasm accepted (default 64MiB)
 //! pipelines:
 //!   - name: stocks
 //!     topic: tickers.stocks        # one topic…
@@ -47,6 +54,7 @@
 //!     config:                      # handed to the guest; scalars become text
 //!       table: stock_ticks
 //!     columns: schema              # check a column per value-schema field (default: exist)
+//!     version_column: guest_version  # fill this column of every row with the guest's sha256
 //!   - name: candles
 //!     topics: [tickers.crypto, tickers.currency]   # …or several
 //!     guest: candles.wasm          # (an absolute path works too)
@@ -91,8 +99,10 @@ pub struct Config {
     pub http: HttpConfig,
     /// Engine-wide guest runtime settings.
     pub runtime: RuntimeSettings,
-    /// Where guests are found.
+    /// Where guests are found, and whether they are watched.
     pub guests: GuestsConfig,
+    /// The admin API, if enabled.
+    pub admin: Option<AdminConfig>,
     /// The pipelines, in file order; at least one.
     pub pipelines: Vec<PipelineConfig>,
     /// The configuration file (absolute).
@@ -177,13 +187,49 @@ impl Default for RuntimeSettings {
 }
 
 /// `guests:`: where guest components are found.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestsConfig {
-    /// Directory where relative guest file names are looked up (and, later, watched for
-    /// new versions), resolved relative to the configuration file's directory.
+    /// Directory where relative guest file names are looked up, resolved relative to the
+    /// configuration file's directory.
     #[serde(default)]
     pub dir: Option<PathBuf>,
+    /// Whether guest files are watched and new versions swapped in while running
+    /// (default true).
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// How often guest files are looked at even without file events (default 1s).
+    #[serde(default = "default_rescan", deserialize_with = "de::duration")]
+    pub rescan: Duration,
+}
+
+impl Default for GuestsConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            watch: true,
+            rescan: default_rescan(),
+        }
+    }
+}
+
+/// `admin:`: the admin API (list, deploy and roll back guests), on its own address and
+/// behind a bearer token. Off unless configured.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// A file holding the bearer token (read at start and at each request, so a rotated
+    /// Secret takes effect), resolved relative to the configuration file's directory.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// An environment variable holding the bearer token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Largest request body (a .wasm module) accepted (default 64MiB).
+    #[serde(default = "default_max_body", deserialize_with = "de::size")]
+    pub max_body: usize,
 }
 
 /// One pipeline: topics → guest → tables.
@@ -207,6 +253,9 @@ pub struct PipelineConfig {
     pub tables: Vec<String>,
     /// What to check of their columns at start.
     pub columns: ColumnCheck,
+    /// A column of every table written that the sink fills with the sha256 of the guest
+    /// version that produced the row.
+    pub version_column: Option<String>,
 }
 
 /// What `weir run` checks of a pipeline's tables' columns before it starts (`columns:`).
@@ -353,6 +402,9 @@ struct ConfigFile {
     /// Where guests are found.
     #[serde(default)]
     guests: GuestsConfig,
+    /// The admin API.
+    #[serde(default)]
+    admin: Option<AdminConfig>,
     /// The pipelines.
     pipelines: Vec<PipelineFile>,
 }
@@ -386,6 +438,9 @@ struct PipelineFile {
     /// What to check of the tables' columns at start.
     #[serde(default)]
     columns: ColumnCheck,
+    /// The column to fill with the guest version.
+    #[serde(default)]
+    version_column: Option<String>,
 }
 
 /// `batch:` of a pipeline.
@@ -430,6 +485,15 @@ impl Default for LimitsFile {
     }
 }
 
+const fn default_true() -> bool {
+    true
+}
+const fn default_rescan() -> Duration {
+    Duration::from_secs(1)
+}
+const fn default_max_body() -> usize {
+    64 << 20
+}
 fn default_group_id() -> String {
     "weir".into()
 }
@@ -512,6 +576,18 @@ impl Checker<'_> {
                 Some(dir) => Some(self.existing_dir(&["guests", "dir"], &base, &dir)?),
                 None => None,
             },
+            ..file.guests
+        };
+        if guests.rescan.is_zero() {
+            return Err(self.invalid(
+                "guests.rescan",
+                "must be more than 0",
+                self.at.top(&["guests", "rescan"]),
+            ));
+        }
+        let admin = match file.admin {
+            Some(admin) => Some(self.check_admin(admin, &base)?),
+            None => None,
         };
 
         if file.pipelines.is_empty() {
@@ -537,9 +613,46 @@ impl Checker<'_> {
             http: file.http,
             runtime: file.runtime,
             guests,
+            admin,
             pipelines,
             source,
         })
+    }
+
+    fn check_admin(&self, mut admin: AdminConfig, base: &Path) -> Checked<AdminConfig> {
+        match (&admin.token_file, &admin.token_env) {
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    "admin",
+                    "give token_file or token_env, not both",
+                    self.at.top(&["admin", "token_env"]),
+                ));
+            }
+            (None, None) => {
+                return Err(self.invalid(
+                    "admin",
+                    "the admin API needs a bearer token: set token_file (a file holding it) or token_env (an environment variable holding it)",
+                    self.at.top(&["admin"]),
+                ));
+            }
+            (Some(file), None) => admin.token_file = Some(resolve(base, file)),
+            (None, Some(var)) if var.trim().is_empty() => {
+                return Err(self.invalid(
+                    "admin.token_env",
+                    "must name an environment variable",
+                    self.at.top(&["admin", "token_env"]),
+                ));
+            }
+            (None, Some(_)) => {}
+        }
+        if admin.max_body == 0 {
+            return Err(self.invalid(
+                "admin.max_body",
+                "must be more than 0 bytes",
+                self.at.top(&["admin", "max_body"]),
+            ));
+        }
+        Ok(admin)
     }
 
     fn non_empty(&self, keys: &[&str], value: &str) -> Checked<()> {
@@ -716,6 +829,16 @@ impl Checker<'_> {
             return Err(self.invalid(key("tables"), "has an empty table name", line(&["tables"])));
         }
 
+        if let Some(column) = &p.version_column
+            && column.trim().is_empty()
+        {
+            return Err(self.invalid(
+                key("version_column"),
+                "must name a column",
+                line(&["version_column"]),
+            ));
+        }
+
         Ok(PipelineConfig {
             name: p.name,
             topics,
@@ -729,6 +852,7 @@ impl Checker<'_> {
             guest_config: p.config,
             tables,
             columns: p.columns,
+            version_column: p.version_column,
         })
     }
 
@@ -737,7 +861,32 @@ impl Checker<'_> {
         let label = |i: usize| format!("pipelines[{i}] ({})", pipelines[i].name);
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut topics: HashMap<&str, usize> = HashMap::new();
+        let mut guests: HashMap<String, usize> = HashMap::new();
         for (i, p) in pipelines.iter().enumerate() {
+            let guest_name = p
+                .guest
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match guests.get(&guest_name) {
+                Some(&first) if pipelines[first].guest != p.guest => {
+                    return Err(self.invalid(
+                        format!("{}.guest", label(i)),
+                        format!(
+                            "{} has the guest name {guest_name:?}, as {} of {} does{}; a guest name (the file stem) must mean one file, since new versions are deployed by name",
+                            p.guest.display(),
+                            pipelines[first].guest.display(),
+                            label(first),
+                            at_line(self.at.pipeline(first, &["guest"]))
+                        ),
+                        self.at.pipeline(i, &["guest"]),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    guests.insert(guest_name, i);
+                }
+            }
             if let Some(&first) = names.get(p.name.as_str()) {
                 return Err(self.invalid(
                     format!("pipelines[{i}].name"),

@@ -43,7 +43,8 @@ const GUEST_CALL_BUCKETS: [f64; 17] = [
 ];
 
 /// Guest counter names that would collide with the host's own `weir_guest_*` families.
-const RESERVED_GUEST_COUNTERS: [&str; 3] = ["swaps", "errors", "call_duration_seconds"];
+const RESERVED_GUEST_COUNTERS: [&str; 4] =
+    ["swaps", "swap_refusals", "errors", "call_duration_seconds"];
 
 /// The host's metrics. Cheap to update from many threads.
 #[derive(Debug)]
@@ -58,7 +59,6 @@ pub struct Metrics {
     consumer_lag: Family<Labels2, Gauge>,
     offsets_committed: Family<Labels1, Counter>,
     committed_offset: Family<Labels2, Gauge>,
-    guest_swaps: Family<Labels1, Counter>,
     events: Arc<MetricsEvents>,
 }
 
@@ -92,7 +92,6 @@ impl Metrics {
             consumer_lag: Family::default(),
             offsets_committed: Family::default(),
             committed_offset: Family::default(),
-            guest_swaps: Family::default(),
             events: Arc::new(MetricsEvents::default()),
         };
         let mut registry = Registry::default();
@@ -145,8 +144,13 @@ impl Metrics {
         );
         registry.register(
             "weir_guest_swaps",
-            "Guest versions swapped in while running, by guest",
-            m.guest_swaps.clone(),
+            "Guest versions swapped in (or rolled back to) while running, by guest",
+            m.events.guest_swaps.clone(),
+        );
+        registry.register(
+            "weir_guest_swap_refusals",
+            "New guest versions refused (did not compile or fit the world), by guest",
+            m.events.guest_refusals.clone(),
         );
         registry.register_collector(Box::new(GuestCollector(m.events.clone())));
         Arc::new(Metrics { registry, ..m })
@@ -220,7 +224,10 @@ impl Metrics {
 
     /// A new version of `guest` was swapped in.
     pub fn guest_swap(&self, guest: &str) {
-        self.guest_swaps.get_or_create(&label("guest", guest)).inc();
+        self.events
+            .guest_swaps
+            .get_or_create(&label("guest", guest))
+            .inc();
     }
 
     /// Where guests' logs and counters go: hand it to
@@ -247,6 +254,8 @@ pub struct MetricsEvents {
     inner: TracingEvents,
     /// Reserved counter names already warned about, per guest.
     refused: Mutex<HashSet<(String, String)>>,
+    guest_swaps: Family<Labels1, Counter>,
+    guest_refusals: Family<Labels1, Counter>,
 }
 
 impl MetricsEvents {
@@ -270,6 +279,18 @@ impl HostEvents for MetricsEvents {
             return;
         }
         self.inner.counter_add(guest, name, delta, labels);
+    }
+
+    fn guest_swapped(&self, swapped: &crate::runtime::Swapped, _origin: &str) {
+        self.guest_swaps
+            .get_or_create(&label("guest", &swapped.name))
+            .inc();
+    }
+
+    fn guest_refused(&self, name: &str, _origin: &str, _reason: &str) {
+        self.guest_refusals
+            .get_or_create(&label("guest", name))
+            .inc();
     }
 }
 

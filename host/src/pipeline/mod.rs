@@ -20,7 +20,7 @@ use crate::config::{ColumnCheck, Config, PipelineConfig};
 use crate::metrics::{Health, Metrics};
 use crate::registry::RegistryClient;
 use crate::runtime::types::{Batch, ConfigEntry, Message, Outcome};
-use crate::runtime::{Guest, GuestError, GuestSlot, Runtime};
+use crate::runtime::{Guest, GuestError, GuestSet, GuestSlot, Runtime};
 use crate::sink::{Sink, SinkBatch, SinkConfig, SinkError, SinkItem, TableExpectation, ValueKind};
 use crate::source::avro::field_kinds;
 use crate::source::{
@@ -42,6 +42,7 @@ struct Route {
     name: String,
     guest: Arc<GuestSlot>,
     guest_config: Vec<ConfigEntry>,
+    version_column: Option<String>,
 }
 
 /// A running `weir run`: everything connected and checked.
@@ -69,29 +70,28 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Connects to every dependency, loads and checks every guest and table, and joins
-    /// the consumer group. Anything unreachable or wrong is refused here, before a single
-    /// message is consumed.
+    /// Connects to every dependency, checks every table, and joins the consumer group.
+    /// Anything unreachable or wrong is refused here, before a single message is
+    /// consumed. `guests` holds every pipeline's guest (see [`load_guests`]).
     pub async fn start(
         config: &Config,
-        runtime: &Runtime,
+        guests: &GuestSet,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> anyhow::Result<Self> {
-        // Guests first: compiling is the slow part and needs no network.
         let mut routes = Vec::new();
         let mut by_topic = HashMap::new();
         for p in &config.pipelines {
-            let guest = runtime
-                .load_file(&p.guest, p.limits)
-                .with_context(|| format!("pipeline {}", p.name))?;
-            tracing::info!(pipeline = %p.name, guest = %guest.id().name, version = %guest.id().short_version, "Loaded guest");
+            let guest = guests
+                .slot(&p.name)
+                .with_context(|| format!("pipeline {} has no guest loaded", p.name))?;
             for t in &p.topics {
                 by_topic.insert(t.clone(), routes.len());
             }
             routes.push(Route {
                 name: p.name.clone(),
-                guest: GuestSlot::new(&guest.id().name.clone(), guest),
+                guest,
+                version_column: p.version_column.clone(),
                 guest_config: p
                     .guest_config
                     .iter()
@@ -338,6 +338,7 @@ impl Runner {
             start_offset: batch.messages[0].offset,
             next_offset: batch.next_offset().expect("non-empty batch"),
             guest_version: Some(guest.id().version.clone()),
+            version_column: route.version_column.clone(),
             items,
         };
         match self.sink.write_batch(&sink_batch).await {
@@ -517,6 +518,20 @@ impl Runner {
     }
 }
 
+/// Compiles and checks every pipeline's guest (once per guest name). Slow, and needs no
+/// network: do it first.
+pub fn load_guests(config: &Config, runtime: Arc<Runtime>) -> anyhow::Result<GuestSet> {
+    let mut guests = GuestSet::new(runtime);
+    for p in &config.pipelines {
+        let slot = guests
+            .add(&p.name, &p.topics, &p.guest, p.limits)
+            .with_context(|| format!("pipeline {}", p.name))?;
+        let id = slot.current().id().clone();
+        tracing::info!(pipeline = %p.name, guest = %id.name, version = %id.short_version, "Loaded guest");
+    }
+    Ok(guests)
+}
+
 /// What `weir run` expects of a pipeline's tables: that they exist and, with
 /// `columns: schema`, a compatible column for every field of its topics' value schemas.
 async fn table_expectations(
@@ -539,6 +554,9 @@ async fn table_expectations(
                 }
             }
         }
+    }
+    if let Some(column) = &pipeline.version_column {
+        columns.push((column.clone(), ValueKind::Text));
     }
     Ok(pipeline
         .tables

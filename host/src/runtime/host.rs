@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime::ResourceLimiter;
 
-use super::GuestId;
 use super::bindings::{logging, metrics};
+use super::{GuestId, Swapped};
 
 pub use logging::Level;
 
@@ -23,6 +23,15 @@ pub trait HostEvents: Send + Sync + 'static {
     fn log(&self, guest: &GuestId, level: Level, message: &str, fields: &[(String, String)]);
     /// A guest added to a counter. `name` is already validated.
     fn counter_add(&self, guest: &GuestId, name: &str, delta: u64, labels: &[(String, String)]);
+    /// A new version of a guest was swapped in (or rolled back to), from `origin` (a file
+    /// path, `admin API`…).
+    fn guest_swapped(&self, swapped: &Swapped, origin: &str) {
+        let _ = (swapped, origin);
+    }
+    /// A new version of guest `name` from `origin` was refused; the running one stays.
+    fn guest_refused(&self, name: &str, origin: &str, reason: &str) {
+        let _ = (name, origin, reason);
+    }
 }
 
 /// Guests' counters, keyed by guest name, counter name and labels.

@@ -9,8 +9,10 @@
 
 mod bindings;
 mod check;
+mod deploy;
 mod host;
 mod slot;
+pub mod watch;
 
 use std::fmt;
 use std::path::Path;
@@ -24,6 +26,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 pub use bindings::types;
 pub use check::{ALLOWED_IMPORTS, GuestInfo, Item, WORLD};
+pub use deploy::{DeployError, GuestSet, GuestStatus, PipelineUse};
 pub use host::{GuestCounters, HostEvents, Level, TracingEvents};
 pub use slot::{GuestSlot, Swapped};
 
@@ -272,17 +275,7 @@ impl Runtime {
     /// Compiles and checks a guest against the world. Slow (compilation): keep the
     /// returned [`Guest`] and call it many times.
     pub fn load(&self, name: &str, bytes: &[u8], limits: GuestLimits) -> Result<Guest, LoadError> {
-        if let Some(pool) = &self.config.pooling
-            && limits.max_memory > pool.max_memory
-        {
-            return Err(LoadError::Limits {
-                guest: name.into(),
-                detail: format!(
-                    "memory cap {} bytes exceeds the runtime's pooled maximum of {} bytes",
-                    limits.max_memory, pool.max_memory
-                ),
-            });
-        }
+        self.check_limits(name, limits)?;
         let (component, info) = check::compile(&self.engine, name, bytes)?;
         check::fits(name, &info)?;
         let pre = self
@@ -297,25 +290,73 @@ impl Runtime {
             detail: format!("{e:#}"),
         })?;
         let version = hex::encode(Sha256::digest(bytes));
-        Ok(Guest {
+        let id = Arc::new(GuestId {
+            name: name.into(),
+            short_version: version[..12].into(),
+            version,
+        });
+        Ok(self.guest(id, pre, limits, info, bytes.len(), SystemTime::now()))
+    }
+
+    /// The same compiled guest under other limits (pipelines sharing a guest may limit it
+    /// differently), with call counters of its own. No compilation.
+    pub fn with_limits(&self, guest: &Guest, limits: GuestLimits) -> Result<Guest, LoadError> {
+        let g = &*guest.inner;
+        self.check_limits(&g.id.name, limits)?;
+        Ok(self.guest(
+            g.id.clone(),
+            g.pre.clone(),
+            limits,
+            g.info.clone(),
+            g.size,
+            g.loaded_at,
+        ))
+    }
+
+    fn check_limits(&self, name: &str, limits: GuestLimits) -> Result<(), LoadError> {
+        if let Some(pool) = &self.config.pooling
+            && limits.max_memory > pool.max_memory
+        {
+            return Err(LoadError::Limits {
+                guest: name.into(),
+                detail: format!(
+                    "memory cap {} bytes exceeds the runtime's pooled maximum of {} bytes",
+                    limits.max_memory, pool.max_memory
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn guest(
+        &self,
+        id: Arc<GuestId>,
+        pre: ProcessorPre<CallState>,
+        limits: GuestLimits,
+        info: GuestInfo,
+        size: usize,
+        loaded_at: SystemTime,
+    ) -> Guest {
+        Guest {
             inner: Arc::new(GuestInner {
-                id: Arc::new(GuestId {
-                    name: name.into(),
-                    short_version: version[..12].into(),
-                    version,
-                }),
+                id,
                 engine: self.engine.clone(),
                 pre,
                 limits,
                 deadline_ticks: deadline_ticks(limits.deadline, self.config.epoch_tick),
                 info,
                 events: self.events.clone(),
-                loaded_at: SystemTime::now(),
-                size: bytes.len(),
+                loaded_at,
+                size,
                 calls: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
             }),
-        })
+        }
+    }
+
+    /// Where guests' logs and counters, and swaps, are reported.
+    pub fn events(&self) -> &Arc<dyn HostEvents> {
+        &self.events
     }
 
     /// Describes a component without loading it: its world as WIT, its imports and

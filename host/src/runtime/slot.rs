@@ -88,8 +88,19 @@ impl GuestSlot {
         };
         state.previous = Some(old);
         state.swaps += 1;
-        tracing::info!(guest = %self.name, old = %swapped.old_version, new = %swapped.new_version, "{what}");
+        tracing::debug!(guest = %self.name, old = %swapped.old_version, new = %swapped.new_version, "{what}");
         swapped
+    }
+
+    /// The limits calls run under (every version of a slot keeps the slot's limits).
+    pub fn limits(&self) -> super::GuestLimits {
+        self.current().limits()
+    }
+
+    /// sha256 of the version a rollback would return to.
+    pub fn previous_version(&self) -> Option<String> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state.previous.as_ref().map(|g| g.id().version.clone())
     }
 
     /// Swaps and rollbacks so far.

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
-use crate::runtime::types::Action;
+use crate::runtime::types::{Action, Value};
 
 pub use migrate::{MigrateReport, migrate};
 pub use tables::TableExpectation;
@@ -96,6 +96,10 @@ pub struct SinkBatch {
     pub next_offset: i64,
     /// sha256 of the guest that produced the actions, recorded in `dead_letters`.
     pub guest_version: Option<String>,
+    /// A column to fill with `guest_version` in every row inserted or upserted (with
+    /// policy replace, and over any value the guest gave it); a table without it refuses
+    /// the row.
+    pub version_column: Option<String>,
     /// One item per message, in offset order.
     pub items: Vec<SinkItem>,
 }
@@ -398,7 +402,9 @@ impl Sink {
                 fresh.insert(name);
             }
         }
-        let mut plan = Plan::build(&batch.items, tables);
+        let version = batch.guest_version.clone().map_or(Value::Null, Value::Text);
+        let stamp = batch.version_column.as_deref().map(|c| (c, &version));
+        let mut plan = Plan::build(&batch.items, stamp, tables);
         // A row named a column a cached table lacks: maybe it was added since.
         let suspects: Vec<String> = plan
             .suspects
@@ -410,7 +416,7 @@ impl Sink {
             for name in &suspects {
                 load_table(conn, tables, name).await?;
             }
-            plan = Plan::build(&batch.items, tables);
+            plan = Plan::build(&batch.items, stamp, tables);
         }
 
         conn.dirty = true;
@@ -437,7 +443,7 @@ impl Sink {
                 for name in &names {
                     load_table(conn, tables, name).await?;
                 }
-                plan = Plan::build(&batch.items, tables);
+                plan = Plan::build(&batch.items, stamp, tables);
                 if let Err(stored) = conn.begin(&self.group_id, batch).await? {
                     conn.dirty = false;
                     return stale_or_done(stored, batch, in_doubt);

@@ -122,12 +122,19 @@ struct Builder<'a, 'c> {
     /// Scratch: the row's (column index, value), sorted by column.
     fields: Vec<(u16, &'a Value)>,
     key: Vec<u32>,
+    /// A column every row gets, and its value.
+    stamp: Option<(&'a str, &'a Value)>,
 }
 
 impl<'a> Plan<'a> {
     /// Converts the `Actions` items of `items` for the tables in `catalog` (tables missing
-    /// from it do not exist).
-    pub fn build(items: &'a [SinkItem], catalog: &HashMap<String, Arc<TableInfo>>) -> Self {
+    /// from it do not exist). With `stamp`, every row also gets that column and value
+    /// (replacing the guest's value for it, if any).
+    pub fn build(
+        items: &'a [SinkItem],
+        stamp: Option<(&'a str, &'a Value)>,
+        catalog: &HashMap<String, Arc<TableInfo>>,
+    ) -> Self {
         let mut b = Builder {
             catalog,
             plan: Plan::default(),
@@ -137,6 +144,7 @@ impl<'a> Plan<'a> {
             family_ids: HashMap::new(),
             fields: Vec::new(),
             key: Vec::new(),
+            stamp,
         };
         for (item, sink_item) in items.iter().enumerate() {
             let SinkItem::Actions { actions, .. } = sink_item else {
@@ -206,6 +214,21 @@ impl<'a> Builder<'a, '_> {
                 None => {
                     self.plan.suspects.push((*name).to_string());
                     return Err(format!("{name}.{} does not exist", field.name));
+                }
+            }
+        }
+        if let Some((column, value)) = self.stamp {
+            match info.column(column) {
+                // The recorded version is the host's to say, even over the guest's value.
+                Some(i) => match self.fields.iter_mut().find(|(c, _)| *c == i) {
+                    Some(field) => field.1 = value,
+                    None => self.fields.push((i, value)),
+                },
+                None => {
+                    self.plan.suspects.push((*name).to_string());
+                    return Err(format!(
+                        "{name}.{column} does not exist (the pipeline's version_column)"
+                    ));
                 }
             }
         }

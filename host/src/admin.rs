@@ -1,0 +1,327 @@
+//! The admin API: list guests, deploy a new version, roll one back. Off unless `admin:`
+//! is configured; on its own address; every request needs `Authorization: Bearer TOKEN`.
+//!
+//! - `GET /guests`: every guest (name, version sha256, previous version, loaded at, calls,
+//!   errors, swaps, pipelines) and, per topic, the guest serving it.
+//! - `PUT /guests/{name}` with a `.wasm` body: compile, check and swap it in at each
+//!   pipeline's next batch. 200 with the old and new version; 404 for a name no pipeline
+//!   uses; 422 with the reason if the module is refused (the running version stays); 413
+//!   above `admin.max_body`.
+//! - `POST /guests/{name}/rollback`: back to the version the last swap replaced; 409 when
+//!   there is none.
+//!
+//! Errors are JSON `{"error_code": STATUS, "message": "…"}`. A missing or wrong token is
+//! 401 and changes nothing. The token is never logged.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::config::AdminConfig;
+use crate::runtime::{DeployError, GuestSet, GuestStatus, Swapped};
+
+/// Where the bearer token comes from. Read at each request, so a rotated secret file
+/// takes effect without a restart.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    /// A file holding the token (surrounding whitespace ignored).
+    File(PathBuf),
+    /// An environment variable holding the token.
+    Env(String),
+}
+
+impl TokenSource {
+    /// The source `admin:` names.
+    pub fn from_config(admin: &AdminConfig) -> Self {
+        match (&admin.token_file, &admin.token_env) {
+            (Some(file), _) => Self::File(file.clone()),
+            (None, Some(var)) => Self::Env(var.clone()),
+            (None, None) => Self::Env(String::new()),
+        }
+    }
+
+    /// The token now. The error names the file or variable, never the token.
+    pub fn read(&self) -> anyhow::Result<Token> {
+        let text = match self {
+            Self::File(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the admin token file {}", path.display()))?,
+            Self::Env(var) => std::env::var(var)
+                .with_context(|| format!("the admin token variable {var} is not set"))?,
+        };
+        let token = text.trim();
+        anyhow::ensure!(
+            !token.is_empty(),
+            "the admin token ({}) is empty",
+            self.describe()
+        );
+        Ok(Token(token.to_string()))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::File(path) => format!("file {}", path.display()),
+            Self::Env(var) => format!("variable {var}"),
+        }
+    }
+}
+
+/// A bearer token. Its `Debug` does not show it.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl Token {
+    /// The token, for a client to send.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    fn matches(&self, presented: &str) -> bool {
+        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+}
+
+/// What the admin API serves.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// The guests it manages.
+    pub guests: Arc<GuestSet>,
+    /// Where the token comes from.
+    pub token: TokenSource,
+    /// Largest body accepted, in bytes.
+    pub max_body: usize,
+}
+
+/// `GET /guests`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestList {
+    /// Every guest.
+    pub guests: Vec<GuestStatus>,
+    /// Per topic, the guest serving it.
+    pub topics: Vec<TopicGuest>,
+}
+
+/// A topic and the guest serving it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicGuest {
+    /// Topic.
+    pub topic: String,
+    /// Pipeline consuming it.
+    pub pipeline: String,
+    /// Guest name.
+    pub guest: String,
+    /// sha256 of the running version.
+    pub version: String,
+    /// When that version was loaded.
+    pub loaded_at: String,
+    /// Calls by that version in this pipeline.
+    pub calls: u64,
+    /// Failed calls by that version in this pipeline.
+    pub errors: u64,
+}
+
+/// A swap's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapReply {
+    /// Guest name.
+    pub name: String,
+    /// Whether the running version changed (false: that version was already running).
+    pub changed: bool,
+    /// sha256 of the version replaced (the running one if nothing changed).
+    pub old_version: String,
+    /// sha256 of the version now running.
+    pub version: String,
+}
+
+/// An error's body, as the registry's: `{"error_code": 422, "message": "…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// The HTTP status.
+    pub error_code: u16,
+    /// What went wrong.
+    pub message: String,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = ErrorReply {
+        error_code: status.as_u16(),
+        message: message.into(),
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// The admin routes, behind the token check.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/guests", get(list))
+        .route("/guests/{name}", axum::routing::put(deploy))
+        .route("/guests/{name}/rollback", post(rollback))
+        .layer(DefaultBodyLimit::max(state.max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving the admin API")
+}
+
+async fn authorize(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let expected = match state.token.read() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "Admin API refused a request: no token to check it against");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the admin token is not available on the server",
+            );
+        }
+    };
+    match presented {
+        Some(p) if expected.matches(p) => next.run(request).await,
+        _ => {
+            tracing::warn!(method = %request.method(), path = %request.uri().path(), token_given = presented.is_some(), "Admin API refused a request: missing or wrong bearer token");
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token: send Authorization: Bearer TOKEN",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"weir-admin\""),
+            );
+            response
+        }
+    }
+}
+
+async fn list(State(state): State<AdminState>) -> Response {
+    let guests = state.guests.status();
+    let mut topics: Vec<TopicGuest> = guests
+        .iter()
+        .flat_map(|g| {
+            g.pipelines.iter().flat_map(move |p| {
+                p.topics.iter().map(move |t| TopicGuest {
+                    topic: t.clone(),
+                    pipeline: p.pipeline.clone(),
+                    guest: g.name.clone(),
+                    version: g.version.clone(),
+                    loaded_at: g.loaded_at.clone(),
+                    calls: p.calls,
+                    errors: p.errors,
+                })
+            })
+        })
+        .collect();
+    topics.sort_by(|a, b| a.topic.cmp(&b.topic));
+    axum::Json(GuestList { guests, topics }).into_response()
+}
+
+async fn deploy(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the module is larger than admin.max_body ({} bytes)",
+                    state.max_body
+                ),
+            );
+        }
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    if body.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "empty body: send the .wasm component as the request body",
+        );
+    }
+    tracing::info!(guest = %name, bytes = body.len(), "Admin API: deploying a new guest version");
+    let guests = state.guests.clone();
+    let deploying = name.clone();
+    // Compiling is CPU work: off the async threads.
+    let result =
+        tokio::task::spawn_blocking(move || guests.deploy(&deploying, &body, "admin API")).await;
+    match result {
+        Ok(Ok(swapped)) => {
+            let current = state.guests.version(&name).unwrap_or_default();
+            axum::Json(match swapped {
+                Some(s) => reply(s),
+                None => SwapReply {
+                    name,
+                    changed: false,
+                    old_version: current.clone(),
+                    version: current,
+                },
+            })
+            .into_response()
+        }
+        Ok(Err(e)) => deploy_error(e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("deploying failed: {e}"),
+        ),
+    }
+}
+
+async fn rollback(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    match state.guests.rollback(&name, "admin API rollback") {
+        Ok(s) => axum::Json(reply(s)).into_response(),
+        Err(e) => deploy_error(e),
+    }
+}
+
+fn reply(s: Swapped) -> SwapReply {
+    SwapReply {
+        name: s.name,
+        changed: true,
+        old_version: s.old_version,
+        version: s.new_version,
+    }
+}
+
+fn deploy_error(e: DeployError) -> Response {
+    let status = match &e {
+        DeployError::Unknown(_) => StatusCode::NOT_FOUND,
+        DeployError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        DeployError::NoPrevious(_) => StatusCode::CONFLICT,
+    };
+    error(status, e.to_string())
+}

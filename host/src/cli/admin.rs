@@ -1,0 +1,159 @@
+//! `weir guest deploy`, `weir guest list` and `weir guest rollback`: clients of a running
+//! `weir run`'s admin API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::admin::{ErrorReply, GuestList, SwapReply, TokenSource};
+
+/// Where the admin API is and how to authenticate.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// Base URL of the admin API of a running `weir run`.
+    #[arg(
+        long = "admin",
+        env = "WEIR_ADMIN_URL",
+        default_value = "http://127.0.0.1:9465"
+    )]
+    url: String,
+    /// A file holding the bearer token; without it, the token is read from the
+    /// environment variable WEIR_ADMIN_TOKEN.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+/// Environment variable the token is read from without `--token-file`.
+const TOKEN_ENV: &str = "WEIR_ADMIN_TOKEN";
+
+/// Longest a request may take (a deploy includes compiling the module on the server).
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(args: &AdminArgs) -> anyhow::Result<Self> {
+        let source = match &args.token_file {
+            Some(f) => TokenSource::File(f.clone()),
+            None => TokenSource::Env(TOKEN_ENV.into()),
+        };
+        let token = source.read().context(
+            "the admin API needs its bearer token: pass --token-file or set WEIR_ADMIN_TOKEN",
+        )?;
+        Ok(Self {
+            http: reqwest::Client::builder().timeout(TIMEOUT).build()?,
+            base: args.url.trim_end_matches('/').to_string(),
+            token: token.expose().to_string(),
+        })
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("admin API {} is unreachable", self.base))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .context("reading the admin API's answer")?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorReply>(&body)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            anyhow::bail!("admin API answered {status}: {message}");
+        }
+        serde_json::from_slice(&body)
+            .with_context(|| format!("admin API {} answered something unexpected", self.base))
+    }
+}
+
+/// `weir guest deploy NAME FILE.wasm`.
+pub async fn deploy(args: &AdminArgs, name: &str, file: &PathBuf) -> anyhow::Result<ExitCode> {
+    let client = Client::new(args)?;
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let url = format!("{}/guests/{name}", client.base);
+    let reply: SwapReply = client
+        .send(
+            client
+                .http
+                .put(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+                .body(bytes),
+        )
+        .await?;
+    if reply.changed {
+        println!(
+            "Deployed {}: {} -> {}",
+            reply.name,
+            short(&reply.old_version),
+            short(&reply.version)
+        );
+    } else {
+        println!("{} already runs {}", reply.name, short(&reply.version));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weir guest rollback NAME`.
+pub async fn rollback(args: &AdminArgs, name: &str) -> anyhow::Result<ExitCode> {
+    let client = Client::new(args)?;
+    let url = format!("{}/guests/{name}/rollback", client.base);
+    let reply: SwapReply = client.send(client.http.post(url)).await?;
+    println!(
+        "Rolled {} back: {} -> {}",
+        reply.name,
+        short(&reply.old_version),
+        short(&reply.version)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weir guest list`.
+pub async fn list(args: &AdminArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let client = Client::new(args)?;
+    let list: GuestList = client
+        .send(client.http.get(format!("{}/guests", client.base)))
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20} {:<12} {:<24} {:>10} {:>8} {:>6}  TOPICS",
+        "GUEST", "VERSION", "LOADED AT", "CALLS", "ERRORS", "SWAPS"
+    );
+    for g in &list.guests {
+        let topics: Vec<&str> = g
+            .pipelines
+            .iter()
+            .flat_map(|p| p.topics.iter().map(String::as_str))
+            .collect();
+        println!(
+            "{:<20} {:<12} {:<24} {:>10} {:>8} {:>6}  {}",
+            g.name,
+            short(&g.version),
+            g.loaded_at,
+            g.calls,
+            g.errors,
+            g.swaps,
+            topics.join(",")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn short(version: &str) -> &str {
+    version.get(..12).unwrap_or(version)
+}

@@ -1,0 +1,281 @@
+//! The guests a process runs, by name, and how new versions replace them.
+//!
+//! A guest name (the file stem: `ticks.wasm` is `ticks`) may serve several pipelines, each
+//! with its own [`GuestSlot`] and limits. A new version, from the watched directory
+//! ([`super::watch`]) or the admin API, is compiled and checked once, off the hot path,
+//! then swapped into every slot of that name together; a version that fails is refused
+//! with the reason and the running one stays.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use super::{Guest, GuestLimits, GuestSlot, LoadError, Runtime, Swapped};
+
+/// Every guest of a process, by name.
+pub struct GuestSet {
+    runtime: Arc<Runtime>,
+    guests: BTreeMap<String, Named>,
+    /// Held while slots change, so all slots of a name move together and deploys of one
+    /// name do not interleave. Compilation happens outside it.
+    swapping: Mutex<()>,
+}
+
+impl std::fmt::Debug for GuestSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestSet")
+            .field("guests", &self.guests.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One guest name: where it was loaded from and the pipelines it serves.
+#[derive(Debug)]
+struct Named {
+    file: PathBuf,
+    uses: Vec<Use>,
+}
+
+/// One pipeline's use of a guest.
+#[derive(Debug)]
+struct Use {
+    pipeline: String,
+    topics: Vec<String>,
+    slot: Arc<GuestSlot>,
+}
+
+/// A guest's state, for `GET /guests` and `weir guest list`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestStatus {
+    /// Guest name.
+    pub name: String,
+    /// sha256 of the running version.
+    pub version: String,
+    /// sha256 of the version a rollback would return to.
+    pub previous_version: Option<String>,
+    /// When the running version was loaded (RFC 3339, UTC).
+    pub loaded_at: String,
+    /// Calls made by the running version, over all its pipelines.
+    pub calls: u64,
+    /// Of those, calls that failed.
+    pub errors: u64,
+    /// Swaps and rollbacks since start.
+    pub swaps: u64,
+    /// The file it is watched at.
+    pub file: PathBuf,
+    /// The pipelines it serves, with their topics.
+    pub pipelines: Vec<PipelineUse>,
+}
+
+/// A pipeline served by a guest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PipelineUse {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Its topics.
+    pub topics: Vec<String>,
+    /// Calls made by the running version for this pipeline.
+    pub calls: u64,
+    /// Of those, calls that failed.
+    pub errors: u64,
+}
+
+/// A new version was not swapped in.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// No pipeline uses a guest of that name.
+    #[error("no pipeline uses a guest named {0:?}")]
+    Unknown(String),
+    /// The module does not compile, fit the world, or fit a pipeline's limits.
+    #[error(transparent)]
+    Refused(#[from] LoadError),
+    /// A rollback with nothing to go back to.
+    #[error("guest {0:?} has no previous version to roll back to")]
+    NoPrevious(String),
+}
+
+impl GuestSet {
+    /// An empty set loading with `runtime`.
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self {
+            runtime,
+            guests: BTreeMap::new(),
+            swapping: Mutex::new(()),
+        }
+    }
+
+    /// Loads the guest at `file` for `pipeline` (compiling it once per name) and returns
+    /// the slot the pipeline takes each batch's version from. Two different files with
+    /// the same name are refused: a name must mean one guest.
+    pub fn add(
+        &mut self,
+        pipeline: &str,
+        topics: &[String],
+        file: &Path,
+        limits: GuestLimits,
+    ) -> Result<Arc<GuestSlot>, LoadError> {
+        let name = super::guest_name(file);
+        let guest = match self.guests.get(&name) {
+            Some(named) if named.file != file => {
+                return Err(LoadError::Limits {
+                    guest: name.clone(),
+                    detail: format!(
+                        "two files have this guest name: {} and {}; rename one",
+                        named.file.display(),
+                        file.display()
+                    ),
+                });
+            }
+            Some(named) => self
+                .runtime
+                .with_limits(&named.uses[0].slot.current(), limits)?,
+            None => self.runtime.load_file(file, limits)?,
+        };
+        let slot = GuestSlot::new(&name, guest);
+        self.guests
+            .entry(name)
+            .or_insert_with(|| Named {
+                file: file.to_path_buf(),
+                uses: Vec::new(),
+            })
+            .uses
+            .push(Use {
+                pipeline: pipeline.to_string(),
+                topics: topics.to_vec(),
+                slot: slot.clone(),
+            });
+        Ok(slot)
+    }
+
+    /// The slot `pipeline` takes its guest from.
+    pub fn slot(&self, pipeline: &str) -> Option<Arc<GuestSlot>> {
+        self.guests
+            .values()
+            .flat_map(|n| &n.uses)
+            .find(|u| u.pipeline == pipeline)
+            .map(|u| u.slot.clone())
+    }
+
+    /// The guest names and the files they were loaded from.
+    pub fn files(&self) -> Vec<(String, PathBuf)> {
+        self.guests
+            .iter()
+            .map(|(name, n)| (name.clone(), n.file.clone()))
+            .collect()
+    }
+
+    /// sha256 of the running version of `name`.
+    pub fn version(&self, name: &str) -> Option<String> {
+        let named = self.guests.get(name)?;
+        Some(named.uses[0].slot.current().id().version.clone())
+    }
+
+    /// Compiles and checks `bytes` as a new version of `name` and swaps it into every
+    /// pipeline using it, at each one's next batch. `origin` says where it came from, for
+    /// logs. `Ok(None)`: that version is already running.
+    ///
+    /// Slow (compilation): call it off the pipeline's thread.
+    pub fn deploy(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        origin: &str,
+    ) -> Result<Option<Swapped>, DeployError> {
+        let named = self
+            .guests
+            .get(name)
+            .ok_or_else(|| DeployError::Unknown(name.to_string()))?;
+        let result = self.compile(named, name, bytes);
+        let guests = match result {
+            Ok(guests) => guests,
+            Err(e) => {
+                tracing::warn!(guest = name, origin, reason = %e, "Refused a new guest version; the running version stays");
+                self.runtime
+                    .events()
+                    .guest_refused(name, origin, &e.to_string());
+                return Err(e.into());
+            }
+        };
+        let _swapping = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
+        let mut swapped = None;
+        for (u, guest) in named.uses.iter().zip(guests) {
+            swapped = u.slot.swap(guest).or(swapped);
+        }
+        if let Some(s) = &swapped {
+            tracing::info!(guest = name, origin, old = %s.old_version, new = %s.new_version, "Swapped in a new guest version; it runs from each pipeline's next batch");
+            self.runtime.events().guest_swapped(s, origin);
+        }
+        Ok(swapped)
+    }
+
+    /// One guest per use, compiled once.
+    fn compile(&self, named: &Named, name: &str, bytes: &[u8]) -> Result<Vec<Guest>, LoadError> {
+        let first = self
+            .runtime
+            .load(name, bytes, named.uses[0].slot.limits())?;
+        let mut guests = Vec::with_capacity(named.uses.len());
+        for u in &named.uses[1..] {
+            guests.push(self.runtime.with_limits(&first, u.slot.limits())?);
+        }
+        guests.insert(0, first);
+        Ok(guests)
+    }
+
+    /// Goes back to the version the last swap of `name` replaced, in every pipeline.
+    pub fn rollback(&self, name: &str, origin: &str) -> Result<Swapped, DeployError> {
+        let named = self
+            .guests
+            .get(name)
+            .ok_or_else(|| DeployError::Unknown(name.to_string()))?;
+        let _swapping = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
+        let mut swapped = None;
+        for u in &named.uses {
+            swapped = u.slot.rollback().or(swapped);
+        }
+        let s = swapped.ok_or_else(|| DeployError::NoPrevious(name.to_string()))?;
+        tracing::info!(guest = name, origin, old = %s.old_version, new = %s.new_version, "Rolled a guest back to its previous version");
+        self.runtime.events().guest_swapped(&s, origin);
+        Ok(s)
+    }
+
+    /// Every guest's state.
+    pub fn status(&self) -> Vec<GuestStatus> {
+        self.guests
+            .iter()
+            .map(|(name, named)| {
+                let pipelines: Vec<PipelineUse> = named
+                    .uses
+                    .iter()
+                    .map(|u| {
+                        let (calls, errors) = u.slot.current().stats();
+                        PipelineUse {
+                            pipeline: u.pipeline.clone(),
+                            topics: u.topics.clone(),
+                            calls,
+                            errors,
+                        }
+                    })
+                    .collect();
+                let slot = &named.uses[0].slot;
+                let current = slot.current();
+                GuestStatus {
+                    name: name.clone(),
+                    version: current.id().version.clone(),
+                    previous_version: slot.previous_version(),
+                    loaded_at: rfc3339(current.loaded_at()),
+                    calls: pipelines.iter().map(|p| p.calls).sum(),
+                    errors: pipelines.iter().map(|p| p.errors).sum(),
+                    swaps: slot.swaps(),
+                    file: named.file.clone(),
+                    pipelines,
+                }
+            })
+            .collect()
+    }
+}
+
+/// `2026-11-21T10:00:00.123Z`.
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}

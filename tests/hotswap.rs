@@ -1,0 +1,644 @@
+//! Hot swap: new guest versions from the watched directory (plain files and the
+//! Kubernetes ConfigMap `..data` symlink swap) and from the admin API, refusals that leave
+//! the running version in place, and a run under continuous load swapped 20 times with
+//! every message written exactly once by exactly the version its batch ran with.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use weir::admin::{AdminState, ErrorReply, GuestList, SwapReply, TokenSource};
+use weir::runtime::{
+    GuestId, GuestLimits, GuestSet, HostEvents, Level, Runtime, RuntimeConfig, Swapped,
+    watch::Watcher,
+};
+use weir_tests::{Broker, Registry, TestDb, free_port, guest_path, weir, weir_bin};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn bytes(guest: &str) -> Vec<u8> {
+    std::fs::read(guest_path(guest)).unwrap()
+}
+
+/// Swaps and refusals as the runtime reports them.
+#[derive(Default)]
+struct Recorder {
+    swaps: Mutex<Vec<(Swapped, String)>>,
+    refusals: Mutex<Vec<(String, String, String)>>,
+}
+
+impl HostEvents for Recorder {
+    fn log(&self, _: &GuestId, _: Level, _: &str, _: &[(String, String)]) {}
+    fn counter_add(&self, _: &GuestId, _: &str, _: u64, _: &[(String, String)]) {}
+    fn guest_swapped(&self, swapped: &Swapped, origin: &str) {
+        self.swaps
+            .lock()
+            .unwrap()
+            .push((swapped.clone(), origin.into()));
+    }
+    fn guest_refused(&self, name: &str, origin: &str, reason: &str) {
+        self.refusals
+            .lock()
+            .unwrap()
+            .push((name.into(), origin.into(), reason.into()));
+    }
+}
+
+impl Recorder {
+    fn refusals(&self) -> usize {
+        self.refusals.lock().unwrap().len()
+    }
+}
+
+/// A guest set over `files` (pipeline name, file), reporting to a [`Recorder`].
+fn guest_set(files: &[(&str, &Path)]) -> (Arc<GuestSet>, Arc<Recorder>) {
+    let events = Arc::new(Recorder::default());
+    let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), events.clone()).unwrap());
+    let mut set = GuestSet::new(runtime);
+    for (pipeline, file) in files {
+        set.add(
+            pipeline,
+            &[format!("topic.{pipeline}")],
+            file,
+            GuestLimits::default(),
+        )
+        .unwrap();
+    }
+    (Arc::new(set), events)
+}
+
+/// A directory laid out as the kubelet lays out a mounted ConfigMap: the files live in a
+/// timestamped directory, `..data` links to it, and each `name` links to `..data/name`.
+/// An update writes a new timestamped directory and renames a new link over `..data`.
+struct ConfigMapDir {
+    dir: PathBuf,
+    generation: u32,
+}
+
+impl ConfigMapDir {
+    fn new(dir: &Path, files: &[(&str, &[u8])]) -> Self {
+        let mut c = Self {
+            dir: dir.to_path_buf(),
+            generation: 0,
+        };
+        c.update(files);
+        for (name, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+        }
+        c
+    }
+
+    /// Publishes a new generation holding `files` with an atomic `..data` swap, and
+    /// removes the old one, as the kubelet does.
+    fn update(&mut self, files: &[(&str, &[u8])]) {
+        self.generation += 1;
+        let old = self
+            .dir
+            .join(format!("..2026_11_21_gen{}", self.generation - 1));
+        let name = format!("..2026_11_21_gen{}", self.generation);
+        let new = self.dir.join(&name);
+        std::fs::create_dir(&new).unwrap();
+        for (file, contents) in files {
+            std::fs::write(new.join(file), contents).unwrap();
+        }
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&name, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        if old.exists() {
+            std::fs::remove_dir_all(old).unwrap();
+        }
+    }
+}
+
+/// Waits until `done`, failing with `what` after a while.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn watched_directory_swaps_in_new_versions_and_refuses_bad_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (bytes("fixture_marker_a"), bytes("fixture_marker_b"));
+    let mounted = tmp.path().join("mounted");
+    std::fs::create_dir(&mounted).unwrap();
+    let mut configmap = ConfigMapDir::new(&mounted, &[("marker.wasm", &a)]);
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::write(plain.join("other.wasm"), &a).unwrap();
+
+    let (set, events) = guest_set(&[
+        ("cm", &mounted.join("marker.wasm")),
+        ("cm2", &mounted.join("marker.wasm")),
+        ("plain", &plain.join("other.wasm")),
+    ]);
+    let _watcher = Watcher::start(set.clone(), Duration::from_secs(1)).unwrap();
+    let version = |name: &str| set.version(name).unwrap();
+    assert_eq!(version("marker"), sha(&a));
+
+    // The ConfigMap pattern: a new generation behind `..data`.
+    configmap.update(&[("marker.wasm", &b)]);
+    let took = wait_until("the ..data swap is picked up", || {
+        version("marker") == sha(&b)
+    });
+    eprintln!("..data swap picked up after {took:?}");
+    // Both pipelines using the guest moved together, and the swap was reported once
+    // with the old and new version and where it came from.
+    for p in ["cm", "cm2"] {
+        assert_eq!(set.slot(p).unwrap().current().id().version, sha(&b));
+    }
+    {
+        let swaps = events.swaps.lock().unwrap();
+        assert_eq!(swaps.len(), 1, "{swaps:?}");
+        let (s, origin) = &swaps[0];
+        assert_eq!(
+            (s.old_version.as_str(), s.new_version.as_str()),
+            (sha(&a).as_str(), sha(&b).as_str())
+        );
+        assert!(origin.contains("marker.wasm"), "{origin}");
+    }
+
+    // Modules that do not load are refused with a reason; the running version stays.
+    let refusals: [(&[u8], &str); 3] = [
+        (b"\0asm garbage, not a component", "not a WebAssembly file"),
+        (&bytes("fixture_wrong_world"), "does not fit"),
+        (&bytes("fixture_wasi_clock"), "does not grant"),
+    ];
+    for (module, reason) in refusals {
+        let before = events.refusals();
+        configmap.update(&[("marker.wasm", module)]);
+        wait_until("the bad module is refused", || events.refusals() > before);
+        let (name, origin, why) = events.refusals.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(name, "marker");
+        assert!(origin.contains("marker.wasm"), "{origin}");
+        assert!(why.contains(reason), "{why:?} should say {reason:?}");
+        assert_eq!(version("marker"), sha(&b), "the running version stays");
+    }
+
+    // A file that disappears leaves the running version; when it is back it is loaded.
+    std::fs::remove_file(mounted.join("..data")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(version("marker"), sha(&b));
+    configmap.update(&[("marker.wasm", &a)]);
+    wait_until("the restored file is picked up", || {
+        version("marker") == sha(&a)
+    });
+
+    // A plain directory: a file renamed over the old one, then one rewritten in place.
+    std::fs::write(plain.join(".other.wasm.tmp"), &b).unwrap();
+    std::fs::rename(plain.join(".other.wasm.tmp"), plain.join("other.wasm")).unwrap();
+    wait_until("the renamed file is picked up", || {
+        version("other") == sha(&b)
+    });
+    std::fs::write(plain.join("other.wasm"), &a).unwrap();
+    wait_until("the rewritten file is picked up", || {
+        version("other") == sha(&a)
+    });
+    assert_eq!(version("marker"), sha(&a), "other guests are left alone");
+    assert_eq!(
+        events.refusals(),
+        3,
+        "no spurious refusals (half-written files)"
+    );
+}
+
+#[test]
+fn admin_api_deploys_lists_rolls_back_and_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (bytes("fixture_marker_a"), bytes("fixture_marker_b"));
+    std::fs::write(tmp.path().join("marker.wasm"), &a).unwrap();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let (set, _events) = guest_set(&[
+        ("stocks", &tmp.path().join("marker.wasm")),
+        ("crypto", &tmp.path().join("marker.wasm")),
+    ]);
+    let runtime = rt();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    runtime.spawn(weir::admin::serve(
+        listener,
+        AdminState {
+            guests: set.clone(),
+            token: TokenSource::File(token_file.clone()),
+            max_body: 1 << 20,
+        },
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str, token: Option<&str>, body: Vec<u8>| {
+        let mut request = http.request(method, format!("{base}{path}")).body(body);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        runtime.block_on(async {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let www = response
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, response.bytes().await.unwrap().to_vec(), www)
+        })
+    };
+    use reqwest::Method;
+    let token = Some("s3cret-token");
+    let message = |body: &[u8]| serde_json::from_slice::<ErrorReply>(body).unwrap().message;
+
+    // No token, a wrong one: 401, and nothing changes.
+    let (status, _, www) = call(Method::GET, "/guests", None, vec![]);
+    assert_eq!(status, 401);
+    assert_eq!(www.as_deref(), Some("Bearer realm=\"weir-admin\""));
+    for bad in [Some("wrong"), Some(""), Some("s3cret-token-and-more")] {
+        let (status, _, _) = call(Method::PUT, "/guests/marker", bad, b.clone());
+        assert_eq!(status, 401, "token {bad:?}");
+        let (status, _, _) = call(Method::POST, "/guests/marker/rollback", bad, vec![]);
+        assert_eq!(status, 401);
+    }
+    assert_eq!(set.version("marker").unwrap(), sha(&a));
+
+    // Refused modules: 422 with the reason; the running version stays.
+    for (module, reason) in [
+        (b"garbage".to_vec(), "not a WebAssembly file"),
+        (bytes("fixture_wrong_world"), "does not fit"),
+        (bytes("fixture_wasi_clock"), "does not grant"),
+    ] {
+        let (status, body, _) = call(Method::PUT, "/guests/marker", token, module);
+        assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
+        assert!(message(&body).contains(reason), "{}", message(&body));
+        assert_eq!(set.version("marker").unwrap(), sha(&a));
+    }
+    // Too large: 413 (the limit is 1 MiB here); empty: 400; unknown guest: 404; nothing
+    // to roll back to yet: 409.
+    let (status, body, _) = call(Method::PUT, "/guests/marker", token, vec![0; 2 << 20]);
+    assert_eq!(status, 413);
+    assert!(
+        message(&body).contains("admin.max_body"),
+        "{}",
+        message(&body)
+    );
+    assert_eq!(call(Method::PUT, "/guests/marker", token, vec![]).0, 400);
+    let (status, body, _) = call(Method::PUT, "/guests/nope", token, b.clone());
+    assert_eq!(status, 404);
+    assert!(message(&body).contains("nope"));
+    assert_eq!(
+        call(Method::POST, "/guests/marker/rollback", token, vec![]).0,
+        409
+    );
+    assert_eq!(set.version("marker").unwrap(), sha(&a));
+
+    // A good module is swapped into both pipelines.
+    let (status, body, _) = call(Method::PUT, "/guests/marker", token, b.clone());
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let reply: SwapReply = serde_json::from_slice(&body).unwrap();
+    assert!(reply.changed);
+    assert_eq!((reply.old_version, reply.version), (sha(&a), sha(&b)));
+    for p in ["stocks", "crypto"] {
+        assert_eq!(set.slot(p).unwrap().current().id().version, sha(&b));
+    }
+    let (_, body, _) = call(Method::PUT, "/guests/marker", token, b.clone());
+    let reply: SwapReply = serde_json::from_slice(&body).unwrap();
+    assert!(!reply.changed, "the same version again changes nothing");
+
+    let (status, body, _) = call(Method::GET, "/guests", token, vec![]);
+    assert_eq!(status, 200);
+    let list: GuestList = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list.guests.len(), 1);
+    let g = &list.guests[0];
+    assert_eq!(
+        (&g.name, &g.version, g.previous_version.as_deref(), g.swaps),
+        (&"marker".to_string(), &sha(&b), Some(sha(&a).as_str()), 1)
+    );
+    let topics: Vec<(&str, &str, &str)> = list
+        .topics
+        .iter()
+        .map(|t| (t.topic.as_str(), t.pipeline.as_str(), t.guest.as_str()))
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            ("topic.crypto", "crypto", "marker"),
+            ("topic.stocks", "stocks", "marker")
+        ]
+    );
+
+    // Rollback returns to the previous version.
+    let (status, body, _) = call(Method::POST, "/guests/marker/rollback", token, vec![]);
+    assert_eq!(status, 200);
+    let reply: SwapReply = serde_json::from_slice(&body).unwrap();
+    assert_eq!((reply.old_version, reply.version), (sha(&b), sha(&a)));
+    assert_eq!(set.version("marker").unwrap(), sha(&a));
+
+    // The token file is read per request: a rotated token replaces the old one.
+    std::fs::write(&token_file, "rotated").unwrap();
+    assert_eq!(call(Method::GET, "/guests", token, vec![]).0, 401);
+    assert_eq!(call(Method::GET, "/guests", Some("rotated"), vec![]).0, 200);
+}
+
+/// Messages in a partition's high watermarks: what was produced to fresh topics.
+fn produced(brokers: &str, topic: &str) -> u64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: BaseConsumer = weir::source::kafka::client_config(brokers)
+        .create()
+        .unwrap();
+    let metadata = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            let (low, high) = client
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .unwrap();
+            (high - low) as u64
+        })
+        .sum()
+}
+
+fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+    rt().block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client.query(sql, &[]).await.unwrap()
+    })
+}
+
+fn count(url: &str, sql: &str) -> i64 {
+    query(url, sql)[0].get(0)
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn twenty_swaps_under_load_lose_duplicate_and_mix_nothing() {
+    const TOPIC: &str = "tickers.stocks";
+    let db = TestDb::new();
+    let registry = Registry::start(&db.url());
+    let broker = Broker::start();
+    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+    let out = weir(&[
+        "schemas",
+        "push",
+        "--registry",
+        &registry.url,
+        schemas.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    rt().block_on(weir::source::kafka::ensure_topics(
+        &broker.bootstrap,
+        &[TOPIC.to_string()],
+        3,
+    ))
+    .unwrap();
+    weir_tests::run_sql(
+        &db.url(),
+        "CREATE TABLE marked (kafka_partition int NOT NULL, kafka_offset bigint NOT NULL,
+            marker text NOT NULL, batch_first bigint NOT NULL, batch_len int NOT NULL,
+            guest_version text NOT NULL)",
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (bytes("fixture_marker_a"), bytes("fixture_marker_b"));
+    let (a_file, b_file) = (
+        guest_path("fixture_marker_a"),
+        guest_path("fixture_marker_b"),
+    );
+    let guests = tmp.path().join("guests");
+    std::fs::create_dir(&guests).unwrap();
+    let mut configmap = ConfigMapDir::new(&guests, &[("marker.wasm", &a)]);
+    let token_file = tmp.path().join("admin-token");
+    std::fs::write(&token_file, "load-test-token").unwrap();
+    let (http_port, admin_port) = (free_port(), free_port());
+    let admin_url = format!("http://127.0.0.1:{admin_port}");
+    let config = tmp.path().join("weir.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kafka:\n  brokers: \"{}\"\n  group_id: swaps\n\
+             registry:\n  url: \"{}\"\n\
+             database:\n  url: \"{}\"\n\
+             http:\n  listen: \"127.0.0.1:{http_port}\"\n\
+             admin:\n  listen: \"127.0.0.1:{admin_port}\"\n  token_file: admin-token\n\
+             guests:\n  dir: guests\n\
+             pipelines:\n  - name: stocks\n    topic: {TOPIC}\n    guest: marker.wasm\n    batch: {{size: 200, linger: 20ms}}\n    tables: [marked]\n    version_column: guest_version\n",
+            broker.bootstrap,
+            registry.url,
+            db.url()
+        ),
+    )
+    .unwrap();
+    let run_log = tmp.path().join("run.log");
+    let _run = Killed(
+        Command::new(weir_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("WEIR_LOG", "info,rdkafka=warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&run_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut simulate = Killed(
+        Command::new(weir_bin())
+            .args(["ingest", "simulate", "--brokers", &broker.bootstrap])
+            .args(["--registry", &registry.url, "--rate", "1500", "--seed", "5"])
+            .args(["--stocks", "AAPL,MSFT,NVDA,TSLA,JPM"])
+            .args(["--crypto", "none", "--currency", "none"])
+            .env("WEIR_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let rows_of = |version: &str| {
+        count(
+            &db.url(),
+            &format!("SELECT count(*) FROM marked WHERE guest_version = '{version}'"),
+        )
+    };
+    let fail = |what: &str| -> ! { panic!("{what}; weir run log:\n{}", log_tail(&run_log)) };
+    let start = Instant::now();
+    while rows_of(&sha(&a)) == 0 {
+        if start.elapsed() > Duration::from_secs(60) {
+            fail("no rows from the first version");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let token = token_file.to_str().unwrap();
+    let list = || -> GuestList {
+        let out = weir(&[
+            "guest",
+            "list",
+            "--admin",
+            &admin_url,
+            "--token-file",
+            token,
+            "--json",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    for i in 0..20 {
+        let (target, file, bytes) = if i % 2 == 0 {
+            (sha(&b), &b_file, &b)
+        } else {
+            (sha(&a), &a_file, &a)
+        };
+        let before = rows_of(&target);
+        if i < 10 {
+            configmap.update(&[("marker.wasm", bytes)]);
+        } else {
+            let out = weir(&[
+                "guest",
+                "deploy",
+                "--admin",
+                &admin_url,
+                "--token-file",
+                token,
+                "marker",
+                file.to_str().unwrap(),
+            ]);
+            assert!(out.status.success(), "{out:?}");
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(said.contains(&format!("-> {}", &target[..12])), "{said}");
+        }
+        // Swapped in, and then batches ran with it while messages kept coming.
+        let swapped = Instant::now();
+        while list().guests[0].version != target {
+            if swapped.elapsed() > Duration::from_secs(30) {
+                fail(&format!("swap {i} did not happen"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("swap {i} took effect after {:?}", swapped.elapsed());
+        while rows_of(&target) <= before {
+            if swapped.elapsed() > Duration::from_secs(60) {
+                fail(&format!("no rows after swap {i}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // Stop producing, then wait for everything produced to be written.
+    let _ = Command::new("kill")
+        .args(["-TERM", &simulate.0.id().to_string()])
+        .status();
+    assert!(simulate.0.wait().unwrap().success());
+    let total = produced(&broker.bootstrap, TOPIC) as i64;
+    assert!(total > 1000, "only {total} messages produced");
+    let start = Instant::now();
+    while count(&db.url(), "SELECT count(*) FROM marked") < total {
+        if start.elapsed() > Duration::from_secs(120) {
+            fail("not everything produced was written");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Exactly once: every message one row, nothing dead-lettered.
+    let url = db.url();
+    assert_eq!(count(&url, "SELECT count(*) FROM marked"), total);
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM marked"
+        ),
+        total
+    );
+    assert_eq!(count(&url, "SELECT count(*) FROM dead_letters"), 0);
+    // Every row's marker is that of the version the sink recorded for its batch.
+    let mismatched = count(
+        &url,
+        &format!(
+            "SELECT count(*) FROM marked WHERE (marker = 'a') <> (guest_version = '{}') \
+                OR guest_version NOT IN ('{}', '{}')",
+            sha(&a),
+            sha(&a),
+            sha(&b)
+        ),
+    );
+    assert_eq!(mismatched, 0, "rows whose marker is not their version's");
+    // Every batch is whole and ran with one version.
+    let mixed = count(
+        &url,
+        "SELECT count(*) FROM (SELECT kafka_partition, batch_first FROM marked
+            GROUP BY 1, 2 HAVING count(DISTINCT marker) > 1 OR count(*) <> min(batch_len)) m",
+    );
+    assert_eq!(mixed, 0, "batches that mix versions or are not whole");
+    // Per partition, in offset order, the version changes at most once per swap.
+    let changes = count(
+        &url,
+        "SELECT count(*) FROM (SELECT marker <> lag(marker) OVER w AS changed FROM marked
+            WINDOW w AS (PARTITION BY kafka_partition ORDER BY kafka_offset)) c WHERE changed",
+    );
+    assert!(changes <= 3 * 20, "{changes} version changes");
+
+    // Swaps are counted and listed.
+    let g = &list().guests[0];
+    assert_eq!((g.swaps, g.version.as_str()), (20, sha(&a).as_str()));
+    let metrics = rt()
+        .block_on(async {
+            reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
+                .await?
+                .text()
+                .await
+        })
+        .unwrap();
+    assert!(
+        metrics.contains("weir_guest_swaps_total{guest=\"marker\"} 20"),
+        "{metrics}"
+    );
+    let log = std::fs::read_to_string(&run_log).unwrap();
+    let logged = log
+        .lines()
+        .filter(|l| {
+            l.contains("Swapped in a new guest version")
+                && l.contains(&sha(&a))
+                && l.contains(&sha(&b))
+        })
+        .count();
+    assert_eq!(logged, 20, "each swap logged with its old and new version");
+    assert!(
+        !log.contains("load-test-token"),
+        "the admin token appears in the log"
+    );
+}
