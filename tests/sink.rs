@@ -78,6 +78,7 @@ fn batch(start: i64, items: Vec<SinkItem>) -> SinkBatch {
         guest_version: Some("sha256:feed".into()),
         version_column: None,
         items,
+        dedup: None,
     }
 }
 
@@ -755,6 +756,7 @@ async fn pre_sink_dead_letters_are_written_once() {
         next_offset: 13,
         guest_version: Some("sha256:abc".into()),
         version_column: None,
+        dedup: None,
         items: vec![
             SinkItem::DeadLetter {
                 offset: 10,
@@ -974,7 +976,11 @@ async fn sinks_starting_together_create_their_tables_once() {
     .await;
     assert_eq!(
         tables,
-        vec![vec![s("dead_letters")], vec![s("weir_offsets")]]
+        vec![
+            vec![s("dead_letters")],
+            vec![s("weir_dedup")],
+            vec![s("weir_offsets")]
+        ]
     );
 }
 
@@ -1082,6 +1088,76 @@ async fn the_version_column_is_filled_in_every_row_on_request() {
     assert_eq!(
         rows(&pg, "SELECT k, n, v FROM u").await,
         vec![vec![s("a"), s("7"), s("v2")]]
+    );
+}
+
+#[tokio::test]
+async fn dedup_keys_are_remembered_with_the_rows_that_commit() {
+    let db = TestDb::new();
+    run_sql(&db.url(), "CREATE TABLE t (id int8 CHECK (id > 0))");
+    let sink = sink(&db.url()).await;
+    let row = |offset: i64, id: i64| {
+        message(offset, vec![insert("t", vec![field("id", Value::Int(id))])])
+    };
+    let keys = |pairs: &[(i64, &str)]| {
+        Some(weir::sink::DedupKeys {
+            scope: "p".into(),
+            keys: pairs.iter().map(|(o, k)| (*o, k.to_string())).collect(),
+        })
+    };
+    assert!(sink.seen("p", &["a", "b"]).await.unwrap().is_empty());
+    // Offset 1's row is rejected (id > 0): its key is not remembered, so a corrected
+    // redelivery is not taken for a duplicate.
+    let mut b = batch(0, vec![row(0, 1), row(1, -1), row(2, 3)]);
+    b.dedup = keys(&[(0, "a"), (1, "b"), (2, "c")]);
+    sink.write_batch(&b).await.unwrap();
+    let seen = sink.seen("p", &["a", "b", "c", "d"]).await.unwrap();
+    assert_eq!(
+        seen,
+        ["a", "c"].into_iter().map(String::from).collect(),
+        "the rejected message's key is not remembered"
+    );
+    assert!(
+        sink.seen("other", &["a"]).await.unwrap().is_empty(),
+        "keys are per scope"
+    );
+
+    // A batch whose key another batch committed after the lookup writes nothing.
+    let mut b = batch(3, vec![row(3, 4), row(4, 5)]);
+    b.dedup = keys(&[(3, "d"), (4, "a")]);
+    match sink.write_batch(&b).await {
+        Err(SinkError::SeenMeanwhile { start_offset, .. }) => assert_eq!(start_offset, 3),
+        other => panic!("expected SeenMeanwhile, got {other:?}"),
+    }
+    let pg = client(&db.url()).await;
+    assert_eq!(
+        count(&pg, "t").await,
+        2,
+        "nothing of the refused batch was written"
+    );
+    assert!(sink.seen("p", &["d"]).await.unwrap().is_empty());
+    assert_eq!(sink.stored_offset(TOPIC, 3).await.unwrap(), Some(3));
+
+    // Expiry forgets keys older than the retention only.
+    assert_eq!(
+        sink.forget_seen("p", Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    run_sql(
+        &db.url(),
+        "UPDATE weir_dedup SET seen_at = now() - interval '2 hours' WHERE key = 'a'",
+    );
+    assert_eq!(
+        sink.forget_seen("p", Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        sink.seen("p", &["a", "c"]).await.unwrap(),
+        ["c"].into_iter().map(String::from).collect()
     );
 }
 

@@ -55,6 +55,7 @@
 //!       table: stock_ticks
 //!     columns: schema              # check a column per value-schema field (default: exist)
 //!     version_column: guest_version  # fill this column of every row with the guest's sha256
+//!     dedup: {key: event_id, retention: 7d}  # drop messages whose field repeats (before the guest)
 //!   - name: candles
 //!     topics: [tickers.crypto, tickers.currency]   # …or several
 //!     guest: candles.wasm          # (an absolute path works too)
@@ -256,6 +257,21 @@ pub struct PipelineConfig {
     /// A column of every table written that the sink fills with the sha256 of the guest
     /// version that produced the row.
     pub version_column: Option<String>,
+    /// Drop messages whose key field repeats one already processed.
+    pub dedup: Option<DedupConfig>,
+}
+
+/// `dedup:` of a pipeline: a message whose `key` field equals that of a message processed
+/// before (in this batch, or committed within `retention`) is dropped before the guest
+/// sees it, exactly once: the keys are remembered in the batch's transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// The field of the message value that identifies it (`event_id`).
+    pub key: String,
+    /// How long a key is remembered (default 7d).
+    #[serde(default = "default_retention", deserialize_with = "de::duration")]
+    pub retention: Duration,
 }
 
 /// What `weir run` checks of a pipeline's tables' columns before it starts (`columns:`).
@@ -441,6 +457,9 @@ struct PipelineFile {
     /// The column to fill with the guest version.
     #[serde(default)]
     version_column: Option<String>,
+    /// Deduplication by a key field.
+    #[serde(default)]
+    dedup: Option<DedupConfig>,
 }
 
 /// `batch:` of a pipeline.
@@ -490,6 +509,9 @@ const fn default_true() -> bool {
 }
 const fn default_rescan() -> Duration {
     Duration::from_secs(1)
+}
+const fn default_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 const fn default_max_body() -> usize {
     64 << 20
@@ -839,6 +861,23 @@ impl Checker<'_> {
             ));
         }
 
+        if let Some(dedup) = &p.dedup {
+            if dedup.key.trim().is_empty() {
+                return Err(self.invalid(
+                    key("dedup.key"),
+                    "must name a field",
+                    line(&["dedup", "key"]),
+                ));
+            }
+            if dedup.retention.is_zero() {
+                return Err(self.invalid(
+                    key("dedup.retention"),
+                    "must be more than 0",
+                    line(&["dedup", "retention"]),
+                ));
+            }
+        }
+
         Ok(PipelineConfig {
             name: p.name,
             topics,
@@ -853,6 +892,7 @@ impl Checker<'_> {
             tables,
             columns: p.columns,
             version_column: p.version_column,
+            dedup: p.dedup,
         })
     }
 

@@ -53,6 +53,7 @@ pub struct Metrics {
     records_in: Family<Labels1, Counter>,
     records_out: Family<Labels1, Counter>,
     dead_letters: Family<Labels1, Counter>,
+    duplicates: Family<Labels1, Counter>,
     batch_duration: HistogramFamily,
     guest_call: HistogramFamily,
     guest_errors: Family<Labels2, Counter>,
@@ -86,6 +87,7 @@ impl Metrics {
             records_in: Family::default(),
             records_out: Family::default(),
             dead_letters: Family::default(),
+            duplicates: Family::default(),
             batch_duration: Family::new_with_constructor(batch_histogram),
             guest_call: Family::new_with_constructor(guest_call_histogram),
             guest_errors: Family::default(),
@@ -109,6 +111,11 @@ impl Metrics {
             "weir_dead_letters",
             "Messages sent to the dead-letter table, by the stage that refused them",
             m.dead_letters.clone(),
+        );
+        registry.register(
+            "weir_duplicates",
+            "Messages dropped before the guest as duplicates of one already processed (pipeline dedup), by pipeline",
+            m.duplicates.clone(),
         );
         registry.register_with_unit(
             "weir_batch_duration",
@@ -154,6 +161,13 @@ impl Metrics {
         );
         registry.register_collector(Box::new(GuestCollector(m.events.clone())));
         Arc::new(Metrics { registry, ..m })
+    }
+
+    /// `n` messages of `pipeline` dropped as duplicates.
+    pub fn duplicates(&self, pipeline: &str, n: u64) {
+        self.duplicates
+            .get_or_create(&label("pipeline", pipeline))
+            .inc_by(n);
     }
 
     /// `n` messages consumed from `topic`.

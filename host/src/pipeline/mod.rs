@@ -9,19 +9,21 @@
 
 pub mod membership;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::consumer::Consumer as _;
 
-use crate::config::{ColumnCheck, Config, PipelineConfig};
+use crate::config::{ColumnCheck, Config, DedupConfig, PipelineConfig};
 use crate::metrics::{Health, Metrics};
 use crate::registry::RegistryClient;
 use crate::runtime::types::{Batch, ConfigEntry, Message, Outcome};
 use crate::runtime::{Guest, GuestError, GuestSet, GuestSlot, Runtime};
-use crate::sink::{Sink, SinkBatch, SinkConfig, SinkError, SinkItem, TableExpectation, ValueKind};
+use crate::sink::{
+    DedupKeys, Sink, SinkBatch, SinkConfig, SinkError, SinkItem, TableExpectation, ValueKind,
+};
 use crate::source::avro::field_kinds;
 use crate::source::{
     Decoded, Decoder, KafkaSource, RawBatch, RawMessage, SourceConfig, Stage, StartFrom,
@@ -34,6 +36,9 @@ const LAG_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the topics' partitions are listed again (new partitions, new topics).
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How often expired deduplication keys are deleted.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
+
 /// Session timeout of the group when `kafka.properties` sets no `session.timeout.ms`.
 const DEFAULT_SESSION: Duration = Duration::from_secs(10);
 
@@ -43,6 +48,7 @@ struct Route {
     guest: Arc<GuestSlot>,
     guest_config: Vec<ConfigEntry>,
     version_column: Option<String>,
+    dedup: Option<DedupConfig>,
 }
 
 /// A running `weir run`: everything connected and checked.
@@ -67,6 +73,7 @@ pub struct Runner {
     /// How far before the stored offset the next re-read of a partition starts, after the
     /// broker resumed past it (see [`Runner::process`]).
     reread: HashMap<(String, i32), i64>,
+    last_expiry: Instant,
 }
 
 impl Runner {
@@ -92,6 +99,7 @@ impl Runner {
                 name: p.name.clone(),
                 guest,
                 version_column: p.version_column.clone(),
+                dedup: p.dedup.clone(),
                 guest_config: p
                     .guest_config
                     .iter()
@@ -175,6 +183,7 @@ impl Runner {
             partitions: Vec::new(),
             last_discovery: None,
             reread: HashMap::new(),
+            last_expiry: Instant::now(),
         })
     }
 
@@ -200,6 +209,9 @@ impl Runner {
             }
             if self.last_lag.elapsed() >= LAG_INTERVAL {
                 self.measure_lag().await;
+            }
+            if self.last_expiry.elapsed() >= EXPIRY_INTERVAL {
+                self.expire_dedup_keys().await;
             }
         }
         tracing::info!("Shutting down: the batch in flight is committed; leaving the group");
@@ -327,57 +339,132 @@ impl Runner {
             anyhow::bail!("received a message of topic {topic}, which no pipeline routes");
         };
         self.metrics.records_in(&topic, batch.messages.len() as u64);
-        let decoded = self.decoder.decode_batch(&batch).await;
-        let route = &self.routes[route_index];
-        // One version for the whole batch: a swap lands at the next batch.
-        let guest = route.guest.current();
-        let items = self.run_guest(route, &guest, &batch, decoded);
-        let sink_batch = SinkBatch {
-            topic: topic.clone(),
-            partition,
-            start_offset: batch.messages[0].offset,
-            next_offset: batch.next_offset().expect("non-empty batch"),
-            guest_version: Some(guest.id().version.clone()),
-            version_column: route.version_column.clone(),
-            items,
+        loop {
+            let decoded = self.decoder.decode_batch(&batch).await;
+            let route = &self.routes[route_index];
+            let (duplicates, dedup) = self.deduplicate(route, &decoded).await?;
+            // One version for the whole batch: a swap lands at the next batch.
+            let guest = route.guest.current();
+            let items = self.run_guest(route, &guest, &batch, decoded, &duplicates);
+            let sink_batch = SinkBatch {
+                topic: topic.clone(),
+                partition,
+                start_offset: batch.messages[0].offset,
+                next_offset: batch.next_offset().expect("non-empty batch"),
+                guest_version: Some(guest.id().version.clone()),
+                version_column: route.version_column.clone(),
+                items,
+                dedup,
+            };
+            match self.sink.write_batch(&sink_batch).await {
+                Ok(report) => {
+                    for (table, n) in &report.rows {
+                        self.metrics.records_out(table, *n);
+                    }
+                    let mut by_stage: BTreeMap<&str, u64> = BTreeMap::new();
+                    for (_, stage) in &report.dead_letters {
+                        *by_stage.entry(stage.as_str()).or_default() += 1;
+                    }
+                    for (stage, n) in by_stage {
+                        self.metrics.dead_letters(stage, n);
+                    }
+                    if !duplicates.is_empty() {
+                        self.metrics
+                            .duplicates(&route.name, duplicates.len() as u64);
+                    }
+                    self.positions
+                        .insert((topic.clone(), partition), Some(sink_batch.next_offset));
+                    self.source
+                        .store_offset(&topic, partition, sink_batch.next_offset);
+                    self.metrics
+                        .offset_committed(&topic, partition, sink_batch.next_offset);
+                    self.metrics
+                        .batch_duration(&route.name, started.elapsed().as_secs_f64());
+                    return Ok(());
+                }
+                Err(SinkError::SeenMeanwhile { .. }) => {
+                    tracing::info!(
+                        topic,
+                        partition,
+                        "A deduplication key of this batch was committed by another batch meanwhile; redoing the batch"
+                    );
+                }
+                Err(SinkError::Stale { stored, .. }) => {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        ?stored,
+                        "Partition committed by another consumer; re-reading from the stored offset"
+                    );
+                    self.positions.insert((topic.clone(), partition), stored);
+                    if let Some(offset) = stored {
+                        // Harmless if the partition is no longer ours.
+                        let _ = self.source.seek(&topic, partition, offset);
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// With `dedup:`, the offsets of messages whose key repeats one earlier in the batch or
+    /// one already committed, and the keys of the others, to remember with the batch.
+    async fn deduplicate(
+        &self,
+        route: &Route,
+        decoded: &[Decoded],
+    ) -> anyhow::Result<(HashSet<i64>, Option<DedupKeys>)> {
+        let mut duplicates = HashSet::new();
+        let Some(dedup) = &route.dedup else {
+            return Ok((duplicates, None));
         };
-        match self.sink.write_batch(&sink_batch).await {
-            Ok(report) => {
-                for (table, n) in &report.rows {
-                    self.metrics.records_out(table, *n);
-                }
-                let mut by_stage: BTreeMap<&str, u64> = BTreeMap::new();
-                for (_, stage) in &report.dead_letters {
-                    *by_stage.entry(stage.as_str()).or_default() += 1;
-                }
-                for (stage, n) in by_stage {
-                    self.metrics.dead_letters(stage, n);
-                }
-                self.positions
-                    .insert((topic.clone(), partition), Some(sink_batch.next_offset));
-                self.source
-                    .store_offset(&topic, partition, sink_batch.next_offset);
-                self.metrics
-                    .offset_committed(&topic, partition, sink_batch.next_offset);
-                self.metrics
-                    .batch_duration(&route.name, started.elapsed().as_secs_f64());
-                Ok(())
+        let mut first: HashSet<String> = HashSet::new();
+        let mut keys = Vec::new();
+        for d in decoded {
+            let Decoded::Message(m) = d else { continue };
+            // A message without the key is the guest's to judge.
+            let Some(key) = dedup_key(m, &dedup.key) else {
+                continue;
+            };
+            if first.insert(key.clone()) {
+                keys.push((m.offset, key));
+            } else {
+                duplicates.insert(m.offset);
             }
-            Err(SinkError::Stale { stored, .. }) => {
-                tracing::warn!(
-                    topic,
-                    partition,
-                    ?stored,
-                    "Partition committed by another consumer; re-reading from the stored offset"
-                );
-                self.positions.insert((topic.clone(), partition), stored);
-                if let Some(offset) = stored {
-                    // Harmless if the partition is no longer ours.
-                    let _ = self.source.seek(&topic, partition, offset);
-                }
-                Ok(())
+        }
+        let lookup: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
+        let seen = self.sink.seen(&route.name, &lookup).await?;
+        keys.retain(|(offset, key)| {
+            let new = !seen.contains(key);
+            if !new {
+                duplicates.insert(*offset);
             }
-            Err(e) => Err(e.into()),
+            new
+        });
+        Ok((
+            duplicates,
+            Some(DedupKeys {
+                scope: route.name.clone(),
+                keys,
+            }),
+        ))
+    }
+
+    /// Forgets deduplication keys older than each pipeline's retention.
+    async fn expire_dedup_keys(&mut self) {
+        self.last_expiry = Instant::now();
+        for route in &self.routes {
+            let Some(dedup) = &route.dedup else { continue };
+            match self.sink.forget_seen(&route.name, dedup.retention).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(pipeline = %route.name, keys = n, "Forgot expired deduplication keys")
+                }
+                Err(e) => {
+                    tracing::warn!(pipeline = %route.name, error = %e, "Cannot expire deduplication keys; trying again later")
+                }
+            }
         }
     }
 
@@ -390,6 +477,7 @@ impl Runner {
         guest: &Guest,
         batch: &RawBatch,
         decoded: Vec<Decoded>,
+        duplicates: &HashSet<i64>,
     ) -> Vec<SinkItem> {
         let raws: HashMap<i64, &RawMessage> =
             batch.messages.iter().map(|m| (m.offset, m)).collect();
@@ -398,6 +486,16 @@ impl Runner {
         let mut slots = Vec::new();
         for d in decoded {
             match d {
+                // Dropped: written as processed, with nothing to do.
+                Decoded::Message(m) if duplicates.contains(&m.offset) => {
+                    let raw = raws.get(&m.offset);
+                    items.push(Some(SinkItem::Actions {
+                        offset: m.offset,
+                        key: raw.and_then(|r| r.key.clone()),
+                        value: raw.and_then(|r| r.value.clone()),
+                        actions: Vec::new(),
+                    }));
+                }
                 Decoded::Message(m) => {
                     slots.push(items.len());
                     items.push(None);
@@ -516,6 +614,19 @@ impl Runner {
         })
         .await;
     }
+}
+
+/// The text of a message's deduplication key field; `None` when absent or null.
+fn dedup_key(message: &Message, field: &str) -> Option<String> {
+    use crate::runtime::types::Value;
+    let value = &message.fields.iter().find(|f| f.name == field)?.value;
+    Some(match value {
+        Value::Null => return None,
+        Value::Text(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        Value::Bytes(b) => hex::encode(b),
+        other => format!("{other:?}"),
+    })
 }
 
 /// Compiles and checks every pipeline's guest (once per guest name). Slow, and needs no

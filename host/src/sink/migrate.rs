@@ -3,7 +3,8 @@
 //!
 //! A file already recorded is skipped; one whose content changed since is refused, so an
 //! edited migration is noticed rather than silently ignored. A session advisory lock makes
-//! concurrent runs (several pods starting at once) wait for each other.
+//! concurrent runs (several pods starting at once) wait for each other. weir's own tables
+//! (`weir_offsets`, `dead_letters`…) are created first, so migrations may refer to them.
 //!
 //! A file runs inside the transaction weir opens, so it must not hold its own
 //! `BEGIN`/`COMMIT`, nor statements that cannot run in a transaction
@@ -72,6 +73,12 @@ async fn run(client: &Client, files: &[File]) -> Result<MigrateReport, SinkError
         .batch_execute(TABLE)
         .await
         .map_err(|e| failed("cannot create weir_migrations", e))?;
+    // weir's own tables first, so that migrations may refer to them (a view over
+    // dead_letters or weir_offsets, say).
+    client
+        .batch_execute(super::tables::SYSTEM_TABLES)
+        .await
+        .map_err(|e| failed("cannot create weir's tables", e))?;
     let recorded: HashMap<String, String> = client
         .query("SELECT name, sha256 FROM weir_migrations", &[])
         .await

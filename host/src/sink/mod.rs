@@ -102,6 +102,19 @@ pub struct SinkBatch {
     pub version_column: Option<String>,
     /// One item per message, in offset order.
     pub items: Vec<SinkItem>,
+    /// Deduplication keys of this batch's messages, remembered in its transaction.
+    pub dedup: Option<DedupKeys>,
+}
+
+/// Keys that mark messages as seen, so that a later message with the same key is
+/// recognised as a duplicate ([`Sink::seen`]). Recorded in the batch's transaction for the
+/// messages whose rows commit (not for messages dead-lettered by the sink).
+#[derive(Debug, Clone, Default)]
+pub struct DedupKeys {
+    /// What the keys are unique within (a pipeline name).
+    pub scope: String,
+    /// (offset, key), at most one per key.
+    pub keys: Vec<(i64, String)>,
 }
 
 /// What a committed batch wrote.
@@ -143,6 +156,19 @@ pub enum SinkError {
     /// A migration was refused or failed.
     #[error("{0}")]
     Migration(String),
+    /// Another batch remembered one of this batch's deduplication keys after this batch
+    /// looked them up: nothing was written; look them up again and redo the batch.
+    #[error(
+        "{topic}[{partition}] at offset {start_offset}: a deduplication key was recorded meanwhile by another batch"
+    )]
+    SeenMeanwhile {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The batch's start offset.
+        start_offset: i64,
+    },
 }
 
 /// How many times [`Sink::connect`] tries to reach Postgres before it gives up.
@@ -182,6 +208,7 @@ impl std::fmt::Debug for Sink {
 /// Why one try at a batch failed.
 enum Failure {
     Stale(Option<i64>),
+    SeenMeanwhile,
     Retry(tokio_postgres::Error),
     Fatal(tokio_postgres::Error),
 }
@@ -358,6 +385,13 @@ impl Sink {
                         stored,
                     });
                 }
+                Err(Failure::SeenMeanwhile) => {
+                    return Err(SinkError::SeenMeanwhile {
+                        topic: batch.topic.clone(),
+                        partition: batch.partition,
+                        start_offset: batch.start_offset,
+                    });
+                }
                 Err(Failure::Retry(e)) => {
                     tracing::warn!(
                         database = %self.target,
@@ -457,6 +491,26 @@ impl Sink {
         let dead_letters = conn
             .dead_letters(&self.group_id, batch, &all_rejected)
             .await?;
+        if let Some(dedup) = &batch.dedup {
+            let rejected: HashSet<i64> = all_rejected
+                .iter()
+                .filter_map(|(i, _)| match &batch.items[*i] {
+                    SinkItem::Actions { offset, .. } => Some(*offset),
+                    SinkItem::DeadLetter { .. } => None,
+                })
+                .collect();
+            let keys: Vec<&str> = dedup
+                .keys
+                .iter()
+                .filter(|(offset, _)| !rejected.contains(offset))
+                .map(|(_, key)| key.as_str())
+                .collect();
+            if conn.remember(&self.group_id, &dedup.scope, &keys).await? < keys.len() {
+                conn.client.batch_execute("ROLLBACK").await?;
+                conn.dirty = false;
+                return Err(Failure::SeenMeanwhile);
+            }
+        }
         let report = WriteReport {
             rows,
             dead_letters,
@@ -474,6 +528,46 @@ impl Sink {
                 Err(e.into())
             }
         }
+    }
+
+    /// The keys among `keys` already remembered in `scope` (see [`DedupKeys`]). Connection
+    /// loss and transient errors are retried with backoff, like writes.
+    pub async fn seen(&self, scope: &str, keys: &[&str]) -> Result<HashSet<String>, SinkError> {
+        if keys.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut delay = FIRST_RETRY;
+        loop {
+            let result = {
+                let mut state = self.state.lock().await;
+                match self.ready(&mut state.conn).await {
+                    Ok(conn) => conn.seen(&self.group_id, scope, keys).await,
+                    Err(e) => Err(e),
+                }
+            };
+            match result {
+                Ok(seen) => return Ok(seen),
+                Err(e) if classify(&e) == Class::Retry => {
+                    tracing::warn!(database = %self.target, retry_in = ?delay, error = %error_text(&e), "Looking up deduplication keys failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY);
+                }
+                Err(e) => return Err(self.database(&e)),
+            }
+        }
+    }
+
+    /// Forgets the deduplication keys of `scope` remembered longer than `retention` ago;
+    /// returns how many.
+    pub async fn forget_seen(&self, scope: &str, retention: Duration) -> Result<u64, SinkError> {
+        let mut state = self.state.lock().await;
+        let conn = self
+            .ready(&mut state.conn)
+            .await
+            .map_err(|e| self.database(&e))?;
+        conn.forget(&self.group_id, scope, retention)
+            .await
+            .map_err(|e| self.database(&e))
     }
 
     /// The connection, opened (again) if there is none or it is not usable.

@@ -37,6 +37,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     created_at    timestamptz NOT NULL DEFAULT now(),
     UNIQUE (group_id, topic, partition, "offset")
 );
+CREATE TABLE IF NOT EXISTS weir_dedup (
+    group_id text NOT NULL,
+    scope    text NOT NULL,
+    key      text NOT NULL,
+    seen_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_id, scope, key)
+);
 COMMIT;
 "#;
 

@@ -64,7 +64,63 @@ const DEAD_LETTERS: &str = "INSERT INTO dead_letters
            AS d(o, s, e, k, v)
     ON CONFLICT (group_id, topic, partition, \"offset\") DO NOTHING";
 
+const REMEMBER: &str = "INSERT INTO weir_dedup (group_id, scope, key)
+    SELECT $1, $2, k FROM UNNEST($3::text[]) AS k
+    ON CONFLICT (group_id, scope, key) DO NOTHING";
+const SEEN: &str = "SELECT key FROM weir_dedup
+    WHERE group_id = $1 AND scope = $2 AND key = ANY($3::text[])";
+const FORGET: &str = "DELETE FROM weir_dedup
+    WHERE group_id = $1 AND scope = $2 AND seen_at < now() - make_interval(secs => $3)";
+
 impl Conn {
+    /// Records deduplication keys (in the open transaction); returns how many were new.
+    pub async fn remember(
+        &mut self,
+        group: &str,
+        scope: &str,
+        keys: &[&str],
+    ) -> Result<usize, tokio_postgres::Error> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let statement = self.prepare(REMEMBER).await?;
+        let n = self
+            .client
+            .execute(&statement, &[&group, &scope, &keys])
+            .await?;
+        Ok(n as usize)
+    }
+
+    /// The keys among `keys` already recorded.
+    pub async fn seen(
+        &mut self,
+        group: &str,
+        scope: &str,
+        keys: &[&str],
+    ) -> Result<HashSet<String>, tokio_postgres::Error> {
+        let statement = self.prepare(SEEN).await?;
+        Ok(self
+            .client
+            .query(&statement, &[&group, &scope, &keys])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    /// Deletes keys recorded more than `retention` ago.
+    pub async fn forget(
+        &mut self,
+        group: &str,
+        scope: &str,
+        retention: std::time::Duration,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.prepare(FORGET).await?;
+        self.client
+            .execute(&statement, &[&group, &scope, &retention.as_secs_f64()])
+            .await
+    }
+
     pub fn new(client: Client) -> Self {
         Self {
             client,
