@@ -19,6 +19,7 @@ fn main() {
         "guests/Cargo.lock",
         "guests/sdk",
         "guests/passthrough",
+        "guests/tickers",
         "guests/fixtures",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
