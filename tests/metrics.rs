@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use weir::metrics::{self, Health, Metrics};
 use weir::runtime::types::{Batch, Message};
-use weir::runtime::{GuestId, GuestLimits, HostEvents, Runtime, RuntimeConfig};
+use weir::runtime::{GuestId, GuestLimits, HostEvents, Runtime, RuntimeConfig, Swapped};
 use weir_tests::guest_path;
 
 /// `serve` on a free port, stopped on drop.
@@ -219,7 +219,16 @@ async fn every_metric_is_scraped_with_its_labels_and_values() {
     m.offset_committed("tickers.stocks", 0, 51);
     m.offset_committed("tickers.stocks", 0, 101);
     m.offset_committed("tickers.stocks", 1, 7);
-    m.guest_swap("passthrough");
+    m.events().guest_swapped(
+        &Swapped {
+            name: "passthrough".into(),
+            old_version: "a".into(),
+            new_version: "b".into(),
+        },
+        "file passthrough.wasm",
+    );
+    m.events()
+        .guest_refused("passthrough", "admin API", "not a WebAssembly file");
 
     let e = server.scrape().await;
     let topic = |t| [("topic", t)];
@@ -313,6 +322,7 @@ async fn every_metric_is_scraped_with_its_labels_and_values() {
     assert_eq!(e.value("weir_committed_offset", &part("0")), 101.0);
     assert_eq!(e.value("weir_committed_offset", &part("1")), 7.0);
     assert_eq!(e.value("weir_guest_swaps_total", &guest), 1.0);
+    assert_eq!(e.value("weir_guest_swap_refusals_total", &guest), 1.0);
 
     server.stop().await;
 }

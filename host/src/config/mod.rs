@@ -903,11 +903,7 @@ impl Checker<'_> {
         let mut topics: HashMap<&str, usize> = HashMap::new();
         let mut guests: HashMap<String, usize> = HashMap::new();
         for (i, p) in pipelines.iter().enumerate() {
-            let guest_name = p
-                .guest
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let guest_name = crate::runtime::guest_name(&p.guest);
             match guests.get(&guest_name) {
                 Some(&first) if pipelines[first].guest != p.guest => {
                     return Err(self.invalid(

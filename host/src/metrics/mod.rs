@@ -236,14 +236,6 @@ impl Metrics {
             .set(next_offset);
     }
 
-    /// A new version of `guest` was swapped in.
-    pub fn guest_swap(&self, guest: &str) {
-        self.events
-            .guest_swaps
-            .get_or_create(&label("guest", guest))
-            .inc();
-    }
-
     /// Where guests' logs and counters go: hand it to
     /// [`Runtime::new`](crate::runtime::Runtime::new) so guest counters appear in
     /// [`Metrics::encode`].

@@ -373,7 +373,8 @@ impl Runtime {
     }
 }
 
-fn guest_name(path: &Path) -> String {
+/// The name a guest file gives its guest: the file stem (`ticks.wasm` is `ticks`).
+pub fn guest_name(path: &Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
