@@ -14,15 +14,7 @@ use weir::runtime::{
     GuestId, GuestLimits, GuestSet, HostEvents, Level, Runtime, RuntimeConfig, Swapped,
     watch::Watcher,
 };
-use weir_tests::{Broker, Registry, TestDb, free_port, guest_path, weir, weir_bin};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use weir_tests::{Broker, Registry, TestDb, free_port, guest_path, rt, weir, weir_bin};
 
 fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

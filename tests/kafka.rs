@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use weir::ingest::simulate::{AssetClass, SimConfig, Simulator, Symbol};
 use weir::registry::{RegistryClient, SchemaId, frame_into};
 use weir::source::{Decoded, Decoder, KafkaSource, SourceConfig, Stage, StartFrom};
-use weir_tests::{Broker, Registry, TestDb, free_port, weir};
+use weir_tests::{Broker, Registry, TestDb, free_port, rt, weir};
 
 fn schemas_dir() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -257,14 +257,6 @@ fn replay_reports_a_bad_line_and_produces_a_good_file() {
     assert_eq!(fields["source"], "replay:ticks.jsonl");
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 async fn produce(broker: &Broker, topic: &str, values: Vec<Vec<u8>>) {
     weir::source::kafka::ensure_topics(&broker.bootstrap, &[topic.to_string()], 1)
         .await
@@ -344,7 +336,7 @@ fn poison_messages_become_dead_letters_with_their_stage() {
     let db = TestDb::new();
     let registry = Registry::start(&db.url());
     let broker = Broker::start();
-    let rt = runtime();
+    let rt = rt();
     rt.block_on(async {
         let client = Arc::new(RegistryClient::new(&registry.url).unwrap());
         let id = client.register("poison-value", V1).await.unwrap();
@@ -404,7 +396,7 @@ fn a_registry_outage_during_consumption_delays_but_loses_nothing() {
     let port = free_port();
     let registry = Registry::start_on(&db.url(), port);
     let broker = Broker::start();
-    let rt = runtime();
+    let rt = rt();
     let client = Arc::new(RegistryClient::new(&registry.url).unwrap());
     let (v1, v2) = rt.block_on(async {
         (

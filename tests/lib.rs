@@ -49,6 +49,15 @@ pub fn weir(args: &[&str]) -> std::process::Output {
         .expect("run weir")
 }
 
+/// A two-thread tokio runtime, for tests that are not async themselves.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use apache_avro::types::Value as Avro;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use weir::registry::{RegistryClient, SchemaId, frame_into};
-use weir_tests::{Broker, PgCluster, Registry, TestDb, free_port, guest_path, weir_bin};
+use weir_tests::{Broker, PgCluster, Registry, TestDb, free_port, guest_path, rt, weir_bin};
 
 const TOPIC: &str = "events";
 const SCHEMA: &str = r#"{"type":"record","name":"Event","namespace":"weir.test","fields":[
@@ -22,14 +22,6 @@ const TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS events (
     seq bigint NOT NULL, symbol text NOT NULL, price double precision NOT NULL,
     at timestamptz NOT NULL, kafka_topic text, kafka_partition int, kafka_offset bigint,
     kafka_timestamp timestamptz)";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// What was produced: good messages and poison ones by the stage that must catch them.
 #[derive(Debug, Default)]
