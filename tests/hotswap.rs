@@ -247,11 +247,15 @@ fn admin_api_deploys_lists_rolls_back_and_refuses() {
         runtime.block_on(async {
             let response = request.send().await.unwrap();
             let status = response.status().as_u16();
-            let www = response
-                .headers()
-                .get("www-authenticate")
-                .map(|v| v.to_str().unwrap().to_string());
-            (status, response.bytes().await.unwrap().to_vec(), www)
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_string())
+            };
+            // (www-authenticate, connection)
+            let headers = (header("www-authenticate"), header("connection"));
+            (status, response.bytes().await.unwrap().to_vec(), headers)
         })
     };
     use reqwest::Method;
@@ -259,12 +263,14 @@ fn admin_api_deploys_lists_rolls_back_and_refuses() {
     let message = |body: &[u8]| serde_json::from_slice::<ErrorReply>(body).unwrap().message;
 
     // No token, a wrong one: 401, and nothing changes.
-    let (status, _, www) = call(Method::GET, "/guests", None, vec![]);
+    let (status, _, (www, _)) = call(Method::GET, "/guests", None, vec![]);
     assert_eq!(status, 401);
     assert_eq!(www.as_deref(), Some("Bearer realm=\"weir-admin\""));
     for bad in [Some("wrong"), Some(""), Some("s3cret-token-and-more")] {
-        let (status, _, _) = call(Method::PUT, "/guests/marker", bad, b.clone());
+        let (status, _, (_, connection)) = call(Method::PUT, "/guests/marker", bad, b.clone());
         assert_eq!(status, 401, "token {bad:?}");
+        // The body was not read: the connection is not reused.
+        assert_eq!(connection.as_deref(), Some("close"));
         let (status, _, _) = call(Method::POST, "/guests/marker/rollback", bad, vec![]);
         assert_eq!(status, 401);
     }
@@ -283,8 +289,10 @@ fn admin_api_deploys_lists_rolls_back_and_refuses() {
     }
     // Too large: 413 (the limit is 1 MiB here); empty: 400; unknown guest: 404; nothing
     // to roll back to yet: 409.
-    let (status, body, _) = call(Method::PUT, "/guests/marker", token, vec![0; 2 << 20]);
+    let (status, body, (_, connection)) =
+        call(Method::PUT, "/guests/marker", token, vec![0; 2 << 20]);
     assert_eq!(status, 413);
+    assert_eq!(connection.as_deref(), Some("close"));
     assert!(
         message(&body).contains("admin.max_body"),
         "{}",

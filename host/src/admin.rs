@@ -166,6 +166,16 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// `response`, for a request whose body was left unread: the connection cannot carry
+/// another request, so say so, or a client may reuse it and see its next request fail.
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 /// The admin routes, behind the token check.
 pub fn router(state: AdminState) -> Router {
     Router::new()
@@ -214,10 +224,10 @@ async fn authorize(
         Some(p) if expected.matches(p) => next.run(request).await,
         _ => {
             tracing::warn!(method = %request.method(), path = %request.uri().path(), token_given = presented.is_some(), "Admin API refused a request: missing or wrong bearer token");
-            let mut response = error(
+            let mut response = closing(error(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token: send Authorization: Bearer TOKEN",
-            );
+            ));
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer realm=\"weir-admin\""),
@@ -257,13 +267,13 @@ async fn deploy(
     let body = match body {
         Ok(b) => b,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
+            return closing(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "the module is larger than admin.max_body ({} bytes)",
                     state.max_body
                 ),
-            );
+            ));
         }
         Err(e) => return error(e.status(), e.body_text()),
     };
