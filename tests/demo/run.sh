@@ -2,7 +2,9 @@
 # The weir demo: the whole pipeline on this machine.
 #
 #   tansu broker + weir registry  ->  weir ingest simulate  ->  Kafka topics tickers.*
-#   ->  weir run (passthrough guest)  ->  Postgres tables tickers_stocks/crypto/currency
+#   ->  weir run (the market pipeline, tests/demo/weir.yaml: the tickers guest per topic)
+#   ->  Postgres: ticks_stocks/crypto/currency, candles (1, 5, 15 minutes), and the views
+#       latest_prices, candles_1m/5m/15m, top_movers, pipeline_health
 #
 # Postgres: $DATABASE_URL if set, else the local server on 127.0.0.1:5432, else a
 # throwaway cluster made with initdb/pg_ctl. Ctrl-C stops everything this started.
@@ -134,14 +136,15 @@ run_pid=$!
 pids+=($run_pid)
 wait_port "$http_port" run
 
-say "Producing ticks for $duration at $rate/s"
-"$weir" ingest simulate --rate "$rate" --duration "$duration" &
+say "Producing ticks for $duration at $rate/s (a few late by up to 2 minutes, a few sent twice)"
+"$weir" ingest simulate --rate "$rate" --duration "$duration" \
+  --late-fraction 0.02 --late-by 2m --duplicate-fraction 0.01 &
 sim_pid=$!
 pids+=($sim_pid)
 wait "$sim_pid"
 
 count_rows() {
-  psql -qtA "$db_url" -c "SELECT (SELECT count(*) FROM tickers_stocks) + (SELECT count(*) FROM tickers_crypto) + (SELECT count(*) FROM tickers_currency)"
+  psql -qtA "$db_url" -c "SELECT (SELECT count(*) FROM ticks_stocks) + (SELECT count(*) FROM ticks_crypto) + (SELECT count(*) FROM ticks_currency) + (SELECT count(*) FROM dead_letters)"
 }
 say "Waiting for weir run to write everything"
 last=-1
@@ -160,11 +163,22 @@ fi
 
 say "Rows per table"
 psql "$db_url" -c "
-  SELECT 'tickers_stocks' AS \"table\", count(*) AS rows, max(event_time) AS latest FROM tickers_stocks
-  UNION ALL SELECT 'tickers_crypto', count(*), max(event_time) FROM tickers_crypto
-  UNION ALL SELECT 'tickers_currency', count(*), max(event_time) FROM tickers_currency
+  SELECT 'ticks_stocks' AS \"table\", count(*) AS rows, max(event_time) AS latest FROM ticks_stocks
+  UNION ALL SELECT 'ticks_crypto', count(*), max(event_time) FROM ticks_crypto
+  UNION ALL SELECT 'ticks_currency', count(*), max(event_time) FROM ticks_currency
+  UNION ALL SELECT 'candles', count(*), max(last_event_at) FROM candles
   UNION ALL SELECT 'dead_letters', count(*), max(created_at) FROM dead_letters"
-psql "$db_url" -c "SELECT id, price, bid, ask, event_time FROM tickers_crypto ORDER BY event_time DESC LIMIT 5"
+
+say "top_movers: the biggest moves over the last 1, 5 and 15 minutes"
+psql "$db_url" -c "
+  SELECT time_window, rank, symbol, asset_class, first_price, last_price,
+         round(change_percent::numeric, 3) AS change_percent, ticks
+    FROM top_movers WHERE rank <= 3 ORDER BY time_window, rank, symbol"
+
+say "candles_1m: the latest one-minute candles"
+psql "$db_url" -c "
+  SELECT symbol, bucket_start, open, high, low, close, volume, trades
+    FROM candles_1m ORDER BY bucket_start DESC, symbol LIMIT 8"
 
 cat <<EOF
 

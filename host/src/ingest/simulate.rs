@@ -291,6 +291,7 @@ impl Simulator {
         match class {
             AssetClass::Stocks => {
                 r.insert("day_volume".into(), json!(state.volume));
+                r.insert("last_size".into(), json!(lots.max(1) as f64));
                 // Stocks quote bid/ask only in the regular session.
                 if market_hours(class, event_ms) == "REGULAR_MARKET" {
                     r.insert("bid".into(), json!(bid));
@@ -299,6 +300,7 @@ impl Simulator {
             }
             AssetClass::Crypto => {
                 r.insert("day_volume".into(), json!(state.volume));
+                r.insert("last_size".into(), json!(lots.max(1) as f64));
                 r.insert("bid".into(), json!(bid));
                 r.insert("ask".into(), json!(ask));
             }

@@ -583,6 +583,8 @@ impl Runner {
         }
     }
 
+    /// Measures each assigned partition's lag: a gauge in the metrics, and the high
+    /// watermark on its `weir_offsets` row for SQL.
     async fn measure_lag(&mut self) {
         self.last_lag = Instant::now();
         let parts: Vec<((String, i32), Option<i64>)> = self
@@ -594,11 +596,12 @@ impl Runner {
         let brokers = self.brokers.clone();
         let metrics = self.metrics.clone();
         // Watermarks are a network round trip: off the async threads.
-        let _ = tokio::task::spawn_blocking(move || {
+        let marks = tokio::task::spawn_blocking(move || {
+            let mut marks = Vec::new();
             let Ok(client) = crate::source::kafka::client_config(&brokers)
                 .create::<rdkafka::consumer::BaseConsumer>()
             else {
-                return;
+                return marks;
             };
             for ((topic, partition), position) in parts {
                 if let Ok((low, high)) = rdkafka::consumer::Consumer::fetch_watermarks(
@@ -609,10 +612,16 @@ impl Runner {
                 ) {
                     let next = position.unwrap_or(low);
                     metrics.consumer_lag(&topic, partition, (high - next).max(0));
+                    marks.push((topic, partition, high));
                 }
             }
+            marks
         })
-        .await;
+        .await
+        .unwrap_or_default();
+        if let Err(e) = self.sink.record_watermarks(&marks).await {
+            tracing::debug!(error = %e, "Could not record high watermarks in weir_offsets");
+        }
     }
 }
 

@@ -570,6 +570,24 @@ impl Sink {
             .map_err(|e| self.database(&e))
     }
 
+    /// Records the partitions' high watermarks, `(topic, partition, high)`, in
+    /// `weir_offsets` (`high_watermark`, `watermark_at`), so SQL can tell the lag. Not
+    /// retried: the next measurement replaces it.
+    pub async fn record_watermarks(&self, marks: &[(String, i32, i64)]) -> Result<(), SinkError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.state.lock().await;
+        let conn = self
+            .ready(&mut state.conn)
+            .await
+            .map_err(|e| self.database(&e))?;
+        conn.watermarks(&self.group_id, marks)
+            .await
+            .map(drop)
+            .map_err(|e| self.database(&e))
+    }
+
     /// The connection, opened (again) if there is none or it is not usable.
     async fn ready<'c>(
         &self,

@@ -23,6 +23,10 @@ CREATE TABLE IF NOT EXISTS weir_offsets (
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (group_id, topic, partition)
 );
+-- The partition's high watermark as last measured, for lag in SQL (high_watermark -
+-- next_offset); tables made before these columns existed get them here.
+ALTER TABLE weir_offsets ADD COLUMN IF NOT EXISTS high_watermark bigint;
+ALTER TABLE weir_offsets ADD COLUMN IF NOT EXISTS watermark_at timestamptz;
 CREATE TABLE IF NOT EXISTS dead_letters (
     id            bigserial PRIMARY KEY,
     group_id      text NOT NULL,

@@ -64,6 +64,10 @@ const DEAD_LETTERS: &str = "INSERT INTO dead_letters
            AS d(o, s, e, k, v)
     ON CONFLICT (group_id, topic, partition, \"offset\") DO NOTHING";
 
+const WATERMARKS: &str = "UPDATE weir_offsets AS w SET high_watermark = d.h, watermark_at = now()
+      FROM UNNEST($2::text[], $3::int4[], $4::int8[]) AS d(t, p, h)
+     WHERE w.group_id = $1 AND w.topic = d.t AND w.partition = d.p";
+
 const REMEMBER: &str = "INSERT INTO weir_dedup (group_id, scope, key)
     SELECT $1, $2, k FROM UNNEST($3::text[]) AS k
     ON CONFLICT (group_id, scope, key) DO NOTHING";
@@ -118,6 +122,22 @@ impl Conn {
         let statement = self.prepare(FORGET).await?;
         self.client
             .execute(&statement, &[&group, &scope, &retention.as_secs_f64()])
+            .await
+    }
+
+    /// Records measured high watermarks, `(topic, partition, high)`, on the partitions'
+    /// offset rows (rows not committed yet are left alone).
+    pub async fn watermarks(
+        &mut self,
+        group: &str,
+        marks: &[(String, i32, i64)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.prepare(WATERMARKS).await?;
+        let topics: Vec<&str> = marks.iter().map(|m| m.0.as_str()).collect();
+        let partitions: Vec<i32> = marks.iter().map(|m| m.1).collect();
+        let highs: Vec<i64> = marks.iter().map(|m| m.2).collect();
+        self.client
+            .execute(&statement, &[&group, &topics, &partitions, &highs])
             .await
     }
 
