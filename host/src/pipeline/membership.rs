@@ -73,7 +73,10 @@ impl Membership {
 
     async fn client(&mut self) -> anyhow::Result<&Client> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            let (client, conn) = tokio_postgres::connect(&self.url, NoTls).await?;
+            let (client, conn) = crate::sink::pg_config(&self.url, "weir-membership")
+                .map_err(|e| anyhow::anyhow!(e))?
+                .connect(NoTls)
+                .await?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "Membership connection ended");

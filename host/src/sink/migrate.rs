@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -171,14 +170,7 @@ fn read_dir(dir: &Path) -> Result<Vec<File>, SinkError> {
 
 /// One connection, retried for a few seconds while Postgres is not reachable.
 async fn connect(database_url: &str) -> Result<Client, SinkError> {
-    let mut config = tokio_postgres::Config::from_str(database_url)
-        .map_err(|e| SinkError::Database(format!("the database URL is not a Postgres URL: {e}")))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
-    }
-    if config.get_application_name().is_none() {
-        config.application_name("weir-migrate");
-    }
+    let config = super::pg_config(database_url, "weir-migrate").map_err(SinkError::Database)?;
     let target = describe_config(&config);
     let mut delay = Duration::from_millis(200);
     let mut attempt = 1;

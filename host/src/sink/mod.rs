@@ -226,15 +226,7 @@ impl Sink {
     /// Connects (retrying for a few seconds while Postgres is not reachable) and creates
     /// weir's own tables, `weir_offsets` and `dead_letters`, if they are missing.
     pub async fn connect(config: SinkConfig) -> Result<Self, SinkError> {
-        let mut pg = tokio_postgres::Config::from_str(&config.database_url).map_err(|e| {
-            SinkError::Database(format!("the database URL is not a Postgres URL: {e}"))
-        })?;
-        if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(Duration::from_secs(5));
-        }
-        if pg.get_application_name().is_none() {
-            pg.application_name("weir");
-        }
+        let pg = pg_config(&config.database_url, "weir").map_err(SinkError::Database)?;
         let target = describe_config(&pg);
         let sink = Self {
             group_id: config.group_id,
@@ -752,6 +744,36 @@ pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// A Postgres connection config from a URL (`postgresql://user:password@host:port/db`, or
+/// libpq's `key=value` form), for a connection named `application`: a 5 s connect
+/// timeout and the application name unless the URL sets them, and the password from the
+/// standard `PGPASSWORD` environment variable when the URL has none, so a password can come
+/// from a Kubernetes Secret without being written into a URL.
+pub fn pg_config(url: &str, application: &str) -> Result<tokio_postgres::Config, String> {
+    pg_config_with(url, application, std::env::var_os("PGPASSWORD"))
+}
+
+fn pg_config_with(
+    url: &str,
+    application: &str,
+    pgpassword: Option<std::ffi::OsString>,
+) -> Result<tokio_postgres::Config, String> {
+    let mut config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| format!("the database URL is not a Postgres URL: {e}"))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    if config.get_application_name().is_none() {
+        config.application_name(application);
+    }
+    if config.get_password().is_none()
+        && let Some(password) = pgpassword
+    {
+        config.password(password.as_encoded_bytes());
+    }
+    Ok(config)
+}
+
 /// Where a Postgres config points, without the password.
 pub(crate) fn describe_config(config: &tokio_postgres::Config) -> String {
     let hosts: Vec<String> = config
@@ -770,4 +792,38 @@ pub(crate) fn describe_config(config: &tokio_postgres::Config) -> String {
         ports.join(","),
         config.get_dbname().unwrap_or("")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pg_config_with;
+
+    #[test]
+    fn pgpassword_fills_a_url_without_a_password() {
+        let c = pg_config_with(
+            "postgresql://weir@db:5432/weir",
+            "weir",
+            Some("s3:cr/t@".into()),
+        )
+        .unwrap();
+        assert_eq!(c.get_password(), Some(&b"s3:cr/t@"[..]));
+        assert_eq!(c.get_application_name(), Some("weir"));
+        assert!(c.get_connect_timeout().is_some());
+
+        // A password in the URL wins; no PGPASSWORD leaves none.
+        let c = pg_config_with(
+            "postgresql://weir:inurl@db/weir",
+            "weir",
+            Some("env".into()),
+        )
+        .unwrap();
+        assert_eq!(c.get_password(), Some(&b"inurl"[..]));
+        let c =
+            pg_config_with("postgresql://weir@db/weir?application_name=x", "weir", None).unwrap();
+        assert_eq!(c.get_password(), None);
+        assert_eq!(c.get_application_name(), Some("x"));
+
+        let e = pg_config_with("http://nope", "weir", None).unwrap_err();
+        assert!(e.contains("not a Postgres URL"), "{e}");
+    }
 }

@@ -13,7 +13,6 @@
 //! Every change runs in a transaction holding one advisory lock, so concurrent registrations
 //! (from one server or several) are serialised and the same new schema gets one id.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -94,14 +93,8 @@ pub(crate) struct Usage {
 impl Store {
     /// Builds the pool and creates the tables, retrying while Postgres is not up yet.
     pub(crate) async fn connect(database_url: &str) -> anyhow::Result<Self> {
-        let mut config = tokio_postgres::Config::from_str(database_url)
-            .context("the registry's database URL is not a Postgres URL")?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(5));
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("weir-registry");
-        }
+        let config = crate::sink::pg_config(database_url, "weir-registry")
+            .map_err(|e| anyhow::anyhow!("the registry's database: {e}"))?;
         let target = crate::sink::describe_config(&config);
         let manager = Manager::from_config(
             config,

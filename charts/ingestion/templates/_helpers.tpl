@@ -1,0 +1,199 @@
+{{/*
+Names, labels and the addresses of the other releases. Every object is
+<release>-<component> (charts/README.md); this chart's component is "ingest".
+*/}}
+
+{{/* The chart name (label app.kubernetes.io/name). */}}
+{{- define "ingestion.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The component of every object of this chart. */}}
+{{- define "ingestion.component" -}}
+ingest
+{{- end -}}
+
+{{/* <release>-ingest: the Deployment (simulate) or Job (replay). */}}
+{{- define "ingestion.fullname" -}}
+{{- printf "%s-%s" .Release.Name (include "ingestion.component" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The ConfigMap holding the replay file (replay.data). */}}
+{{- define "ingestion.replayConfigMap" -}}
+{{- .Values.replay.existingConfigMap.name | default (printf "%s-replay" (include "ingestion.fullname" .)) -}}
+{{- end -}}
+
+{{/* The key of the replay file in that ConfigMap. */}}
+{{- define "ingestion.replayKey" -}}
+{{- if .Values.replay.existingConfigMap.name -}}{{ .Values.replay.existingConfigMap.key }}{{- else -}}{{ .Values.replay.fileName }}{{- end -}}
+{{- end -}}
+
+{{/* Where the replay ConfigMap is mounted. */}}
+{{- define "ingestion.replayDir" -}}/var/lib/weir/replay{{- end -}}
+
+{{/* Chart label. */}}
+{{- define "ingestion.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels: name, instance, component. */}}
+{{- define "ingestion.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ingestion.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: {{ include "ingestion.component" . }}
+{{- end -}}
+
+{{/* All labels. */}}
+{{- define "ingestion.labels" -}}
+{{ include "ingestion.selectorLabels" . }}
+app.kubernetes.io/part-of: weir
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ include "ingestion.chart" . }}
+{{- end -}}
+
+{{/* The weir image. */}}
+{{- define "ingestion.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* Kafka bootstrap servers: kafka.brokers, else <streaming.release>-kafka:9092. */}}
+{{- define "ingestion.kafkaBrokers" -}}
+{{- .Values.kafka.brokers | default (printf "%s-kafka:9092" .Values.streaming.release) -}}
+{{- end -}}
+
+{{/* Schema registry: registry.url, else http://<streaming.release>-registry:8081. */}}
+{{- define "ingestion.registryUrl" -}}
+{{- .Values.registry.url | default (printf "http://%s-registry:8081" .Values.streaming.release) -}}
+{{- end -}}
+
+{{/* A number as text for an argument (no exponent, no trailing .0 noise). */}}
+{{- define "ingestion.num" -}}
+{{- $v := . -}}
+{{- if kindIs "string" $v -}}{{ $v }}{{- else if eq (float64 $v) (floor $v) -}}{{ int64 $v }}{{- else -}}{{ $v }}{{- end -}}
+{{- end -}}
+
+{{/* The container's args: `ingest simulate …` or `ingest replay FILE …`. */}}
+{{- define "ingestion.args" -}}
+{{- $args := list "ingest" .Values.source -}}
+{{- if eq .Values.source "replay" -}}
+{{- $args = append $args (printf "%s/%s" (include "ingestion.replayDir" .) (include "ingestion.replayKey" .)) -}}
+{{- with .Values.replay.topic }}{{ $args = concat $args (list "--topic" .) }}{{ end -}}
+{{- with .Values.replay.format }}{{ $args = concat $args (list "--format" .) }}{{ end -}}
+{{- end -}}
+{{- $args = concat $args (list "--rate" (include "ingestion.num" .Values.rate) "--partitions" (.Values.partitions | int | toString)) -}}
+{{- if eq .Values.source "simulate" -}}
+{{- with .Values.stocks }}{{ $args = concat $args (list "--stocks" (join "," .)) }}{{ end -}}
+{{- with .Values.crypto }}{{ $args = concat $args (list "--crypto" (join "," .)) }}{{ end -}}
+{{- with .Values.currency }}{{ $args = concat $args (list "--currency" (join "," .)) }}{{ end -}}
+{{- $args = concat $args (list "--late-fraction" (include "ingestion.num" .Values.lateFraction) "--late-by" .Values.lateBy "--duplicate-fraction" (include "ingestion.num" .Values.duplicateFraction)) -}}
+{{- if not (kindIs "invalid" .Values.seed) }}{{ $args = concat $args (list "--seed" (include "ingestion.num" .Values.seed)) }}{{ end -}}
+{{- with .Values.startTime }}{{ $args = concat $args (list "--start-time" .) }}{{ end -}}
+{{- end -}}
+{{- toJson $args -}}
+{{- end -}}
+
+{{/* The pod spec shared by the Deployment and the Job. Call with (dict "root" $ "restartPolicy" POLICY). */}}
+{{- define "ingestion.podSpec" -}}
+{{- $root := .root -}}
+{{- with $root -}}
+automountServiceAccountToken: false
+enableServiceLinks: false
+restartPolicy: {{ $.restartPolicy }}
+terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 10001
+  runAsGroup: 10001
+  fsGroup: 10001
+  seccompProfile:
+    type: RuntimeDefault
+containers:
+  - name: ingest
+    image: {{ include "ingestion.image" . | quote }}
+    imagePullPolicy: {{ .Values.image.pullPolicy }}
+    command: ["weir"]
+    args: {{ include "ingestion.args" . }}
+    env:
+      - name: KAFKA_BROKERS
+        value: {{ include "ingestion.kafkaBrokers" . | quote }}
+      - name: SCHEMA_REGISTRY_URL
+        value: {{ include "ingestion.registryUrl" . | quote }}
+      - name: WEIR_LOG
+        value: {{ .Values.logLevel | quote }}
+      - name: WEIR_LOG_FORMAT
+        value: json
+      {{- with .Values.extraEnv }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+    # No probes: the ingester serves no HTTP, and exits (and is restarted) when it cannot
+    # produce.
+    securityContext:
+      allowPrivilegeEscalation: false
+      readOnlyRootFilesystem: true
+      runAsNonRoot: true
+      capabilities:
+        drop: ["ALL"]
+    resources:
+      {{- toYaml .Values.resources | nindent 6 }}
+    volumeMounts:
+      - name: tmp
+        mountPath: /tmp
+      {{- if eq .Values.source "replay" }}
+      - name: replay
+        mountPath: {{ include "ingestion.replayDir" . }}
+        readOnly: true
+      {{- end }}
+volumes:
+  - name: tmp
+    emptyDir:
+      sizeLimit: {{ .Values.tmpSizeLimit }}
+  {{- if eq .Values.source "replay" }}
+  - name: replay
+    configMap:
+      name: {{ include "ingestion.replayConfigMap" . }}
+      items:
+        - key: {{ include "ingestion.replayKey" . }}
+          path: {{ include "ingestion.replayKey" . }}
+  {{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if .Values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- range .Values.topologySpreadConstraints }}
+  {{- $c := deepCopy . }}
+  {{- if not (hasKey $c "labelSelector") }}
+  {{- $_ := set $c "labelSelector" (dict "matchLabels" (include "ingestion.selectorLabels" $root | fromYaml)) }}
+  {{- end }}
+  - {{ toYaml $c | nindent 4 | trim }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* The pod template's metadata. */}}
+{{- define "ingestion.podMetadata" -}}
+labels:
+  {{- include "ingestion.labels" . | nindent 2 }}
+  {{- with .Values.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with .Values.podAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,140 @@
+{{/*
+Names, labels and the addresses of the other releases. Every object is
+<release>-<component> (charts/README.md); this chart's component is "weir".
+*/}}
+
+{{/* The chart name (label app.kubernetes.io/name). */}}
+{{- define "processing.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The component of every object of this chart. */}}
+{{- define "processing.component" -}}
+weir
+{{- end -}}
+
+{{/* <release>-weir: the Deployment, Service, PodDisruptionBudget, ServiceMonitor. */}}
+{{- define "processing.fullname" -}}
+{{- printf "%s-%s" .Release.Name (include "processing.component" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The ConfigMap holding weir.yaml. */}}
+{{- define "processing.configName" -}}
+{{- printf "%s-config" (include "processing.fullname" .) -}}
+{{- end -}}
+
+{{/* The ConfigMap holding the guest files. */}}
+{{- define "processing.guestsName" -}}
+{{- printf "%s-guests" (include "processing.fullname" .) -}}
+{{- end -}}
+
+{{/* The chart's admin token Secret. */}}
+{{- define "processing.adminSecretName" -}}
+{{- printf "%s-admin" (include "processing.fullname" .) -}}
+{{- end -}}
+
+{{/* Chart label. */}}
+{{- define "processing.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels: name, instance, component. */}}
+{{- define "processing.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "processing.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: {{ include "processing.component" . }}
+{{- end -}}
+
+{{/* All labels. */}}
+{{- define "processing.labels" -}}
+{{ include "processing.selectorLabels" . }}
+app.kubernetes.io/part-of: weir
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ include "processing.chart" . }}
+{{- end -}}
+
+{{/* The weir image. */}}
+{{- define "processing.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* Ports fixed by charts/README.md. */}}
+{{- define "processing.httpPort" -}}9464{{- end -}}
+{{- define "processing.adminPort" -}}9465{{- end -}}
+
+{{/* Kafka bootstrap servers: kafka.brokers, else <streaming.release>-kafka:9092. */}}
+{{- define "processing.kafkaBrokers" -}}
+{{- .Values.kafka.brokers | default (printf "%s-kafka:9092" .Values.streaming.release) -}}
+{{- end -}}
+
+{{/* Schema registry: registry.url, else http://<streaming.release>-registry:8081. */}}
+{{- define "processing.registryUrl" -}}
+{{- .Values.registry.url | default (printf "http://%s-registry:8081" .Values.streaming.release) -}}
+{{- end -}}
+
+{{/* Postgres URL without password: database.url, else the storage release's. */}}
+{{- define "processing.databaseUrl" -}}
+{{- .Values.database.url | default (printf "postgresql://weir@%s-postgres:5432/weir" .Values.storage.release) -}}
+{{- end -}}
+
+{{/* The Secret holding the Postgres password. */}}
+{{- define "processing.databaseSecretName" -}}
+{{- .Values.database.passwordSecret.name | default (printf "%s-postgres" .Values.storage.release) -}}
+{{- end -}}
+
+{{/* The admin token Secret: admin.existingSecret.name, else the chart's. */}}
+{{- define "processing.adminTokenSecret" -}}
+{{- .Values.admin.existingSecret.name | default (include "processing.adminSecretName" .) -}}
+{{- end -}}
+
+{{/* The key of the admin token in that Secret. */}}
+{{- define "processing.adminTokenKey" -}}
+{{- if .Values.admin.existingSecret.name -}}{{ .Values.admin.existingSecret.key }}{{- else -}}token{{- end -}}
+{{- end -}}
+
+{{/* Where the guests ConfigMap is mounted, and where the image keeps its guests. */}}
+{{- define "processing.guestsMount" -}}/etc/weir/guests{{- end -}}
+{{- define "processing.builtinGuests" -}}/opt/weir/guests{{- end -}}
+
+{{/* Where the admin token Secret is mounted; the token is the file "token" in it. */}}
+{{- define "processing.adminTokenDir" -}}/var/run/secrets/weir/admin{{- end -}}
+
+{{/*
+The guest files of the ConfigMap: name -> base64 content, as YAML (fromYaml to use it).
+A value of guests.files is either the .wasm itself (it starts with the wasm magic "\0asm";
+base64-encoded here) or the base64 text of one (passed as it is); anything else fails.
+*/}}
+{{- define "processing.guestFiles" -}}
+{{- $files := dict -}}
+{{- range $name, $content := .Values.guests.files -}}
+{{- $raw := $content | toString -}}
+{{- if hasPrefix "\x00asm" $raw -}}
+{{- $_ := set $files $name ($raw | b64enc) -}}
+{{- else -}}
+{{- $b64 := $raw | nospace -}}
+{{- if not (and (regexMatch "^[A-Za-z0-9+/]+={0,2}$" $b64) (hasPrefix "\x00asm" (b64dec $b64))) -}}
+{{- fail (printf "guests.files.%s: neither a WebAssembly module (.wasm) nor the base64 of one; set it with --set-file 'guests.files.%s=FILE' (FILE: the .wasm, or `base64 -w0` of it)" $name (replace "." "\\." $name)) -}}
+{{- end -}}
+{{- $_ := set $files $name $b64 -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $files -}}
+{{- end -}}
+
+{{/*
+A pipeline's guest path: as is when absolute, /etc/weir/guests/<name> when the guests
+ConfigMap has the file, else the image's /opt/weir/guests/<name>.
+Call with (dict "guest" NAME "root" $).
+*/}}
+{{- define "processing.guestPath" -}}
+{{- $g := .guest | toString -}}
+{{- $root := .root -}}
+{{- if hasPrefix "/" $g -}}
+{{- $g -}}
+{{- else if hasKey $root.Values.guests.files $g -}}
+{{- printf "%s/%s" (include "processing.guestsMount" $root) $g -}}
+{{- else -}}
+{{- printf "%s/%s" (include "processing.builtinGuests" $root) $g -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,102 @@
+{{/*
+The chart name (app.kubernetes.io/name).
+*/}}
+{{- define "storage.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The prefix of every object name: the release name (charts/README.md: <release>-<component>),
+or fullnameOverride.
+*/}}
+{{- define "storage.fullname" -}}
+{{- default .Release.Name .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Chart name and version (helm.sh/chart).
+*/}}
+{{- define "storage.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels. Call with (dict "ctx" $ "component" "postgres").
+*/}}
+{{- define "storage.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "storage.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+All labels. Call with (dict "ctx" $ "component" "postgres").
+*/}}
+{{- define "storage.labels" -}}
+{{ include "storage.selectorLabels" . }}
+app.kubernetes.io/part-of: weir
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+helm.sh/chart: {{ include "storage.chart" .ctx }}
+{{- end }}
+
+{{/*
+Postgres StatefulSet / Service name.
+*/}}
+{{- define "storage.postgres" -}}
+{{- printf "%s-postgres" (include "storage.fullname" .) }}
+{{- end }}
+
+{{/*
+The Secret holding the password: auth.existingSecret or <release>-postgres.
+*/}}
+{{- define "storage.secretName" -}}
+{{- default (include "storage.postgres" .) .Values.auth.existingSecret }}
+{{- end }}
+
+{{/*
+The key of the password in that Secret.
+*/}}
+{{- define "storage.secretKey" -}}
+{{- if .Values.auth.existingSecret }}{{ .Values.auth.secretKey }}{{ else }}password{{ end }}
+{{- end }}
+
+{{/*
+The database URL without a password (the password comes as PGPASSWORD).
+*/}}
+{{- define "storage.databaseUrl" -}}
+{{- printf "postgresql://weir@%s:5432/weir" (include "storage.postgres" .) }}
+{{- end }}
+
+{{/*
+Image references.
+*/}}
+{{- define "storage.image" -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag }}
+{{- end }}
+
+{{- define "storage.weirImage" -}}
+{{- printf "%s:%s" .Values.weirImage.repository (default .Chart.AppVersion .Values.weirImage.tag) }}
+{{- end }}
+
+{{/*
+env entry PGPASSWORD from the Secret.
+*/}}
+{{- define "storage.pgpasswordEnv" -}}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "storage.secretName" . }}
+      key: {{ include "storage.secretKey" . }}
+{{- end }}
+
+{{/*
+A setting's value: whole numbers without an exponent (YAML numbers are floats).
+*/}}
+{{- define "storage.settingValue" -}}
+{{- if and (kindIs "float64" .) (eq (float64 (int64 .)) .) }}
+{{- int64 . }}
+{{- else }}
+{{- . }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,720 @@
+//! The Kubernetes deployment, checked without a cluster: the five charts lint and render
+//! (defaults and each environment's values), `helmfile template` renders both
+//! environments, every rendered object validates strictly against the Kubernetes
+//! schemas (kubernetes-validate, offline), every pod is locked down, no password is in a
+//! ConfigMap or an env literal, a bad value is refused by the chart's schema, and the
+//! releases reach each other by the names the charts create.
+//!
+//! The tools come from `make tools` (tests/deploy/tools.sh) in `.tools/bin`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine as _;
+use serde_yaml::Value;
+use sha2::Digest as _;
+use weir_tests::{GUEST_DIR, weir};
+
+const CHARTS: [&str; 5] = [
+    "storage",
+    "streaming",
+    "processing",
+    "ingestion",
+    "monitoring",
+];
+const ENVIRONMENTS: [&str; 2] = ["local", "production"];
+/// The Kubernetes version the manifests are validated against.
+const KUBERNETES: &str = "1.31.0";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn tool(name: &str) -> PathBuf {
+    let path = repo().join(".tools/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `make tools` (tests/deploy/tools.sh)",
+        path.display()
+    );
+    path
+}
+
+/// Runs a tool from the repository root; returns (success, stdout, stderr).
+fn run(program: &Path, args: &[&str]) -> (bool, String, String) {
+    let tools = repo().join(".tools/bin");
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(repo())
+        .env("PATH", path)
+        // helm keeps caches and plugins in these; a throwaway home keeps runs apart.
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("weir-helm-cache"),
+        )
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("weir-helm-config"),
+        )
+        .env(
+            "HELM_DATA_HOME",
+            std::env::temp_dir().join("weir-helm-data"),
+        )
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(program: &Path, args: &[&str]) -> String {
+    let (success, stdout, stderr) = run(program, args);
+    assert!(
+        success,
+        "{} {} failed:\n{stderr}\n{stdout}",
+        program.display(),
+        args.join(" ")
+    );
+    stdout
+}
+
+/// `helm template RELEASE charts/CHART` with extra arguments.
+fn template(release: &str, chart: &str, extra: &[&str]) -> String {
+    let chart = format!("charts/{chart}");
+    let mut args = vec!["template", release, chart.as_str(), "--namespace", "weir"];
+    args.extend_from_slice(extra);
+    ok(&tool("helm"), &args)
+}
+
+fn helmfile_template(environment: &str) -> String {
+    ok(
+        &tool("helmfile"),
+        &[
+            "--environment",
+            environment,
+            "template",
+            "--skip-deps",
+            "--args",
+            "--namespace=weir",
+        ],
+    )
+}
+
+/// The documents of a multi-document YAML stream (empty ones dropped).
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| Value::deserialize(d).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+use serde::Deserialize as _;
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    let mut v = v;
+    for p in path {
+        v = v.get(*p)?;
+    }
+    v.as_str()
+}
+
+fn kind(v: &Value) -> &str {
+    str_at(v, &["kind"]).unwrap_or("")
+}
+
+fn name(v: &Value) -> &str {
+    str_at(v, &["metadata", "name"]).unwrap_or("")
+}
+
+fn find<'a>(all: &'a [Value], k: &str, n: &str) -> &'a Value {
+    all.iter()
+        .find(|v| kind(v) == k && name(v) == n)
+        .unwrap_or_else(|| {
+            let have: Vec<String> = all
+                .iter()
+                .map(|v| format!("{}/{}", kind(v), name(v)))
+                .collect();
+            panic!("no {k} named {n}; rendered: {have:?}")
+        })
+}
+
+/// Validates rendered manifests strictly, offline.
+fn validate(label: &str, yaml: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(format!("{label}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    let (success, stdout, stderr) = run(
+        &tool("kubernetes-validate"),
+        &[
+            "--strict",
+            "--quiet",
+            "-k",
+            KUBERNETES,
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        success && !stdout.contains("ERROR"),
+        "{label} does not validate against Kubernetes {KUBERNETES}:\n{stdout}\n{stderr}"
+    );
+}
+
+/// Every rendering the checks look at: (label, YAML).
+fn renderings() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for chart in CHARTS {
+        out.push((format!("{chart}-defaults"), template(chart, chart, &[])));
+        for env in ENVIRONMENTS {
+            let values = format!("charts/environments/{env}/{chart}.yaml");
+            out.push((
+                format!("{chart}-{env}"),
+                template(chart, chart, &["--values", &values]),
+            ));
+        }
+    }
+    for env in ENVIRONMENTS {
+        out.push((format!("helmfile-{env}"), helmfile_template(env)));
+    }
+    out
+}
+
+#[test]
+fn every_chart_lints_with_its_defaults_and_each_environment() {
+    for chart in CHARTS {
+        let dir = format!("charts/{chart}");
+        ok(&tool("helm"), &["lint", "--strict", &dir]);
+        for env in ENVIRONMENTS {
+            let values = format!("charts/environments/{env}/{chart}.yaml");
+            ok(
+                &tool("helm"),
+                &["lint", "--strict", &dir, "--values", &values],
+            );
+        }
+    }
+}
+
+#[test]
+fn every_rendering_validates_strictly_and_every_pod_is_locked_down() {
+    for (label, yaml) in renderings() {
+        validate(&label, &yaml);
+        let all = docs(&yaml);
+        assert!(!all.is_empty(), "{label} renders nothing");
+        for doc in &all {
+            check_pod_security(&label, doc);
+        }
+    }
+}
+
+/// The pod template of a workload (or the pod itself), if it is one.
+fn pod_spec(doc: &Value) -> Option<&Value> {
+    match kind(doc) {
+        "Pod" => doc.get("spec"),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
+            doc.get("spec")?.get("template")?.get("spec")
+        }
+        "CronJob" => doc
+            .get("spec")?
+            .get("jobTemplate")?
+            .get("spec")?
+            .get("template")?
+            .get("spec"),
+        _ => None,
+    }
+}
+
+fn containers(spec: &Value) -> Vec<&Value> {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|k| spec.get(*k)?.as_sequence())
+        .flatten()
+        .collect()
+}
+
+fn check_pod_security(label: &str, doc: &Value) {
+    let Some(spec) = pod_spec(doc) else { return };
+    let what = format!("{label}: {} {}", kind(doc), name(doc));
+    let pod = spec
+        .get("securityContext")
+        .unwrap_or_else(|| panic!("{what}: no pod securityContext"));
+    assert_eq!(
+        pod.get("runAsNonRoot").and_then(Value::as_bool),
+        Some(true),
+        "{what}: pod runAsNonRoot"
+    );
+    assert_eq!(
+        str_at(pod, &["seccompProfile", "type"]),
+        Some("RuntimeDefault"),
+        "{what}: pod seccompProfile"
+    );
+    for c in containers(spec) {
+        let what = format!("{what} container {}", str_at(c, &["name"]).unwrap_or("?"));
+        let sc = c
+            .get("securityContext")
+            .unwrap_or_else(|| panic!("{what}: no securityContext"));
+        assert_eq!(
+            sc.get("allowPrivilegeEscalation").and_then(Value::as_bool),
+            Some(false),
+            "{what}: allowPrivilegeEscalation"
+        );
+        assert_eq!(
+            sc.get("readOnlyRootFilesystem").and_then(Value::as_bool),
+            Some(true),
+            "{what}: readOnlyRootFilesystem"
+        );
+        let drop: Vec<&str> = sc
+            .get("capabilities")
+            .and_then(|c| c.get("drop"))
+            .and_then(Value::as_sequence)
+            .map(|d| d.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        assert!(drop.contains(&"ALL"), "{what}: capabilities.drop ALL");
+        assert!(
+            sc.get("privileged").and_then(Value::as_bool) != Some(true),
+            "{what}: privileged"
+        );
+        if let Some(user) = sc.get("runAsUser").and_then(Value::as_u64) {
+            assert_ne!(user, 0, "{what}: runs as root");
+        }
+        for section in ["requests", "limits"] {
+            for resource in ["cpu", "memory"] {
+                assert!(
+                    c.get("resources")
+                        .and_then(|r| r.get(section))
+                        .and_then(|r| r.get(resource))
+                        .is_some(),
+                    "{what}: resources.{section}.{resource}"
+                );
+            }
+        }
+        for env in c
+            .get("env")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            let env_name = str_at(env, &["name"]).unwrap_or("").to_ascii_uppercase();
+            if ["PASSWORD", "TOKEN", "SECRET"]
+                .iter()
+                .any(|w| env_name.contains(w))
+            {
+                assert!(
+                    env.get("value").is_none() && env.get("valueFrom").is_some(),
+                    "{what}: env {env_name} must come from a Secret (valueFrom), not a literal"
+                );
+            }
+        }
+    }
+}
+
+/// Secrets set through values, that must end up only in Secrets.
+const PASSWORDS: [(&str, &str, &str); 3] = [
+    ("storage", "auth.password", "pg-Pw-7d1c0e93"),
+    ("monitoring", "grafana.adminPassword", "graf-Pw-52ab1f"),
+    ("processing", "admin.token", "admin-Tk-9e44c2"),
+];
+
+#[test]
+fn no_password_is_in_a_configmap_or_an_env_literal() {
+    for (chart, key, secret) in PASSWORDS {
+        let mut extra = vec!["--set".to_string(), format!("{key}={secret}")];
+        if chart == "processing" {
+            extra.extend(["--set".into(), "admin.enabled=true".into()]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let yaml = template(chart, chart, &extra);
+        let all = docs(&yaml);
+        let mut in_secret = false;
+        for doc in &all {
+            let text = serde_yaml::to_string(doc).unwrap();
+            match kind(doc) {
+                "Secret" => {
+                    // The value is in a Secret, base64 in data or plain in stringData.
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+                    in_secret |= text.contains(secret) || text.contains(&b64);
+                }
+                other => assert!(
+                    !text.contains(secret),
+                    "{chart}: the {key} value appears in {other} {}",
+                    name(doc)
+                ),
+            }
+        }
+        assert!(in_secret, "{chart}: {key} is not in any Secret");
+    }
+    // And in every rendering: no env literal whose name says it is a secret (checked per
+    // container by the security test), no ConfigMap key that looks like a password.
+    for (label, yaml) in renderings() {
+        for doc in docs(&yaml).iter().filter(|d| kind(d) == "ConfigMap") {
+            for (k, v) in doc
+                .get("data")
+                .and_then(Value::as_mapping)
+                .into_iter()
+                .flatten()
+            {
+                let text = v.as_str().unwrap_or("").to_ascii_lowercase();
+                for line in text.lines() {
+                    let line = line.trim();
+                    let looks_set = ["password:", "password=", "passwd:", "token:"]
+                        .iter()
+                        .any(|p| line.starts_with(p) && line.len() > p.len() + 1);
+                    assert!(
+                        !looks_set || line.contains("${") || line.contains("$__file"),
+                        "{label}: ConfigMap {} key {k:?} sets a password: {line}",
+                        name(doc)
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_refused_with_its_key() {
+    for (chart, key) in [
+        ("processing", "replicas"),
+        ("streaming", "kafka.replicas"),
+        ("monitoring", "grafana.replicas"),
+    ] {
+        let set = format!("{key}=two");
+        let chart_dir = format!("charts/{chart}");
+        let (success, _, stderr) = run(
+            &tool("helm"),
+            &["template", chart, &chart_dir, "--set", &set],
+        );
+        assert!(!success, "{chart}: {set} was accepted");
+        let leaf = key.rsplit('.').next().unwrap();
+        assert!(
+            stderr.contains("values don't meet the specifications of the schema")
+                && stderr.contains(leaf)
+                && stderr.contains("integer"),
+            "{chart}: {set} is refused without naming the key and the type:\n{stderr}"
+        );
+    }
+}
+
+/// The weir config in the processing release's ConfigMap.
+fn weir_config(all: &[Value]) -> Value {
+    let cm = find(all, "ConfigMap", "processing-weir-config");
+    let text = str_at(cm, &["data", "weir.yaml"]).expect("weir.yaml in the config ConfigMap");
+    serde_yaml::from_str(text).expect("weir.yaml parses")
+}
+
+/// `host:port` of a URL or address.
+fn host_port(address: &str) -> (String, u16) {
+    let rest = address.split("://").last().unwrap();
+    let rest = rest.rsplit('@').next().unwrap();
+    let hostport = rest.split(['/', '?']).next().unwrap();
+    let (host, port) = hostport.rsplit_once(':').expect("an address with a port");
+    (host.to_string(), port.parse().expect("a port number"))
+}
+
+/// Asserts a Service `host` exists with `port`.
+fn assert_service(all: &[Value], what: &str, host: &str, port: u16) {
+    let service = find(all, "Service", host);
+    let ports: Vec<u64> = service["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.get("port").and_then(Value::as_u64))
+        .collect();
+    assert!(
+        ports.contains(&(port as u64)),
+        "{what}: Service {host} has ports {ports:?}, not {port}"
+    );
+}
+
+fn env_of<'a>(container: &'a Value, var: &str) -> Option<&'a Value> {
+    container
+        .get("env")?
+        .as_sequence()?
+        .iter()
+        .find(|e| str_at(e, &["name"]) == Some(var))
+}
+
+fn workload_containers<'a>(all: &'a [Value], k: &str, n: &str) -> Vec<&'a Value> {
+    containers(pod_spec(find(all, k, n)).expect("a pod template"))
+}
+
+#[test]
+fn the_releases_reach_each_other_by_the_names_the_charts_create() {
+    for env in ENVIRONMENTS {
+        let all = docs(&helmfile_template(env));
+        let what = |s: &str| format!("{env}: {s}");
+
+        // processing -> streaming (broker, registry) and storage (Postgres).
+        let config = weir_config(&all);
+        let brokers = config["kafka"]["brokers"].as_str().unwrap();
+        for broker in brokers.split(',') {
+            let (host, port) = host_port(broker);
+            assert_service(&all, &what("processing kafka.brokers"), &host, port);
+            assert!(host.starts_with("streaming-"), "{brokers}");
+        }
+        let (host, port) = host_port(config["registry"]["url"].as_str().unwrap());
+        assert_service(&all, &what("processing registry.url"), &host, port);
+        assert!(host.starts_with("streaming-"));
+        let db = config["database"]["url"].as_str().unwrap();
+        let (host, port) = host_port(db);
+        assert_service(&all, &what("processing database.url"), &host, port);
+        assert!(host.starts_with("storage-"));
+        assert!(
+            !db.split("://")
+                .nth(1)
+                .unwrap()
+                .split('@')
+                .next()
+                .unwrap()
+                .contains(':'),
+            "{env}: the database URL carries a password: {db}"
+        );
+
+        // The Postgres password comes from the Secret the storage chart creates.
+        let storage_secret = all
+            .iter()
+            .find(|d| kind(d) == "Secret" && name(d).starts_with("storage-"))
+            .map(|d| name(d).to_string())
+            .expect("the storage release's Secret");
+        let weir_run = workload_containers(&all, "Deployment", "processing-weir");
+        let pg = env_of(weir_run[weir_run.len() - 1], "PGPASSWORD")
+            .unwrap_or_else(|| panic!("{env}: weir run has no PGPASSWORD"));
+        assert_eq!(
+            str_at(pg, &["valueFrom", "secretKeyRef", "name"]),
+            Some(storage_secret.as_str()),
+            "{env}: PGPASSWORD's Secret"
+        );
+        let secret = find(&all, "Secret", &storage_secret);
+        let key = str_at(pg, &["valueFrom", "secretKeyRef", "key"]).unwrap();
+        assert!(
+            secret.get("data").and_then(|d| d.get(key)).is_some()
+                || secret.get("stringData").and_then(|d| d.get(key)).is_some(),
+            "{env}: Secret {storage_secret} has no key {key}"
+        );
+
+        // The registry (streaming) stores its schemas in storage's Postgres.
+        let registry = workload_containers(&all, "Deployment", "streaming-registry");
+        let url = env_of(registry[registry.len() - 1], "DATABASE_URL")
+            .and_then(|e| str_at(e, &["value"]))
+            .expect("the registry's DATABASE_URL");
+        let (host, port) = host_port(url);
+        assert_service(&all, &what("registry DATABASE_URL"), &host, port);
+
+        // ingestion -> streaming.
+        let ingest = workload_containers(&all, "Deployment", "ingestion-ingest");
+        for var in ["KAFKA_BROKERS", "SCHEMA_REGISTRY_URL"] {
+            let value = env_of(ingest[ingest.len() - 1], var)
+                .and_then(|e| str_at(e, &["value"]))
+                .unwrap_or_else(|| panic!("{env}: ingestion has no {var}"));
+            for address in value.split(',') {
+                let (host, port) = host_port(address);
+                assert_service(&all, &what(&format!("ingestion {var}")), &host, port);
+            }
+        }
+
+        // monitoring: AKHQ -> broker and registry; Grafana -> Prometheus; Prometheus
+        // scrapes the pods processing annotates, on the port weir serves metrics on.
+        let akhq = all
+            .iter()
+            .filter(|d| kind(d) == "ConfigMap" && name(d).starts_with("monitoring-akhq"))
+            .map(|d| serde_yaml::to_string(&d["data"]).unwrap())
+            .collect::<String>();
+        assert!(
+            akhq.contains("streaming-kafka:9092")
+                && akhq.contains("http://streaming-registry:8081"),
+            "{env}: AKHQ's config does not name the broker and the registry:\n{akhq}"
+        );
+        let grafana = all
+            .iter()
+            .filter(|d| kind(d) == "ConfigMap" && name(d).starts_with("monitoring-grafana"))
+            .map(|d| serde_yaml::to_string(&d["data"]).unwrap())
+            .collect::<String>();
+        assert!(
+            grafana.contains("http://monitoring-prometheus:9090"),
+            "{env}: Grafana's datasource is not the Prometheus Service"
+        );
+        assert_service(
+            &all,
+            &what("grafana datasource"),
+            "monitoring-prometheus",
+            9090,
+        );
+        let template = &find(&all, "Deployment", "processing-weir")["spec"]["template"];
+        let annotations = &template["metadata"]["annotations"];
+        assert_eq!(
+            annotations["prometheus.io/scrape"].as_str(),
+            Some("true"),
+            "{env}: weir pods are not marked for scraping"
+        );
+        let port = annotations["prometheus.io/port"].as_str().unwrap();
+        let listen = config["http"]["listen"].as_str().unwrap();
+        assert!(
+            listen.ends_with(&format!(":{port}")),
+            "{env}: the scrape port {port} is not weir's http.listen {listen}"
+        );
+
+        // Every Service selects pods that exist.
+        check_selectors(&all, env);
+    }
+}
+
+/// Each Service's selector matches the pod labels of some workload.
+fn check_selectors(all: &[Value], env: &str) {
+    let pods: Vec<BTreeMap<String, String>> = all
+        .iter()
+        .filter_map(|d| {
+            let labels = match kind(d) {
+                "Pod" => d["metadata"].get("labels"),
+                _ => d
+                    .get("spec")?
+                    .get("template")?
+                    .get("metadata")?
+                    .get("labels"),
+            }?;
+            Some(
+                labels
+                    .as_mapping()?
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().unwrap_or("").to_string(),
+                            v.as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    for service in all.iter().filter(|d| kind(d) == "Service") {
+        let Some(selector) = service["spec"].get("selector").and_then(Value::as_mapping) else {
+            continue;
+        };
+        let found = pods.iter().any(|labels| {
+            selector.iter().all(|(k, v)| {
+                labels.get(k.as_str().unwrap_or("")).map(String::as_str) == v.as_str()
+            })
+        });
+        assert!(found, "{env}: Service {} selects no pod", name(service));
+    }
+}
+
+#[test]
+fn a_guest_set_with_set_file_lands_byte_for_byte_in_the_guests_configmap() {
+    // Helm checks values against values.schema.json as YAML, which a raw binary cannot be,
+    // so a guest goes in as base64 text (`--set-file ...=<(base64 -w0 tickers.wasm)`).
+    let wasm = Path::new(GUEST_DIR).join("tickers.wasm");
+    let want = std::fs::read(&wasm).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let b64 = dir.path().join("tickers.wasm.b64");
+    std::fs::write(
+        &b64,
+        base64::engine::general_purpose::STANDARD.encode(&want),
+    )
+    .unwrap();
+    let set = format!("guests.files.tickers\\.wasm={}", b64.display());
+    let all = docs(&template("processing", "processing", &["--set-file", &set]));
+    let cm = find(&all, "ConfigMap", "processing-weir-guests");
+    let data = str_at(cm, &["binaryData", "tickers.wasm"]).expect("binaryData tickers.wasm");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .expect("base64");
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&bytes)),
+        hex::encode(sha2::Sha256::digest(&want)),
+        "the guest in the ConfigMap is not the file"
+    );
+    // The pipelines run it from the mounted ConfigMap, which is a directory mount (so an
+    // upgrade swaps it in place) and no checksum of it restarts the pods.
+    let config = weir_config(&all);
+    let guests: BTreeSet<&str> = config["pipelines"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["guest"].as_str().unwrap())
+        .collect();
+    let dir = config["guests"]["dir"].as_str().unwrap_or("");
+    for guest in &guests {
+        let path = if guest.starts_with('/') {
+            guest.to_string()
+        } else {
+            format!("{dir}/{guest}")
+        };
+        assert_eq!(path, "/etc/weir/guests/tickers.wasm", "{guest}");
+    }
+    let deployment = find(&all, "Deployment", "processing-weir");
+    let mounts = serde_yaml::to_string(&deployment["spec"]["template"]["spec"]).unwrap();
+    assert!(mounts.contains("processing-weir-guests"));
+    assert!(
+        !mounts.contains("subPath: tickers.wasm"),
+        "a subPath mount never sees updates"
+    );
+    let annotations =
+        serde_yaml::to_string(&deployment["spec"]["template"]["metadata"]["annotations"]).unwrap();
+    assert!(
+        !annotations.contains(&hex::encode(sha2::Sha256::digest(&want))),
+        "a checksum of the guests would restart the pods"
+    );
+}
+
+#[test]
+fn the_rendered_weir_config_is_one_weir_accepts() {
+    // The processing release's weir.yaml, with the image's paths pointed at this checkout,
+    // through weir's own config check.
+    let all = docs(&helmfile_template("production"));
+    let cm = find(&all, "ConfigMap", "processing-weir-config");
+    let text = str_at(cm, &["data", "weir.yaml"]).unwrap();
+    let text = text
+        .replace("/opt/weir/guests", GUEST_DIR)
+        .replace("/etc/weir/guests", GUEST_DIR);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = weir(&[
+        "config",
+        "render",
+        "--check",
+        "--config",
+        path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "weir refuses the chart's config:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_image_has_what_the_charts_use() {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    for path in [
+        "/usr/local/bin/weir",
+        "/opt/weir/guests",
+        "/opt/weir/schemas",
+        "USER 10001:10001",
+    ] {
+        assert!(dockerfile.contains(path), "the Dockerfile has no {path}");
+    }
+    // Every guest the default pipelines name is built into the image.
+    let all = docs(&template("processing", "processing", &[]));
+    let config = weir_config(&all);
+    for p in config["pipelines"].as_sequence().unwrap() {
+        let guest = p["guest"].as_str().unwrap();
+        let file = guest.rsplit('/').next().unwrap();
+        assert!(dockerfile.contains(file), "the image does not build {file}");
+    }
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    for kept in ["host", "guests", "wit", "schemas", "Cargo.lock"] {
+        assert!(
+            !ignore.lines().any(|l| l.trim() == kept),
+            ".dockerignore drops {kept}"
+        );
+    }
+}
