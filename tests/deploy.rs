@@ -25,7 +25,7 @@ const CHARTS: [&str; 5] = [
 ];
 const ENVIRONMENTS: [&str; 2] = ["local", "production"];
 /// The Kubernetes version the manifests are validated against.
-const KUBERNETES: &str = "1.31.0";
+const KUBERNETES: &str = "1.35.0";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
