@@ -36,6 +36,13 @@ test: guests services tools
 bench: guests
 	cargo bench -p weir-tests --bench runtime
 
+# weir's whole path against its ceilings and a hand-written Python pipeline (BENCHMARKS.md);
+# RECORDS ticks (default 1,000,000). Starts its own broker, registry and database schema.
+RECORDS ?= 1000000
+.PHONY: bench-e2e
+bench-e2e: guests services
+	cargo run --release -q -p weir-tests --bin weir-bench -- --records $(RECORDS)
+
 # The whole pipeline locally: broker, registry, simulator, weir run, Postgres
 # (tests/demo/run.sh says how Postgres is found). Ctrl-C stops it.
 .PHONY: demo

@@ -441,3 +441,24 @@ fn running_as_root() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
+
+/// Runs a query returning one `bigint` on a connection of its own; 0 when the database
+/// cannot be reached or the query fails (a table not created yet, say).
+pub fn query_one_i64(url: &str, sql: &str) -> i64 {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        rt().block_on(async {
+            let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+            else {
+                return 0;
+            };
+            tokio::spawn(conn);
+            client
+                .query_one(sql.as_str(), &[])
+                .await
+                .map_or(0, |r| r.get::<_, i64>(0))
+        })
+    })
+    .join()
+    .unwrap_or(0)
+}
