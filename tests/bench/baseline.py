@@ -32,7 +32,7 @@ import time
 
 import psycopg
 from psycopg import sql
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -105,7 +105,13 @@ def run(args):
         def commit():
             nonlocal committed, last_commit_at
             conn.commit()
-            consumer.commit(asynchronous=False)
+            try:
+                consumer.commit(asynchronous=False)
+            except KafkaException as e:
+                # Nothing new to commit (no offset moved since the last commit) is harmless.
+                if e.args[0].code() != KafkaError._NO_OFFSET:
+                    raise
+                log(f"offset commit after {consumed}: nothing to commit")
             committed = consumed
             last_commit_at = time.monotonic()
 
