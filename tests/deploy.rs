@@ -10,11 +10,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use base64::Engine as _;
+use serde::Deserialize as _;
 use serde_yaml::Value;
 use sha2::Digest as _;
-use weir_tests::{GUEST_DIR, weir};
+use weir_tests::{GUEST_DIR, repo_root, weir};
 
 const CHARTS: [&str; 5] = [
     "storage",
@@ -27,15 +29,8 @@ const ENVIRONMENTS: [&str; 2] = ["local", "production"];
 /// The Kubernetes version the manifests are validated against.
 const KUBERNETES: &str = "1.35.0";
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
 fn tool(name: &str) -> PathBuf {
-    let path = repo().join(".tools/bin").join(name);
+    let path = repo_root().join(".tools/bin").join(name);
     assert!(
         path.exists(),
         "{} is missing: run `make tools` (tests/deploy/tools.sh)",
@@ -46,7 +41,7 @@ fn tool(name: &str) -> PathBuf {
 
 /// Runs a tool from the repository root; returns (success, stdout, stderr).
 fn run(program: &Path, args: &[&str]) -> (bool, String, String) {
-    let tools = repo().join(".tools/bin");
+    let tools = repo_root().join(".tools/bin");
     let path = format!(
         "{}:{}",
         tools.display(),
@@ -54,7 +49,7 @@ fn run(program: &Path, args: &[&str]) -> (bool, String, String) {
     );
     let out = Command::new(program)
         .args(args)
-        .current_dir(repo())
+        .current_dir(repo_root())
         .env("PATH", path)
         // helm keeps caches and plugins in these; a throwaway home keeps runs apart.
         .env(
@@ -97,18 +92,32 @@ fn template(release: &str, chart: &str, extra: &[&str]) -> String {
     ok(&tool("helm"), &args)
 }
 
-fn helmfile_template(environment: &str) -> String {
-    ok(
-        &tool("helmfile"),
-        &[
-            "--environment",
-            environment,
-            "template",
-            "--skip-deps",
-            "--args",
-            "--namespace=weir",
-        ],
-    )
+/// `helmfile template` of an environment, rendered once per test binary (several tests
+/// read it).
+fn helmfile_template(environment: &str) -> &'static str {
+    static RENDERED: OnceLock<BTreeMap<&'static str, String>> = OnceLock::new();
+    let rendered = RENDERED.get_or_init(|| {
+        ENVIRONMENTS
+            .iter()
+            .map(|env| {
+                let yaml = ok(
+                    &tool("helmfile"),
+                    &[
+                        "--environment",
+                        env,
+                        "template",
+                        "--skip-deps",
+                        "--args",
+                        "--namespace=weir",
+                    ],
+                );
+                (*env, yaml)
+            })
+            .collect()
+    });
+    rendered
+        .get(environment)
+        .unwrap_or_else(|| panic!("no environment {environment}"))
 }
 
 /// The documents of a multi-document YAML stream (empty ones dropped).
@@ -118,8 +127,6 @@ fn docs(yaml: &str) -> Vec<Value> {
         .filter(|v| !v.is_null())
         .collect()
 }
-
-use serde::Deserialize as _;
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     let mut v = v;
@@ -170,8 +177,13 @@ fn validate(label: &str, yaml: &str) {
     );
 }
 
-/// Every rendering the checks look at: (label, YAML).
-fn renderings() -> Vec<(String, String)> {
+/// Every rendering the checks look at: (label, YAML), rendered once per test binary.
+fn renderings() -> &'static [(String, String)] {
+    static RENDERINGS: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    RENDERINGS.get_or_init(render_all)
+}
+
+fn render_all() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for chart in CHARTS {
         out.push((format!("{chart}-defaults"), template(chart, chart, &[])));
@@ -184,7 +196,10 @@ fn renderings() -> Vec<(String, String)> {
         }
     }
     for env in ENVIRONMENTS {
-        out.push((format!("helmfile-{env}"), helmfile_template(env)));
+        out.push((
+            format!("helmfile-{env}"),
+            helmfile_template(env).to_string(),
+        ));
     }
     out
 }
@@ -207,11 +222,11 @@ fn every_chart_lints_with_its_defaults_and_each_environment() {
 #[test]
 fn every_rendering_validates_strictly_and_every_pod_is_locked_down() {
     for (label, yaml) in renderings() {
-        validate(&label, &yaml);
-        let all = docs(&yaml);
+        validate(label, yaml);
+        let all = docs(yaml);
         assert!(!all.is_empty(), "{label} renders nothing");
         for doc in &all {
-            check_pod_security(&label, doc);
+            check_pod_security(label, doc);
         }
     }
 }
@@ -355,7 +370,7 @@ fn no_password_is_in_a_configmap_or_an_env_literal() {
     // And in every rendering: no env literal whose name says it is a secret (checked per
     // container by the security test), no ConfigMap key that looks like a password.
     for (label, yaml) in renderings() {
-        for doc in docs(&yaml).iter().filter(|d| kind(d) == "ConfigMap") {
+        for doc in docs(yaml).iter().filter(|d| kind(d) == "ConfigMap") {
             for (k, v) in doc
                 .get("data")
                 .and_then(Value::as_mapping)
@@ -449,7 +464,7 @@ fn workload_containers<'a>(all: &'a [Value], k: &str, n: &str) -> Vec<&'a Value>
 #[test]
 fn the_releases_reach_each_other_by_the_names_the_charts_create() {
     for env in ENVIRONMENTS {
-        let all = docs(&helmfile_template(env));
+        let all = docs(helmfile_template(env));
         let what = |s: &str| format!("{env}: {s}");
 
         // processing -> streaming (broker, registry) and storage (Postgres).
@@ -668,7 +683,7 @@ fn a_guest_set_with_set_file_lands_byte_for_byte_in_the_guests_configmap() {
 fn the_rendered_weir_config_is_one_weir_accepts() {
     // The processing release's weir.yaml, with the image's paths pointed at this checkout,
     // through weir's own config check.
-    let all = docs(&helmfile_template("production"));
+    let all = docs(helmfile_template("production"));
     let cm = find(&all, "ConfigMap", "processing-weir-config");
     let text = str_at(cm, &["data", "weir.yaml"]).unwrap();
     let text = text
@@ -693,7 +708,7 @@ fn the_rendered_weir_config_is_one_weir_accepts() {
 
 #[test]
 fn the_image_has_what_the_charts_use() {
-    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
     for path in [
         "/usr/local/bin/weir",
         "/opt/weir/guests",
@@ -710,7 +725,7 @@ fn the_image_has_what_the_charts_use() {
         let file = guest.rsplit('/').next().unwrap();
         assert!(dockerfile.contains(file), "the image does not build {file}");
     }
-    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    let ignore = std::fs::read_to_string(repo_root().join(".dockerignore")).unwrap();
     for kept in ["host", "guests", "wit", "schemas", "Cargo.lock"] {
         assert!(
             !ignore.lines().any(|l| l.trim() == kept),

@@ -14,7 +14,7 @@ use weir::runtime::{
     GuestId, GuestLimits, GuestSet, HostEvents, Level, Runtime, RuntimeConfig, Swapped,
     watch::Watcher,
 };
-use weir_tests::{Broker, Registry, TestDb, free_port, guest_path, rt, weir, weir_bin};
+use weir_tests::{Broker, Registry, TestDb, free_port, guest_path, query, rt, weir, weir_bin};
 
 fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -354,16 +354,6 @@ fn admin_api_deploys_lists_rolls_back_and_refuses() {
     std::fs::write(&token_file, "rotated").unwrap();
     assert_eq!(call(Method::GET, "/guests", token, vec![]).0, 401);
     assert_eq!(call(Method::GET, "/guests", Some("rotated"), vec![]).0, 200);
-}
-
-fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
-    rt().block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client.query(sql, &[]).await.unwrap()
-    })
 }
 
 fn count(url: &str, sql: &str) -> i64 {

@@ -58,6 +58,22 @@ pub fn rt() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
+/// The repository's root (the parent of this crate).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Kills a child with SIGKILL (no chance to finish anything) and reaps it.
+pub fn kill9(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -440,6 +456,31 @@ fn running_as_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+/// Runs SQL on a connection of its own and returns its rows; panics with the SQL on error.
+pub fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+    rt().block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+        tokio::spawn(conn);
+        client
+            .query(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    })
+}
+
+/// Sum of the next offsets consumer group `group` has committed in `weir_offsets`: every
+/// message it consumed, whatever became of it (0 until it has committed any).
+pub fn committed_offsets(url: &str, group: &str) -> i64 {
+    query_one_i64(
+        url,
+        &format!(
+            "SELECT coalesce(sum(next_offset), 0)::bigint FROM weir_offsets WHERE group_id = '{group}'"
+        ),
+    )
 }
 
 /// Runs a query returning one `bigint` on a connection of its own; 0 when the database

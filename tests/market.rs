@@ -10,36 +10,15 @@
 //!   the field, and the views people query answer on the demo's data.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value as Json, json};
 use weir::ingest::simulate::{AssetClass, SimConfig, Simulator, Symbol};
 use weir::registry::{RegisteredSchema, RegistryClient};
-use weir_tests::{Broker, GUEST_DIR, Registry, TestDb, free_port, rt, weir_bin, weir_env};
-
-/// The repository's root.
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-/// Runs SQL and returns its rows (on a connection of its own).
-fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
-    rt().block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
-            .query(sql, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-    })
-}
+use weir_tests::{
+    Broker, GUEST_DIR, Registry, TestDb, free_port, kill9, query, repo_root, rt, weir_bin, weir_env,
+};
 
 fn count(url: &str, sql: &str) -> i64 {
     query(url, sql)[0].get::<_, i64>(0)
@@ -65,7 +44,7 @@ impl Market {
         let db = TestDb::new();
         let registry = Registry::start(&db.url());
         let broker = Broker::start();
-        let schemas = repo().join("schemas");
+        let schemas = repo_root().join("schemas");
         let out = weir_env(
             &[
                 "schemas",
@@ -113,7 +92,7 @@ impl Market {
             std::fs::File::create(self.dir.path().join(format!("run-{}.log", self.runs))).unwrap();
         Command::new(weir_bin())
             .args(["run", "--config"])
-            .arg(repo().join("tests/demo/weir.yaml"))
+            .arg(repo_root().join("tests/demo/weir.yaml"))
             .env("KAFKA_BROKERS", &self.broker.bootstrap)
             .env("SCHEMA_REGISTRY_URL", &self.registry.url)
             .env("DATABASE_URL", self.url())
@@ -167,32 +146,11 @@ impl Market {
             .expect("start weir ingest replay")
     }
 
-    /// Sum of the next offsets this group committed: every message consumed, whatever
-    /// became of it.
-    fn committed(&self) -> i64 {
-        let sql = format!(
-            "SELECT coalesce(sum(next_offset), 0)::bigint FROM weir_offsets WHERE group_id = '{}'",
-            self.group
-        );
-        rt().block_on(async {
-            let Ok((client, conn)) =
-                tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await
-            else {
-                return 0;
-            };
-            tokio::spawn(conn);
-            client
-                .query_one(sql.as_str(), &[])
-                .await
-                .map_or(0, |r| r.get::<_, i64>(0))
-        })
-    }
-
     /// Waits until the group has committed `messages` messages, failing if `run` exits.
     fn wait_committed(&self, messages: i64, run: &mut Child) {
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            let done = self.committed();
+            let done = weir_tests::committed_offsets(&self.url(), &self.group);
             if done >= messages {
                 assert_eq!(done, messages, "more committed than produced");
                 return;
@@ -208,13 +166,6 @@ impl Market {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
-}
-
-fn kill9(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-9", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
 }
 
 fn wait_ok(mut child: Child, what: &str) {
@@ -478,7 +429,7 @@ fn stock(symbol: &str, at: i64, price: f64) -> Map<String, Json> {
 /// A schema registered under a subject of its own (a producer's odd schema; the host
 /// decodes every message with its writer's schema, whatever the subject).
 fn odd_schema(registry: &RegistryClient, name: &str, edit: impl Fn(&mut Json)) -> RegisteredSchema {
-    let text = std::fs::read_to_string(repo().join("schemas/tickers.stocks.avsc")).unwrap();
+    let text = std::fs::read_to_string(repo_root().join("schemas/tickers.stocks.avsc")).unwrap();
     let mut schema: Json = serde_json::from_str(&text).unwrap();
     edit(&mut schema);
     let text = schema.to_string();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use apache_avro::types::Value as Avro;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use weir::registry::{RegistryClient, SchemaId, frame_into};
-use weir_tests::{Broker, PgCluster, Registry, TestDb, free_port, guest_path, rt, weir_bin};
+use weir_tests::{Broker, PgCluster, Registry, TestDb, free_port, guest_path, kill9, rt, weir_bin};
 
 const TOPIC: &str = "events";
 const SCHEMA: &str = r#"{"type":"record","name":"Event","namespace":"weir.test","fields":[
@@ -319,13 +319,6 @@ fn query_counts(url: &str) -> (u64, u64) {
             count("SELECT count(*) FROM dead_letters").await,
         )
     })
-}
-
-fn kill9(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-9", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
 }
 
 /// A deterministic pseudo-random duration in [lo, hi) ms.

@@ -18,20 +18,13 @@ use weir_tests::{Registry, TestDb};
 /// What the virtual environment installs; a change here reinstalls it.
 const REQUIREMENT: &str = "confluent-kafka[avro,schemaregistry]>=2.10";
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
 /// The cargo target directory: this test runs from `target/<profile>/deps`.
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     exe.ancestors()
         .nth(3)
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| workspace_root().join("target"))
+        .unwrap_or_else(|| weir_tests::repo_root().join("target"))
 }
 
 /// The Python of a virtual environment with confluent-kafka, created if missing.
@@ -91,7 +84,7 @@ async fn confluent_python_client_works_with_weir_registry() {
     let python = python_with_confluent_kafka();
     let db = TestDb::new();
     let registry = Registry::start(&db.url());
-    let script = workspace_root().join("tests/python/confluent_client.py");
+    let script = weir_tests::repo_root().join("tests/python/confluent_client.py");
     let out = Command::new(&python)
         .arg(&script)
         .args([registry.url.as_str(), "trades"])

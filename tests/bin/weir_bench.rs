@@ -35,7 +35,7 @@ use weir::runtime::types::{Action, InsertRow};
 use weir::sink::{Sink, SinkBatch, SinkConfig, SinkItem};
 use weir::source::{Decoded, Decoder};
 use weir::source::{KafkaSource, SourceConfig, StartFrom};
-use weir_tests::{Broker, GUEST_DIR, Registry, TestDb, rt, run_sql, unique};
+use weir_tests::{Broker, GUEST_DIR, Registry, TestDb, repo_root, rt, run_sql, unique};
 
 const TOPIC: &str = "tickers.stocks";
 const PARTITIONS: i32 = 3;
@@ -50,7 +50,7 @@ struct Args {
 fn parse_args() -> Args {
     let mut records = 1_000_000u64;
     let mut baseline_records = None;
-    let mut json = repo().join("target/bench/e2e.json");
+    let mut json = repo_root().join("target/bench/e2e.json");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| {
@@ -93,13 +93,6 @@ fn number(text: &str, name: &str) -> u64 {
 fn fail(message: &str) -> ! {
     eprintln!("weir-bench: {message}");
     std::process::exit(2)
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
 }
 
 /// One measured configuration.
@@ -164,11 +157,11 @@ fn child_usage(pid: u32) -> (Option<f64>, Option<u64>) {
 fn weir_release() -> PathBuf {
     let status = Command::new("cargo")
         .args(["build", "--release", "-q", "-p", "weir"])
-        .current_dir(repo())
+        .current_dir(repo_root())
         .status()
         .expect("run cargo build");
     assert!(status.success(), "cargo build --release -p weir failed");
-    repo().join("target/release/weir")
+    repo_root().join("target/release/weir")
 }
 
 /// Produces `n` simulated stock ticks to TOPIC, as fast as the broker takes them.
@@ -312,17 +305,6 @@ fn sink_ceiling(database_url: &str, batches: &[SinkBatch]) -> Measurement {
     })
 }
 
-/// Sum of the next offsets `group` committed.
-fn committed(database_url: &str, group: &str) -> u64 {
-    let rows = weir_tests::query_one_i64(
-        database_url,
-        &format!(
-            "SELECT coalesce(sum(next_offset), 0)::bigint FROM weir_offsets WHERE group_id = '{group}'"
-        ),
-    );
-    rows.max(0) as u64
-}
-
 /// `weir run` with one pipeline on TOPIC, from its start until every record is committed.
 #[allow(clippy::too_many_arguments)]
 fn weir_run(
@@ -348,7 +330,7 @@ fn weir_run(
              guests:\n  dir: \"{GUEST_DIR}\"\n  watch: false\n\
              pipelines:\n  - name: bench\n    topic: {TOPIC}\n    batch:\n      size: {BATCH}\n      linger: 50ms\n{pipeline}",
             broker.bootstrap,
-            repo().join("schemas/postgres").display(),
+            repo_root().join("schemas/postgres").display(),
         ),
     )
     .unwrap();
@@ -362,32 +344,27 @@ fn weir_run(
         .stderr(log)
         .spawn()
         .expect("start weir run");
-    let deadline = start + Duration::from_secs(3600);
+    let log_path = dir.join(format!("{group}.log"));
+    // Waits until `done`, failing if weir run exits or an hour passes.
+    let mut wait = |what: &str, poll: Duration, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        while !done() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("weir run ({name}) exited with {status}:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "{name}: not {what} in an hour");
+            std::thread::sleep(poll);
+        }
+    };
     // Drain time counts from ready (Postgres connected, partitions assigned, guest
     // compiled): the start-up is reported apart.
-    while !ready(port) {
-        if let Ok(Some(status)) = child.try_wait() {
-            let text =
-                std::fs::read_to_string(dir.join(format!("{group}.log"))).unwrap_or_default();
-            panic!("weir run ({name}) exited with {status}:\n{text}");
-        }
-        assert!(Instant::now() < deadline, "{name}: never ready");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait("ready", Duration::from_millis(10), &|| ready(port));
     let startup = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    loop {
-        if committed(database_url, &group) >= n {
-            break;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let text =
-                std::fs::read_to_string(dir.join(format!("{group}.log"))).unwrap_or_default();
-            panic!("weir run ({name}) exited with {status}:\n{text}");
-        }
-        assert!(Instant::now() < deadline, "{name}: not drained in an hour");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait("drained", Duration::from_millis(20), &|| {
+        weir_tests::committed_offsets(database_url, &group) >= n as i64
+    });
     let seconds = start.elapsed().as_secs_f64();
     let (cpu_seconds, peak_rss_bytes) = child_usage(child.id());
     let _ = child.kill();
@@ -424,7 +401,7 @@ fn baseline_python() -> PathBuf {
         "confluent-kafka[avro,schemaregistry]>=2.10",
         "psycopg[binary]>=3.1",
     ];
-    let venv = repo().join("target/bench/pyenv");
+    let venv = repo_root().join("target/bench/pyenv");
     let python = venv.join("bin/python");
     let marker = venv.join(".weir-installed");
     let want = REQUIREMENTS.join("\n");
@@ -460,7 +437,7 @@ fn baseline_python() -> PathBuf {
 fn baseline(broker: &Broker, registry: &str, database_url: &str, n: u64) -> Measurement {
     let python = baseline_python();
     let out = Command::new(python)
-        .arg(repo().join("tests/bench/baseline.py"))
+        .arg(repo_root().join("tests/bench/baseline.py"))
         .args(["--brokers", &broker.bootstrap])
         .args(["--registry", registry])
         .args(["--database-url", database_url])
@@ -493,14 +470,14 @@ fn main() {
 
     let out = Command::new(&weir)
         .args(["schemas", "push", "--registry", &registry.url])
-        .arg(repo().join("schemas"))
+        .arg(repo_root().join("schemas"))
         .env("WEIR_LOG", "warn")
         .output()
         .expect("weir schemas push");
     assert!(out.status.success(), "weir schemas push failed");
     let out = Command::new(&weir)
         .args(["migrate", "--database-url", &url])
-        .arg(repo().join("schemas/postgres"))
+        .arg(repo_root().join("schemas/postgres"))
         .env("WEIR_LOG", "warn")
         .output()
         .expect("weir migrate");
