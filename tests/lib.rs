@@ -5,6 +5,8 @@
 //! The guests under `guests/` are built for wasm32-wasip2 by this crate's build script;
 //! [`guest_path`] finds them.
 
+pub mod native;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

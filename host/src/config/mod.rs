@@ -106,6 +106,10 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// The pipelines, in file order; at least one.
     pub pipelines: Vec<PipelineConfig>,
+    /// How many partitions' batches are processed at once, each worker with its own
+    /// Postgres connection (default: the number of CPUs). A partition stays on one worker,
+    /// so its batches commit in order.
+    pub workers: usize,
     /// The configuration file (absolute).
     pub source: PathBuf,
 }
@@ -423,6 +427,9 @@ struct ConfigFile {
     admin: Option<AdminConfig>,
     /// The pipelines.
     pipelines: Vec<PipelineFile>,
+    /// Partition workers.
+    #[serde(default)]
+    workers: Option<usize>,
 }
 
 /// One item of `pipelines:` as written.
@@ -637,6 +644,17 @@ impl Checker<'_> {
             guests,
             admin,
             pipelines,
+            workers: match file.workers {
+                Some(0) => {
+                    return Err(self.invalid(
+                        "workers",
+                        "must be at least 1",
+                        self.at.top(&["workers"]),
+                    ));
+                }
+                Some(n) => n,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
             source,
         })
     }

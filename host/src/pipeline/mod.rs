@@ -1,5 +1,8 @@
-//! `weir run`: Kafka → decode → guest → Postgres, one partition batch at a time, each batch
-//! committed in one transaction with the partition's next offset.
+//! `weir run`: Kafka → decode → guest → Postgres, in per-partition batches, each batch
+//! committed in one transaction with the partition's next offset. Partitions are spread
+//! over `workers` ([`worker`]), each with its own Postgres connection, so several
+//! partitions' batches are decoded, transformed and committed at once while the runner
+//! reads ahead.
 //!
 //! Positions come from Postgres, not Kafka: on assignment each partition starts at its
 //! stored next offset; a batch starting anywhere else is trimmed (already committed) or
@@ -8,27 +11,29 @@
 //! ([`membership`]), not by the broker's group coordinator.
 
 pub mod membership;
+mod worker;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::consumer::Consumer as _;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use tokio::sync::mpsc;
 
 use crate::config::{ColumnCheck, Config, DedupConfig, PipelineConfig};
 use crate::metrics::{Health, Metrics};
 use crate::registry::RegistryClient;
-use crate::runtime::types::{Batch, ConfigEntry, Message, Outcome};
-use crate::runtime::{Guest, GuestError, GuestSet, GuestSlot, Runtime};
-use crate::sink::{
-    DedupKeys, Sink, SinkBatch, SinkConfig, SinkError, SinkItem, TableExpectation, ValueKind,
-};
+use crate::runtime::types::ConfigEntry;
+use crate::runtime::{GuestSet, GuestSlot, Runtime};
+use crate::sink::{Sink, SinkConfig, TableExpectation, ValueKind};
 use crate::source::avro::field_kinds;
-use crate::source::{
-    Decoded, Decoder, KafkaSource, RawBatch, RawMessage, SourceConfig, Stage, StartFrom,
-};
+use crate::source::{Decoder, KafkaSource, RawBatch, SourceConfig, StartFrom};
 use membership::{Membership, Partition};
+use worker::{Job, Report, Shared, Worker};
+
+/// Batches waiting for each worker, beyond the one it is processing.
+const QUEUED_BATCHES: usize = 64;
 
 /// How often consumer lag is measured.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
@@ -53,16 +58,30 @@ struct Route {
 
 /// A running `weir run`: everything connected and checked.
 pub struct Runner {
-    routes: Vec<Route>,
     by_topic: HashMap<String, usize>,
     source: KafkaSource,
-    decoder: Decoder<RegistryClient>,
+    shared: Arc<Shared>,
+    /// For offsets, watermarks and expiry; each worker has a connection of its own.
     sink: Sink,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     brokers: String,
-    /// Next offset to process per partition, as stored in Postgres (None: nothing stored).
-    positions: HashMap<(String, i32), Option<i64>>,
+    /// Next offset to process per partition, as committed in Postgres (None: nothing
+    /// stored).
+    positions: HashMap<Partition, Option<i64>>,
+    /// Next offset to hand to a worker per partition: ahead of `positions` by the
+    /// batches queued or in flight.
+    dispatched: HashMap<Partition, Option<i64>>,
+    /// Each partition's epoch, bumped when it is lost, gained or re-positioned.
+    epochs: HashMap<Partition, u64>,
+    /// The worker each partition's batches go to.
+    lanes: HashMap<Partition, usize>,
+    next_lane: usize,
+    workers: Vec<mpsc::Sender<Job>>,
+    worker_tasks: Vec<tokio::task::JoinHandle<()>>,
+    reports: mpsc::UnboundedReceiver<Report>,
+    /// The client lag is measured with, made on first use.
+    lag_client: Option<Arc<BaseConsumer>>,
     last_lag: Instant,
     membership: Membership,
     session: Duration,
@@ -120,11 +139,11 @@ impl Runner {
                 .with_context(|| format!("applying migrations in {}", dir.display()))?;
             tracing::info!(?report, "Migrations up to date");
         }
-        let sink = Sink::connect(SinkConfig {
+        let sink_config = SinkConfig {
             database_url: config.database.url.clone(),
             group_id: config.kafka.group_id.clone(),
-        })
-        .await?;
+        };
+        let sink = Sink::connect(sink_config.clone()).await?;
         let registry = Arc::new(RegistryClient::new(&config.registry.url)?);
         let mut expectations = Vec::new();
         for p in &config.pipelines {
@@ -165,16 +184,47 @@ impl Runner {
                 source.set_topic_batching(t, p.batch_size, p.linger);
             }
         }
-        Ok(Self {
+        let shared = Arc::new(Shared {
             routes,
+            decoder: Decoder::new(registry),
+            metrics: metrics.clone(),
+            epochs: Mutex::new(HashMap::new()),
+        });
+        let (report_tx, reports) = mpsc::unbounded_channel();
+        let mut workers = Vec::new();
+        let mut worker_tasks = Vec::new();
+        for _ in 0..config.workers.max(1) {
+            // Batches queued behind the one in flight. Fetches come a partition at a time,
+            // so a worker's queue must hold a burst of its partitions while the reader
+            // moves on to the next partition's (and the next worker's) messages.
+            let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
+            let worker = Worker {
+                shared: shared.clone(),
+                sink: Arc::new(Sink::connect(sink_config.clone()).await?),
+                lookup: Sink::connect(sink_config.clone()).await?,
+                reports: report_tx.clone(),
+            };
+            workers.push(tx);
+            worker_tasks.push(tokio::spawn(worker.run(rx)));
+        }
+        tracing::info!(workers = workers.len(), "Partition workers started");
+        Ok(Self {
             by_topic,
             source,
-            decoder: Decoder::new(registry),
+            shared,
             sink,
             metrics,
             health,
             brokers: config.kafka.brokers.clone(),
             positions: HashMap::new(),
+            dispatched: HashMap::new(),
+            epochs: HashMap::new(),
+            lanes: HashMap::new(),
+            next_lane: 0,
+            workers,
+            worker_tasks,
+            reports,
+            lag_client: None,
             last_lag: Instant::now(),
             membership,
             session,
@@ -192,19 +242,21 @@ impl Runner {
         tokio::pin!(shutdown);
         loop {
             self.rebalance().await?;
-            let next = tokio::select! {
+            tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                next = tokio::time::timeout(self.session / 4, self.source.next_batch()) => next,
-            };
-            if let Ok(batch) = next {
-                let batch = batch?;
-                if self
-                    .source
-                    .assigned()
-                    .contains(&(batch.topic.clone(), batch.partition))
-                {
-                    self.process(batch).await?;
+                Some(report) = self.reports.recv() => self.on_report(report)?,
+                next = tokio::time::timeout(self.session / 4, self.source.next_batch()) => {
+                    if let Ok(batch) = next {
+                        let batch = batch?;
+                        if self
+                            .source
+                            .assigned()
+                            .contains(&(batch.topic.clone(), batch.partition))
+                        {
+                            self.dispatch(batch).await?;
+                        }
+                    }
                 }
             }
             if self.last_lag.elapsed() >= LAG_INTERVAL {
@@ -214,7 +266,16 @@ impl Runner {
                 self.expire_dedup_keys().await;
             }
         }
-        tracing::info!("Shutting down: the batch in flight is committed; leaving the group");
+        tracing::info!("Shutting down: the batches handed out are committed; leaving the group");
+        self.workers.clear();
+        for task in std::mem::take(&mut self.worker_tasks) {
+            let _ = task.await;
+        }
+        while let Ok(report) = self.reports.try_recv() {
+            if let Err(e) = self.on_report(report) {
+                tracing::warn!(error = %e, "A worker failed while shutting down");
+            }
+        }
         self.membership.leave().await;
         if let Err(e) = self
             .source
@@ -270,6 +331,8 @@ impl Runner {
             self.source.unassign(&lost)?;
             for p in &lost {
                 self.positions.remove(p);
+                self.dispatched.remove(p);
+                self.new_epoch(p);
             }
         }
         let mut gained = Vec::new();
@@ -281,7 +344,10 @@ impl Runner {
                 ?stored,
                 "Partition assigned; resuming from Postgres"
             );
-            self.positions.insert((topic.clone(), *partition), stored);
+            let p = (topic.clone(), *partition);
+            self.positions.insert(p.clone(), stored);
+            self.dispatched.insert(p.clone(), stored);
+            self.new_epoch(&p);
             gained.push((topic.clone(), *partition, stored));
         }
         if !gained.is_empty() {
@@ -291,170 +357,141 @@ impl Runner {
         Ok(())
     }
 
-    /// Where this partition must go on from, per Postgres.
-    async fn position(&mut self, topic: &str, partition: i32) -> anyhow::Result<Option<i64>> {
-        let key = (topic.to_string(), partition);
-        if let Some(p) = self.positions.get(&key) {
-            return Ok(*p);
-        }
-        let stored = self.sink.stored_offset(topic, partition).await?;
-        self.positions.insert(key, stored);
-        Ok(stored)
+    /// Starts a new epoch for `partition`: jobs handed out before are skipped.
+    fn new_epoch(&mut self, partition: &Partition) -> u64 {
+        let epoch = self.epochs.entry(partition.clone()).or_default();
+        *epoch += 1;
+        let epoch = *epoch;
+        self.shared
+            .epochs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(partition.clone(), epoch);
+        epoch
     }
 
-    async fn process(&mut self, mut batch: RawBatch) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let (topic, partition) = (batch.topic.clone(), batch.partition);
-        // Line the batch up with what Postgres has committed.
-        if let Some(next) = self.position(&topic, partition).await? {
+    /// Lines the batch up with what was committed or handed out before it, and hands it
+    /// to the partition's worker (waiting while that worker is busy with two).
+    async fn dispatch(&mut self, mut batch: RawBatch) -> anyhow::Result<()> {
+        let key = (batch.topic.clone(), batch.partition);
+        let next = match self.dispatched.get(&key) {
+            Some(next) => *next,
+            None => {
+                let stored = self.sink.stored_offset(&key.0, key.1).await?;
+                self.positions.insert(key.clone(), stored);
+                self.dispatched.insert(key.clone(), stored);
+                stored
+            }
+        };
+        if let Some(next) = next {
             batch.messages.retain(|m| m.offset >= next);
             match batch.messages.first() {
                 None => return Ok(()),
                 Some(first) if first.offset > next => {
-                    // The broker resumed after the stored offset. Some brokers answer a
+                    // The broker resumed after the expected offset. Some brokers answer a
                     // fetch from the middle of a record batch with the next batch, so read
-                    // again from further back (the part already committed is trimmed
+                    // again from further back (the part already handed out is trimmed
                     // above), further each time.
-                    let key = (topic.clone(), partition);
                     let back = self.reread.get(&key).map_or(512, |b| b * 4);
-                    self.reread.insert(key, back);
+                    self.reread.insert(key.clone(), back);
                     let from = (next - back).max(0);
                     tracing::warn!(
-                        topic,
-                        partition,
+                        topic = %key.0,
+                        partition = key.1,
                         expected = next,
                         got = first.offset,
                         from,
-                        "Fetch resumed past the stored offset; reading again from earlier"
+                        "Fetch resumed past the expected offset; reading again from earlier"
                     );
-                    self.source.seek(&topic, partition, from)?;
+                    self.source.seek(&key.0, key.1, from)?;
                     return Ok(());
                 }
                 Some(_) => {
-                    self.reread.remove(&(topic.clone(), partition));
+                    self.reread.remove(&key);
                 }
             }
         }
-        let Some(&route_index) = self.by_topic.get(&topic) else {
-            anyhow::bail!("received a message of topic {topic}, which no pipeline routes");
+        let Some(&route) = self.by_topic.get(&key.0) else {
+            anyhow::bail!(
+                "received a message of topic {}, which no pipeline routes",
+                key.0
+            );
         };
-        self.metrics.records_in(&topic, batch.messages.len() as u64);
-        loop {
-            let decoded = self.decoder.decode_batch(&batch).await;
-            let route = &self.routes[route_index];
-            let (duplicates, dedup) = self.deduplicate(route, &decoded).await?;
-            // One version for the whole batch: a swap lands at the next batch.
-            let guest = route.guest.current();
-            let items = self.run_guest(route, &guest, &batch, decoded, &duplicates);
-            let sink_batch = SinkBatch {
-                topic: topic.clone(),
-                partition,
-                start_offset: batch.messages[0].offset,
-                next_offset: batch.next_offset().expect("non-empty batch"),
-                guest_version: Some(guest.id().version.clone()),
-                version_column: route.version_column.clone(),
-                items,
-                dedup,
-            };
-            match self.sink.write_batch(&sink_batch).await {
-                Ok(report) => {
-                    for (table, n) in &report.rows {
-                        self.metrics.records_out(table, *n);
-                    }
-                    let mut by_stage: BTreeMap<&str, u64> = BTreeMap::new();
-                    for (_, stage) in &report.dead_letters {
-                        *by_stage.entry(stage.as_str()).or_default() += 1;
-                    }
-                    for (stage, n) in by_stage {
-                        self.metrics.dead_letters(stage, n);
-                    }
-                    if !duplicates.is_empty() {
-                        self.metrics
-                            .duplicates(&route.name, duplicates.len() as u64);
-                    }
-                    self.positions
-                        .insert((topic.clone(), partition), Some(sink_batch.next_offset));
-                    self.source
-                        .store_offset(&topic, partition, sink_batch.next_offset);
-                    self.metrics
-                        .offset_committed(&topic, partition, sink_batch.next_offset);
-                    self.metrics
-                        .batch_duration(&route.name, started.elapsed().as_secs_f64());
-                    return Ok(());
-                }
-                Err(SinkError::SeenMeanwhile { .. }) => {
-                    tracing::info!(
-                        topic,
-                        partition,
-                        "A deduplication key of this batch was committed by another batch meanwhile; redoing the batch"
-                    );
-                }
-                Err(SinkError::Stale { stored, .. }) => {
-                    tracing::warn!(
-                        topic,
-                        partition,
-                        ?stored,
-                        "Partition committed by another consumer; re-reading from the stored offset"
-                    );
-                    self.positions.insert((topic.clone(), partition), stored);
-                    if let Some(offset) = stored {
-                        // Harmless if the partition is no longer ours.
-                        let _ = self.source.seek(&topic, partition, offset);
-                    }
-                    return Ok(());
-                }
-                Err(e) => return Err(e.into()),
-            }
+        if !self.epochs.contains_key(&key) {
+            self.new_epoch(&key);
         }
+        let epoch = self.epochs[&key];
+        let lane = match self.lanes.get(&key) {
+            Some(lane) => *lane,
+            None => {
+                let lane = self.next_lane % self.workers.len();
+                self.next_lane += 1;
+                self.lanes.insert(key.clone(), lane);
+                lane
+            }
+        };
+        self.dispatched
+            .insert(key, Some(batch.next_offset().expect("non-empty batch")));
+        let job = Job {
+            batch,
+            route,
+            epoch,
+        };
+        if self.workers[lane].send(job).await.is_err() {
+            // The worker stopped: its report says why.
+            while let Some(report) = self.reports.recv().await {
+                self.on_report(report)?;
+            }
+            anyhow::bail!("partition worker {lane} stopped");
+        }
+        Ok(())
     }
 
-    /// With `dedup:`, the offsets of messages whose key repeats one earlier in the batch or
-    /// one already committed, and the keys of the others, to remember with the batch.
-    async fn deduplicate(
-        &self,
-        route: &Route,
-        decoded: &[Decoded],
-    ) -> anyhow::Result<(HashSet<i64>, Option<DedupKeys>)> {
-        let mut duplicates = HashSet::new();
-        let Some(dedup) = &route.dedup else {
-            return Ok((duplicates, None));
-        };
-        let mut first: HashSet<String> = HashSet::new();
-        let mut keys = Vec::new();
-        for d in decoded {
-            let Decoded::Message(m) = d else { continue };
-            // A message without the key is the guest's to judge.
-            let Some(key) = dedup_key(m, &dedup.key) else {
-                continue;
-            };
-            if first.insert(key.clone()) {
-                keys.push((m.offset, key));
-            } else {
-                duplicates.insert(m.offset);
+    /// Follows up a worker's report.
+    fn on_report(&mut self, report: Report) -> anyhow::Result<()> {
+        match report {
+            Report::Committed {
+                partition,
+                next_offset,
+            } => {
+                if self.positions.contains_key(&partition) {
+                    self.positions.insert(partition.clone(), Some(next_offset));
+                }
+                self.source
+                    .store_offset(&partition.0, partition.1, next_offset);
             }
+            Report::Stale {
+                partition,
+                stored,
+                epoch,
+            } => {
+                if self.epochs.get(&partition) != Some(&epoch) {
+                    return Ok(());
+                }
+                let (topic, p) = (&partition.0, partition.1);
+                tracing::warn!(
+                    topic,
+                    partition = p,
+                    ?stored,
+                    "Partition committed by another consumer; re-reading from the stored offset"
+                );
+                self.new_epoch(&partition);
+                self.positions.insert(partition.clone(), stored);
+                self.dispatched.insert(partition.clone(), stored);
+                if let Some(offset) = stored {
+                    // Harmless if the partition is no longer ours.
+                    let _ = self.source.seek(topic, p, offset);
+                }
+            }
+            Report::Failed(e) => return Err(e),
         }
-        let lookup: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
-        let seen = self.sink.seen(&route.name, &lookup).await?;
-        keys.retain(|(offset, key)| {
-            let new = !seen.contains(key);
-            if !new {
-                duplicates.insert(*offset);
-            }
-            new
-        });
-        Ok((
-            duplicates,
-            Some(DedupKeys {
-                scope: route.name.clone(),
-                keys,
-            }),
-        ))
+        Ok(())
     }
 
     /// Forgets deduplication keys older than each pipeline's retention.
     async fn expire_dedup_keys(&mut self) {
         self.last_expiry = Instant::now();
-        for route in &self.routes {
+        for route in &self.shared.routes {
             let Some(dedup) = &route.dedup else { continue };
             match self.sink.forget_seen(&route.name, dedup.retention).await {
                 Ok(0) => {}
@@ -464,121 +501,6 @@ impl Runner {
                 Err(e) => {
                     tracing::warn!(pipeline = %route.name, error = %e, "Cannot expire deduplication keys; trying again later")
                 }
-            }
-        }
-    }
-
-    /// Runs the guest over the decoded messages; messages that failed decoding, and any
-    /// message the guest fails on, become dead letters. A failed call is split in halves
-    /// until the message(s) at fault are isolated.
-    fn run_guest(
-        &self,
-        route: &Route,
-        guest: &Guest,
-        batch: &RawBatch,
-        decoded: Vec<Decoded>,
-        duplicates: &HashSet<i64>,
-    ) -> Vec<SinkItem> {
-        let raws: HashMap<i64, &RawMessage> =
-            batch.messages.iter().map(|m| (m.offset, m)).collect();
-        let mut items: Vec<Option<SinkItem>> = Vec::with_capacity(decoded.len());
-        let mut messages = Vec::new();
-        let mut slots = Vec::new();
-        for d in decoded {
-            match d {
-                // Dropped: written as processed, with nothing to do.
-                Decoded::Message(m) if duplicates.contains(&m.offset) => {
-                    let raw = raws.get(&m.offset);
-                    items.push(Some(SinkItem::Actions {
-                        offset: m.offset,
-                        key: raw.and_then(|r| r.key.clone()),
-                        value: raw.and_then(|r| r.value.clone()),
-                        actions: Vec::new(),
-                    }));
-                }
-                Decoded::Message(m) => {
-                    slots.push(items.len());
-                    items.push(None);
-                    messages.push(m);
-                }
-                Decoded::DeadLetter(d) => items.push(Some(SinkItem::DeadLetter {
-                    offset: d.offset,
-                    key: d.key,
-                    value: d.value,
-                    stage: d.stage.as_str().to_string(),
-                    error: d.error,
-                })),
-            }
-        }
-        let outcomes = self.call_isolating(route, guest, messages.clone());
-        for ((slot, message), outcome) in slots.into_iter().zip(messages).zip(outcomes) {
-            let raw = raws.get(&message.offset);
-            let key = raw.and_then(|r| r.key.clone());
-            let value = raw.and_then(|r| r.value.clone());
-            items[slot] = Some(match outcome {
-                Ok(Outcome::Actions(actions)) => SinkItem::Actions {
-                    offset: message.offset,
-                    key,
-                    value,
-                    actions,
-                },
-                Ok(Outcome::DeadLetter(reason)) => SinkItem::DeadLetter {
-                    offset: message.offset,
-                    key,
-                    value,
-                    stage: Stage::Guest.as_str().to_string(),
-                    error: reason,
-                },
-                Err(e) => SinkItem::DeadLetter {
-                    offset: message.offset,
-                    key,
-                    value,
-                    stage: Stage::Guest.as_str().to_string(),
-                    error: e.to_string(),
-                },
-            });
-        }
-        items
-            .into_iter()
-            .map(|i| i.expect("every slot filled"))
-            .collect()
-    }
-
-    /// One outcome (or the guest's error) per message, bisecting failed calls.
-    fn call_isolating(
-        &self,
-        route: &Route,
-        guest: &Guest,
-        messages: Vec<Message>,
-    ) -> Vec<Result<Outcome, GuestError>> {
-        if messages.is_empty() {
-            return Vec::new();
-        }
-        let n = messages.len();
-        let batch = Batch {
-            config: route.guest_config.clone(),
-            messages,
-        };
-        let started = Instant::now();
-        // A guest call is CPU work that may run to its deadline: keep the runtime's other
-        // tasks (metrics, signals) going while it runs.
-        let result = tokio::task::block_in_place(|| guest.process(&batch));
-        self.metrics
-            .guest_call(&guest.id().name, started.elapsed().as_secs_f64());
-        match result {
-            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-            Err(e) => {
-                self.metrics.guest_error(&guest.id().name, e.kind.name());
-                if n == 1 {
-                    tracing::warn!(guest = %e.guest, offset = batch.messages[0].offset, error = %e, "Guest failed on a message; dead-lettering it");
-                    return vec![Err(e)];
-                }
-                tracing::info!(guest = %e.guest, messages = n, error = %e, "Guest call failed; splitting the batch to isolate the message at fault");
-                let mut messages = batch.messages;
-                let right = messages.split_off(n / 2);
-                let mut out = self.call_isolating(route, guest, messages);
-                out.extend(self.call_isolating(route, guest, right));
-                out
             }
         }
     }
@@ -593,19 +515,23 @@ impl Runner {
             .iter()
             .map(|p| (p.clone(), self.positions.get(p).copied().flatten()))
             .collect();
-        let brokers = self.brokers.clone();
+        let client = match &self.lag_client {
+            Some(c) => c.clone(),
+            None => match crate::source::kafka::client_config(&self.brokers).create() {
+                Ok(c) => self.lag_client.insert(Arc::new(c)).clone(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "Cannot create the client measuring lag");
+                    return;
+                }
+            },
+        };
         let metrics = self.metrics.clone();
         // Watermarks are a network round trip: off the async threads.
         let marks = tokio::task::spawn_blocking(move || {
             let mut marks = Vec::new();
-            let Ok(client) = crate::source::kafka::client_config(&brokers)
-                .create::<rdkafka::consumer::BaseConsumer>()
-            else {
-                return marks;
-            };
             for ((topic, partition), position) in parts {
                 if let Ok((low, high)) = rdkafka::consumer::Consumer::fetch_watermarks(
-                    &client,
+                    &*client,
                     &topic,
                     partition,
                     Duration::from_secs(2),
@@ -623,19 +549,6 @@ impl Runner {
             tracing::debug!(error = %e, "Could not record high watermarks in weir_offsets");
         }
     }
-}
-
-/// The text of a message's deduplication key field; `None` when absent or null.
-fn dedup_key(message: &Message, field: &str) -> Option<String> {
-    use crate::runtime::types::Value;
-    let value = &message.fields.iter().find(|f| f.name == field)?.value;
-    Some(match value {
-        Value::Null => return None,
-        Value::Text(s) => s.clone(),
-        Value::Int(i) => i.to_string(),
-        Value::Bytes(b) => hex::encode(b),
-        other => format!("{other:?}"),
-    })
 }
 
 /// Compiles and checks every pipeline's guest (once per guest name). Slow, and needs no

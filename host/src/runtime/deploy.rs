@@ -132,6 +132,29 @@ impl GuestSet {
                 .with_limits(&named.uses[0].slot.current(), limits)?,
             None => self.runtime.load_file(file, limits)?,
         };
+        Ok(self.add_use(file, pipeline, topics, guest))
+    }
+
+    /// Serves `pipeline` with `guest` as it is (a [`Guest::native`] one, say): no file,
+    /// nothing to watch or swap from disk.
+    pub fn add_guest(
+        &mut self,
+        pipeline: &str,
+        topics: &[String],
+        guest: super::Guest,
+    ) -> Arc<GuestSlot> {
+        let file = PathBuf::from(format!("native:{}", guest.id().name));
+        self.add_use(&file, pipeline, topics, guest)
+    }
+
+    fn add_use(
+        &mut self,
+        file: &Path,
+        pipeline: &str,
+        topics: &[String],
+        guest: super::Guest,
+    ) -> Arc<GuestSlot> {
+        let name = guest.id().name.clone();
         let slot = GuestSlot::new(&name, guest);
         self.guests
             .entry(name)
@@ -145,7 +168,7 @@ impl GuestSet {
                 topics: topics.to_vec(),
                 slot: slot.clone(),
             });
-        Ok(slot)
+        slot
     }
 
     /// The slot `pipeline` takes its guest from.

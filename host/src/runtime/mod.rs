@@ -302,10 +302,14 @@ impl Runtime {
     /// differently), with call counters of its own. No compilation.
     pub fn with_limits(&self, guest: &Guest, limits: GuestLimits) -> Result<Guest, LoadError> {
         let g = &*guest.inner;
+        let Code::Wasm { pre, .. } = &g.code else {
+            // A native processor runs under no limits.
+            return Ok(guest.clone());
+        };
         self.check_limits(&g.id.name, limits)?;
         Ok(self.guest(
             g.id.clone(),
-            g.pre.clone(),
+            pre.clone(),
             limits,
             g.info.clone(),
             g.size,
@@ -340,12 +344,14 @@ impl Runtime {
         Guest {
             inner: Arc::new(GuestInner {
                 id,
-                engine: self.engine.clone(),
-                pre,
+                code: Code::Wasm {
+                    engine: self.engine.clone(),
+                    pre,
+                    deadline_ticks: deadline_ticks(limits.deadline, self.config.epoch_tick),
+                    events: self.events.clone(),
+                },
                 limits,
-                deadline_ticks: deadline_ticks(limits.deadline, self.config.epoch_tick),
                 info,
-                events: self.events.clone(),
                 loaded_at,
                 size,
                 calls: AtomicU64::new(0),
@@ -404,16 +410,35 @@ pub struct Guest {
 
 struct GuestInner {
     id: Arc<GuestId>,
-    engine: Engine,
-    pre: ProcessorPre<CallState>,
+    code: Code,
     limits: GuestLimits,
-    deadline_ticks: u64,
     info: GuestInfo,
-    events: Arc<dyn HostEvents>,
     loaded_at: SystemTime,
     size: usize,
     calls: AtomicU64,
     errors: AtomicU64,
+}
+
+/// How a guest's batches run.
+enum Code {
+    /// A component, on a fresh sandboxed instance per call.
+    Wasm {
+        engine: Engine,
+        pre: ProcessorPre<CallState>,
+        deadline_ticks: u64,
+        events: Arc<dyn HostEvents>,
+    },
+    /// A transform compiled into the host.
+    Native(Arc<dyn NativeProcessor>),
+}
+
+/// A transform compiled into the host process instead of loaded as a component: the same
+/// contract as a guest's `process`, without the sandbox (no memory cap, no deadline, no
+/// isolation). For measuring what the sandbox costs, and for embedding weir as a library.
+pub trait NativeProcessor: Send + Sync {
+    /// One outcome per message of `batch`, in order; `Err` fails the whole call, like a
+    /// guest's trap.
+    fn process(&self, batch: &Batch) -> Result<Vec<Outcome>, String>;
 }
 
 impl fmt::Debug for Guest {
@@ -439,24 +464,31 @@ impl Guest {
 
     fn call(&self, batch: &Batch) -> Result<Vec<Outcome>, GuestError> {
         let inner = &*self.inner;
-        let mut store = Store::new(
-            &inner.engine,
-            CallState::new(
-                inner.id.clone(),
-                inner.events.clone(),
-                inner.limits.max_memory,
-            ),
-        );
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(inner.deadline_ticks);
-        store.epoch_deadline_trap();
-        let processor = inner
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.classify(&store, e, true))?;
-        let outcomes = processor
-            .call_process(&mut store, batch)
-            .map_err(|e| self.classify(&store, e, false))?;
+        let outcomes = match &inner.code {
+            Code::Wasm {
+                engine,
+                pre,
+                deadline_ticks,
+                events,
+            } => {
+                let mut store = Store::new(
+                    engine,
+                    CallState::new(inner.id.clone(), events.clone(), inner.limits.max_memory),
+                );
+                store.limiter(|s| &mut s.limiter);
+                store.set_epoch_deadline(*deadline_ticks);
+                store.epoch_deadline_trap();
+                let processor = pre
+                    .instantiate(&mut store)
+                    .map_err(|e| self.classify(&store, e, true))?;
+                processor
+                    .call_process(&mut store, batch)
+                    .map_err(|e| self.classify(&store, e, false))?
+            }
+            Code::Native(native) => native
+                .process(batch)
+                .map_err(|message| self.error(GuestErrorKind::Trap { message }))?,
+        };
         if outcomes.len() != batch.messages.len() {
             return Err(self.error(GuestErrorKind::BadOutput {
                 expected: batch.messages.len(),
@@ -516,6 +548,31 @@ impl Guest {
             guest: self.inner.id.name.clone(),
             version: self.inner.id.short_version.clone(),
             kind,
+        }
+    }
+
+    /// `processor` as a guest named `name`. Its version is the sha256 of `native:<name>`.
+    pub fn native(name: &str, processor: Arc<dyn NativeProcessor>) -> Self {
+        let version = hex::encode(Sha256::digest(format!("native:{name}")));
+        Guest {
+            inner: Arc::new(GuestInner {
+                id: Arc::new(GuestId {
+                    name: name.to_string(),
+                    short_version: version[..12].to_string(),
+                    version,
+                }),
+                code: Code::Native(processor),
+                limits: GuestLimits::default(),
+                info: GuestInfo {
+                    wit: None,
+                    imports: Vec::new(),
+                    exports: Vec::new(),
+                },
+                loaded_at: SystemTime::now(),
+                size: 0,
+                calls: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+            }),
         }
     }
 

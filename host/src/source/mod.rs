@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use rdkafka::Message as _;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -102,8 +103,14 @@ pub enum SourceError {
     Fatal(String),
 }
 
+/// A partition's messages waiting for their batch to fill or linger out.
 struct Pending {
+    topic: String,
+    partition: i32,
     since: Instant,
+    /// The batch's size and linger (the topic's or the default).
+    batch_size: usize,
+    linger: Duration,
     messages: Vec<RawMessage>,
 }
 
@@ -163,7 +170,9 @@ pub struct KafkaSource {
     batch_size: usize,
     linger: Duration,
     per_topic: HashMap<String, (usize, Duration)>,
-    pending: HashMap<(String, i32), Pending>,
+    /// Per partition with messages waiting; a few entries, scanned rather than hashed
+    /// (this is looked up once per message).
+    pending: Vec<Pending>,
     assigned: Vec<(String, i32)>,
 }
 
@@ -186,7 +195,11 @@ impl KafkaSource {
                     StartFrom::Latest => "latest",
                 },
             )
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // A fetch waits at most this long for data. Brokers that hold a fetch for the
+            // whole wait even once data arrives (tansu does) would otherwise add up to
+            // librdkafka's 500 ms default to every record's latency.
+            .set("fetch.wait.max.ms", "20");
         for (k, v) in &config.properties {
             client.set(k, v);
         }
@@ -204,7 +217,7 @@ impl KafkaSource {
             batch_size: config.batch_size.max(1),
             linger: config.linger,
             per_topic: HashMap::new(),
-            pending: HashMap::new(),
+            pending: Vec::new(),
             assigned: Vec::new(),
         })
     }
@@ -213,13 +226,6 @@ impl KafkaSource {
     pub fn set_topic_batching(&mut self, topic: &str, batch_size: usize, linger: Duration) {
         self.per_topic
             .insert(topic.to_string(), (batch_size.max(1), linger));
-    }
-
-    fn batching(&self, topic: &str) -> (usize, Duration) {
-        self.per_topic
-            .get(topic)
-            .copied()
-            .unwrap_or((self.batch_size, self.linger))
     }
 
     /// Rebalances since the last call, oldest first. Pending messages of revoked
@@ -244,9 +250,11 @@ impl KafkaSource {
                 }
                 RebalanceEvent::Revoked(parts) => {
                     self.assigned.retain(|p| !parts.contains(p));
-                    for p in parts {
-                        self.pending.remove(p);
-                    }
+                    self.pending.retain(|p| {
+                        !parts
+                            .iter()
+                            .any(|(t, n)| p.partition == *n && p.topic == *t)
+                    });
                 }
             }
         }
@@ -279,7 +287,7 @@ impl KafkaSource {
         let mut list = TopicPartitionList::new();
         for (topic, partition) in partitions {
             list.add_partition(topic, *partition);
-            self.pending.remove(&(topic.clone(), *partition));
+            self.drop_pending(topic, *partition);
         }
         self.assigned.retain(|p| !partitions.contains(p));
         self.consumer
@@ -294,7 +302,7 @@ impl KafkaSource {
 
     /// Moves a partition's position to `offset`, dropping what was pending for it.
     pub fn seek(&mut self, topic: &str, partition: i32, offset: i64) -> Result<(), SourceError> {
-        self.pending.remove(&(topic.to_string(), partition));
+        self.drop_pending(topic, partition);
         self.consumer
             .seek(
                 topic,
@@ -305,74 +313,69 @@ impl KafkaSource {
             .map_err(|e| SourceError::Fatal(format!("seek {topic}[{partition}] to {offset}: {e}")))
     }
 
+    fn drop_pending(&mut self, topic: &str, partition: i32) {
+        self.pending
+            .retain(|p| !(p.partition == partition && p.topic == topic));
+    }
+
     /// Waits for the next batch: a partition whose pending messages reached the batch size,
     /// or whose oldest pending message has waited `linger`.
     pub async fn next_batch(&mut self) -> Result<RawBatch, SourceError> {
         loop {
             let now = Instant::now();
-            if let Some(key) = self
+            if let Some(i) = self
                 .pending
                 .iter()
-                .filter(|((topic, _), p)| now.duration_since(p.since) >= self.batching(topic).1)
+                .enumerate()
+                .filter(|(_, p)| now.duration_since(p.since) >= p.linger)
                 .min_by_key(|(_, p)| p.since)
-                .map(|(k, _)| k.clone())
+                .map(|(i, _)| i)
             {
-                return Ok(self.take(key));
+                return Ok(self.take(i));
             }
             let wait = self
                 .pending
                 .iter()
-                .map(|((topic, _), p)| {
-                    (p.since + self.batching(topic).1).saturating_duration_since(now)
-                })
+                .map(|p| (p.since + p.linger).saturating_duration_since(now))
                 .min()
                 .unwrap_or(Duration::from_millis(200));
-            match tokio::time::timeout(wait, self.consumer.recv()).await {
+            let first = match tokio::time::timeout(wait, self.consumer.recv()).await {
                 Err(_) => continue,
-                Ok(Err(e)) => {
-                    if is_fatal(&e) {
-                        return Err(SourceError::Fatal(e.to_string()));
+                Ok(first) => first,
+            };
+            // Then whatever librdkafka already holds, without a timer per message.
+            let mut next = Some(first);
+            while let Some(received) = next.take() {
+                match received {
+                    Err(e) => {
+                        if is_fatal(&e) {
+                            return Err(SourceError::Fatal(e.to_string()));
+                        }
+                        tracing::warn!(error = %e, "Kafka consumer error; continuing");
                     }
-                    tracing::warn!(error = %e, "Kafka consumer error; continuing");
-                }
-                Ok(Ok(m)) => {
-                    let key = (m.topic().to_string(), m.partition());
-                    let raw = RawMessage {
-                        offset: m.offset(),
-                        timestamp_ms: m.timestamp().to_millis().unwrap_or(-1),
-                        key: m.key().map(<[u8]>::to_vec),
-                        value: m.payload().map(<[u8]>::to_vec),
-                    };
-                    let (batch_size, _) = self.batching(&key.0);
-                    let pending = self.pending.entry(key.clone()).or_insert_with(|| Pending {
-                        since: Instant::now(),
-                        messages: Vec::with_capacity(batch_size),
-                    });
-                    // A batch holds each offset once, in increasing order. After a seek the
-                    // client can still deliver messages fetched before it, and the re-read
-                    // repeats them; a repeat within one batch would be written twice.
-                    if pending
-                        .messages
-                        .last()
-                        .is_some_and(|last| raw.offset <= last.offset)
-                    {
-                        tracing::debug!(topic = %key.0, partition = key.1, offset = raw.offset, "Dropped an out-of-order or repeated message from a batch");
-                        continue;
-                    }
-                    pending.messages.push(raw);
-                    if pending.messages.len() >= batch_size {
-                        return Ok(self.take(key));
+                    Ok(m) => {
+                        let batching = |topic: &str| {
+                            self.per_topic
+                                .get(topic)
+                                .copied()
+                                .unwrap_or((self.batch_size, self.linger))
+                        };
+                        if let Some(full) = add(&mut self.pending, &m, now, batching) {
+                            drop(m);
+                            return Ok(self.take(full));
+                        }
                     }
                 }
+                next = self.consumer.recv().now_or_never();
             }
         }
     }
 
-    fn take(&mut self, key: (String, i32)) -> RawBatch {
-        let pending = self.pending.remove(&key).expect("pending partition");
+    fn take(&mut self, i: usize) -> RawBatch {
+        let pending = self.pending.swap_remove(i);
         RawBatch {
-            topic: key.0,
-            partition: key.1,
+            topic: pending.topic,
+            partition: pending.partition,
             messages: pending.messages,
         }
     }
@@ -393,6 +396,60 @@ impl KafkaSource {
     pub fn consumer(&self) -> &StreamConsumer<SourceContext> {
         &self.consumer
     }
+}
+
+/// Adds a message to its partition's pending batch; the index of that batch when it
+/// is full.
+fn add(
+    pending: &mut Vec<Pending>,
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    now: Instant,
+    batching: impl Fn(&str) -> (usize, Duration),
+) -> Option<usize> {
+    let (topic, partition) = (m.topic(), m.partition());
+    let i = match pending
+        .iter()
+        .position(|p| p.partition == partition && p.topic == topic)
+    {
+        Some(i) => i,
+        None => {
+            let (batch_size, linger) = batching(topic);
+            pending.push(Pending {
+                topic: topic.to_string(),
+                partition,
+                since: now,
+                batch_size,
+                linger,
+                messages: Vec::with_capacity(batch_size),
+            });
+            pending.len() - 1
+        }
+    };
+    let offset = m.offset();
+    let batch = &mut pending[i];
+    // A batch holds each offset once, in increasing order. After a seek the client can
+    // still deliver messages fetched before it, and the re-read repeats them; a repeat
+    // within one batch would be written twice.
+    if batch
+        .messages
+        .last()
+        .is_some_and(|last| offset <= last.offset)
+    {
+        tracing::debug!(
+            topic,
+            partition,
+            offset,
+            "Dropped an out-of-order or repeated message from a batch"
+        );
+        return None;
+    }
+    batch.messages.push(RawMessage {
+        offset,
+        timestamp_ms: m.timestamp().to_millis().unwrap_or(-1),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+    });
+    (batch.messages.len() >= batch.batch_size).then_some(i)
 }
 
 fn is_fatal(e: &rdkafka::error::KafkaError) -> bool {
