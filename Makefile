@@ -38,10 +38,12 @@ bench: guests
 
 # weir's whole path against its ceilings and a hand-written Python pipeline (BENCHMARKS.md);
 # RECORDS ticks (default 1,000,000). Starts its own broker, registry and database schema.
+# ONLY: a comma-separated subset of source,sink,passthrough,native,market,baseline,latency.
 RECORDS ?= 1000000
+ONLY ?=
 .PHONY: bench-e2e
 bench-e2e: guests services
-	cargo run --release -q -p weir-tests --bin weir-bench -- --records $(RECORDS)
+	cargo run --release -q -p weir-tests --bin weir-bench -- --records $(RECORDS) $(if $(ONLY),--only $(ONLY))
 
 # The whole pipeline locally: broker, registry, simulator, weir run, Postgres
 # (tests/demo/run.sh says how Postgres is found). Ctrl-C stops it.

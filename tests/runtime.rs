@@ -428,3 +428,55 @@ fn a_slot_swaps_at_the_next_snapshot_and_rolls_back() {
     );
     assert_eq!(slot.swaps(), 3);
 }
+
+#[test]
+fn a_native_processor_gives_the_outcomes_of_its_compiled_guest() {
+    use weir_tests::native::Native;
+    let rt = runtime();
+    let mut messages: Vec<Message> = (0..20).map(tick).collect();
+    // A tombstone, a decimal and bytes: every value kind crosses both ways.
+    messages[3].fields.clear();
+    messages[4].fields.push(field(
+        "notional",
+        Value::Decimal(weir::runtime::types::Decimal::from_i128(-12_345, 2)),
+    ));
+    messages[5]
+        .fields
+        .push(field("raw", Value::Bytes(vec![0, 159, 255])));
+    messages[6]
+        .fields
+        .push(field("flag", Value::Boolean(false)));
+    messages[7].fields.push(field("gone", Value::Null));
+    let cases: [(&str, Guest, Vec<ConfigEntry>); 2] = [
+        (
+            "passthrough",
+            Guest::native(
+                "passthrough",
+                Arc::new(Native::<passthrough::Passthrough>::default()),
+            ),
+            vec![ConfigEntry {
+                key: "include_metadata".into(),
+                value: "true".into(),
+            }],
+        ),
+        (
+            "tickers",
+            Guest::native("tickers", Arc::new(Native::<tickers::Tickers>::default())),
+            vec![ConfigEntry {
+                key: "asset_class".into(),
+                value: "stocks".into(),
+            }],
+        ),
+    ];
+    for (name, native, config) in cases {
+        let wasm = load(&rt, name, GuestLimits::default());
+        let batch = Batch {
+            config,
+            messages: messages.clone(),
+        };
+        let expected = wasm.process(&batch).unwrap();
+        assert_eq!(native.process(&batch).unwrap(), expected, "{name}");
+        assert_eq!(native.id().name, name);
+        assert_ne!(native.id().version, wasm.id().version);
+    }
+}

@@ -46,7 +46,7 @@ const PARTITIONS: i32 = 3;
 const BATCH: usize = 500;
 /// How long a partition's batch may wait to fill: throughput runs, and latency runs.
 const LINGER: &str = "50ms";
-const LATENCY_LINGER: &str = "20ms";
+const LATENCY_LINGER: &str = "10ms";
 /// Load offered before a latency run's measured part: the consumer's first fetches of a
 /// new topic and the first batches are not steady state.
 const WARMUP: Duration = Duration::from_secs(2);

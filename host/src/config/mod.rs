@@ -45,6 +45,7 @@
 //!   token_file: /var/run/secrets/weir/admin-token   # the bearer token: a file…
 //!   # token_env: WEIR_ADMIN_TOKEN                  # …or an environment variable
 //!   max_body: 64MiB                # largest .wasm accepted (default 64MiB)
+//! workers: 2                       # partitions processed at once (default: one per CPU)
 //! pipelines:
 //!   - name: stocks
 //!     topic: tickers.stocks        # one topic…
@@ -1025,10 +1026,27 @@ pipelines:
         assert_eq!(p.limits, GuestLimits::default());
         assert!(p.tables.is_empty());
         assert!(p.guest.is_absolute() && p.guest.ends_with("g.wasm"));
+        assert_eq!(
+            c.workers,
+            std::thread::available_parallelism().unwrap().get()
+        );
         let rc = c.runtime_config();
         assert_eq!(rc.max_wasm_stack, 512 << 10);
         let pool = rc.pooling.unwrap();
         assert_eq!((pool.instances, pool.max_memory), (64, 1 << 30));
+    }
+
+    #[test]
+    fn workers_are_read_and_zero_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("g.wasm"), b"").unwrap();
+        let c = parse_in(dir.path(), &format!("workers: 3\n{MINIMAL}")).unwrap();
+        assert_eq!(c.workers, 3);
+        let err = parse_in(dir.path(), &format!("{MINIMAL}workers: 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("workers: must be at least 1"), "{err}");
+        assert!(err.contains("(line 11)"), "{err}");
     }
 
     #[test]
