@@ -224,16 +224,29 @@ fn tansu_bin() -> PathBuf {
     PathBuf::from("tansu")
 }
 
+/// Polls `done` every `poll` until it holds; after `timeout`, panics with `failure()` (what
+/// was awaited, and whatever shows why: logs, the last answer).
+pub fn wait_until(
+    timeout: Duration,
+    poll: Duration,
+    mut done: impl FnMut() -> bool,
+    failure: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", failure());
+        std::thread::sleep(poll);
+    }
+}
+
 /// Waits until something accepts TCP connections on `addr`.
 pub fn wait_for_port(addr: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listening on {addr} after {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        timeout,
+        Duration::from_millis(50),
+        || std::net::TcpStream::connect(addr).is_ok(),
+        || format!("nothing listening on {addr} after {timeout:?}"),
+    );
 }
 
 /// weir's registry server on a free port, stored in the given database, stopped on drop.

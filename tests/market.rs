@@ -17,7 +17,8 @@ use serde_json::{Map, Value as Json, json};
 use weir::ingest::simulate::{AssetClass, SimConfig, Simulator, Symbol};
 use weir::registry::{RegisteredSchema, RegistryClient};
 use weir_tests::{
-    Broker, GUEST_DIR, Registry, TestDb, free_port, kill9, query, repo_root, rt, weir_bin, weir_env,
+    Broker, GUEST_DIR, Registry, TestDb, free_port, kill9, query, repo_root, rt, wait_until,
+    weir_bin, weir_env,
 };
 
 fn count(url: &str, sql: &str) -> i64 {
@@ -385,16 +386,13 @@ fn candles_equal_a_group_by_of_the_ticks_through_lateness_duplicates_and_sigkill
     let replay = m.replay("phase2.jsonl", &second, "1500");
     for kill in 1..=2 {
         // Kill mid-stream: once this run has written some of phase 2.
-        let deadline = Instant::now() + Duration::from_secs(120);
         let base = count(&url, TICK_ROWS);
-        while count(&url, TICK_ROWS) < base + 1_000 {
-            assert!(
-                Instant::now() < deadline,
-                "no progress before kill {kill}; logs:\n{}",
-                m.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+            || count(&url, TICK_ROWS) >= base + 1_000,
+            || format!("no progress before kill {kill}; logs:\n{}", m.logs()),
+        );
         kill9(&mut run);
         eprintln!(
             "SIGKILL {kill} at {} tick rows (phase 2 began at {before})",

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use apache_avro::types::Value as Avro;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use weir::registry::{RegistryClient, SchemaId, frame_into};
-use weir_tests::{Broker, PgCluster, Registry, TestDb, free_port, guest_path, kill9, rt, weir_bin};
+use weir_tests::{
+    Broker, PgCluster, Registry, TestDb, free_port, guest_path, kill9, rt, wait_until, weir_bin,
+};
 
 const TOPIC: &str = "events";
 const SCHEMA: &str = r#"{"type":"record","name":"Event","namespace":"weir.test","fields":[
@@ -367,11 +369,12 @@ fn exactly_once_through_a_postgres_restart() {
     let port = free_port();
     let mut child = p.spawn(port);
     // Restart once rows are flowing.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while p.counts().0 < 5_000 {
-        assert!(Instant::now() < deadline, "no rows; logs:\n{}", p.logs());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(300),
+        Duration::from_millis(200),
+        || p.counts().0 >= 5_000,
+        || format!("no rows; logs:\n{}", p.logs()),
+    );
     cluster.stop();
     std::thread::sleep(Duration::from_secs(2));
     cluster.start_again();
@@ -398,15 +401,12 @@ fn exactly_once_when_one_of_two_group_members_dies() {
     let (port_a, port_b) = (free_port(), free_port());
     let mut a = p.spawn(port_a);
     let mut b = p.spawn(port_b);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while p.counts().0 < 20_000 {
-        assert!(
-            Instant::now() < deadline,
-            "no progress; logs:\n{}",
-            p.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(300),
+        Duration::from_millis(200),
+        || p.counts().0 >= 20_000,
+        || format!("no progress; logs:\n{}", p.logs()),
+    );
     kill9(&mut b);
     p.wait_for(100_000, Duration::from_secs(600), &mut [&mut a]);
     std::thread::sleep(Duration::from_secs(2));
@@ -433,15 +433,12 @@ fn metrics_expose_the_pipeline_and_shutdown_is_graceful() {
         })
     };
     assert_eq!(get("/healthz").0, 200);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get("/readyz").0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "never ready: {}",
-            get("/readyz").1
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || get("/readyz").0 == 200,
+        || format!("never ready: {}", get("/readyz").1),
+    );
     // Lag is measured every few seconds.
     std::thread::sleep(Duration::from_secs(6));
     let (status, text) = get("/metrics");

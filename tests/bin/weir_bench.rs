@@ -39,7 +39,7 @@ use weir::runtime::types::{Action, InsertRow};
 use weir::sink::{Sink, SinkBatch, SinkConfig, SinkItem};
 use weir::source::{Decoded, Decoder};
 use weir::source::{KafkaSource, SourceConfig, StartFrom};
-use weir_tests::{Broker, GUEST_DIR, Registry, TestDb, repo_root, rt, run_sql, unique};
+use weir_tests::{Broker, GUEST_DIR, Registry, TestDb, repo_root, rt, run_sql, unique, wait_until};
 
 const TOPIC: &str = "tickers.stocks";
 const PARTITIONS: i32 = 3;
@@ -420,19 +420,19 @@ impl WeirRun {
 
     /// Waits until `done`, failing if weir run exits or an hour passes.
     fn wait(&mut self, what: &str, poll: Duration, done: &dyn Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        while !done() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-                panic!("weir run ({}) exited with {status}:\n{text}", self.name);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: not {what} in an hour",
-                self.name
-            );
-            std::thread::sleep(poll);
-        }
+        let (name, child, log) = (self.name, &mut self.child, &self.log);
+        wait_until(
+            Duration::from_secs(3600),
+            poll,
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let text = std::fs::read_to_string(log).unwrap_or_default();
+                    panic!("weir run ({name}) exited with {status}:\n{text}");
+                }
+                done()
+            },
+            || format!("{name}: not {what} in an hour"),
+        );
     }
 }
 
@@ -513,13 +513,16 @@ fn native_run(dir: &Path, services: Services, n: u64) -> Measurement {
                 .await
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(3600);
     let wait = |what: &str, done: &dyn Fn() -> bool| {
-        while !done() {
-            assert!(!running.is_finished(), "the native run stopped early");
-            assert!(Instant::now() < deadline, "native: not {what} in an hour");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(
+            Duration::from_secs(3600),
+            Duration::from_millis(10),
+            || {
+                assert!(!running.is_finished(), "the native run stopped early");
+                done()
+            },
+            || format!("native: not {what} in an hour"),
+        );
     };
     wait("ready", &|| health.ready().is_ok());
     let cpu = own_cpu_seconds();
