@@ -1,9 +1,12 @@
 //! The Kubernetes deployment, checked without a cluster: the five charts lint and render
 //! (defaults and each environment's values), `helmfile template` renders both
-//! environments, every rendered object validates strictly against the Kubernetes
-//! schemas (kubernetes-validate, offline), every pod is locked down, no password is in a
-//! ConfigMap or an env literal, a bad value is refused by the chart's schema, and the
-//! releases reach each other by the names the charts create.
+//! environments as helmfile 0.x and 1.x read the file, every rendered object validates
+//! strictly against the Kubernetes schemas (kubernetes-validate, offline), every pod is
+//! locked down with a ServiceAccount of its own, no password is in a ConfigMap or an env
+//! literal and no render makes one up, production needs an image repository, the image is
+//! set once for every release that runs weir, guests given through helmfile survive the
+//! next sync, a bad value is refused by the chart's schema, and the releases reach each
+//! other by the names the charts create.
 //!
 //! The tools come from `make tools` (tests/deploy/tools.sh) in `.tools/bin`.
 
@@ -26,8 +29,33 @@ const CHARTS: [&str; 5] = [
     "monitoring",
 ];
 const ENVIRONMENTS: [&str; 2] = ["local", "production"];
-/// The Kubernetes version the manifests are validated against.
-const KUBERNETES: &str = "1.35.0";
+/// The Kubernetes versions the manifests are validated against: the oldest the charts
+/// support (their `kubeVersion`) and a current release.
+const KUBERNETES: [&str; 2] = ["1.29.0", "1.35.0"];
+
+/// How helmfile reads the file: as 0.x does, and as 1.x does (the bundled 0.x binary's
+/// 1.0 mode).
+const HELMFILE_MODES: [(&str, &[(&str, &str)]); 2] =
+    [("0.x", &[]), ("1.x", &[("HELMFILE_V1MODE", "true")])];
+
+/// What the production environment needs to render: an image repository, and the first
+/// install's passwords (there is no cluster to read them back from).
+const PRODUCTION_ENV: [(&str, &str); 4] = [
+    ("WEIR_IMAGE_REPOSITORY", "registry.example.com/weir"),
+    ("WEIR_POSTGRES_PASSWORD", "pg-Pw-7d1c0e93"),
+    ("WEIR_GRAFANA_PASSWORD", "graf-Pw-52ab1f"),
+    ("WEIR_ADMIN_TOKEN", "admin-Tk-9e44c2"),
+];
+
+/// What each chart needs for a first install, when rendered on its own: the passwords no
+/// render makes up.
+fn first_install(chart: &str) -> &'static [&'static str] {
+    match chart {
+        "storage" => &["--set", "auth.password=pg-Pw-7d1c0e93"],
+        "monitoring" => &["--set", "grafana.adminPassword=graf-Pw-52ab1f"],
+        _ => &[],
+    }
+}
 
 fn tool(name: &str) -> PathBuf {
     let path = repo_root().join(".tools/bin").join(name);
@@ -41,15 +69,27 @@ fn tool(name: &str) -> PathBuf {
 
 /// Runs a tool from the repository root; returns (success, stdout, stderr).
 fn run(program: &Path, args: &[&str]) -> (bool, String, String) {
+    run_env(program, args, &[])
+}
+
+/// [`run`] with extra environment variables (and none of the WEIR_ ones of this process).
+fn run_env(program: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let tools = repo_root().join(".tools/bin");
     let path = format!(
         "{}:{}",
         tools.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let out = Command::new(program)
+    let mut command = Command::new(program);
+    for (var, _) in std::env::vars() {
+        if var.starts_with("WEIR_") {
+            command.env_remove(var);
+        }
+    }
+    let out = command
         .args(args)
         .current_dir(repo_root())
+        .envs(env.iter().copied())
         .env("PATH", path)
         // helm keeps caches and plugins in these; a throwaway home keeps runs apart.
         .env(
@@ -74,7 +114,11 @@ fn run(program: &Path, args: &[&str]) -> (bool, String, String) {
 }
 
 fn ok(program: &Path, args: &[&str]) -> String {
-    let (success, stdout, stderr) = run(program, args);
+    ok_env(program, args, &[])
+}
+
+fn ok_env(program: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let (success, stdout, stderr) = run_env(program, args, env);
     assert!(
         success,
         "{} {} failed:\n{stderr}\n{stdout}",
@@ -84,40 +128,54 @@ fn ok(program: &Path, args: &[&str]) -> String {
     stdout
 }
 
-/// `helm template RELEASE charts/CHART` with extra arguments.
+/// `helm template RELEASE charts/CHART` with the first install's passwords and extra
+/// arguments.
 fn template(release: &str, chart: &str, extra: &[&str]) -> String {
-    let chart = format!("charts/{chart}");
-    let mut args = vec!["template", release, chart.as_str(), "--namespace", "weir"];
+    let dir = format!("charts/{chart}");
+    let mut args = vec!["template", release, dir.as_str(), "--namespace", "weir"];
+    args.extend_from_slice(first_install(chart));
     args.extend_from_slice(extra);
     ok(&tool("helm"), &args)
 }
 
-/// `helmfile template` of an environment, rendered once per test binary (several tests
-/// read it).
-fn helmfile_template(environment: &str) -> &'static str {
-    static RENDERED: OnceLock<BTreeMap<&'static str, String>> = OnceLock::new();
+/// The environment a helmfile command of `environment` runs with, in `mode`.
+fn helmfile_env(
+    environment: &str,
+    mode: &[(&'static str, &'static str)],
+) -> Vec<(&'static str, &'static str)> {
+    let mut env = mode.to_vec();
+    if environment == "production" {
+        env.extend(PRODUCTION_ENV);
+    }
+    env
+}
+
+/// `helmfile --environment ENV template` with extra arguments, in `mode`.
+fn helmfile(environment: &str, mode: &[(&'static str, &'static str)], extra: &[&str]) -> String {
+    let mut args = vec!["--environment", environment];
+    args.extend_from_slice(extra);
+    args.extend(["template", "--skip-deps", "--args", "--namespace=weir"]);
+    ok_env(&tool("helmfile"), &args, &helmfile_env(environment, mode))
+}
+
+/// `helmfile template` of an environment as helmfile `mode` (`0.x`, `1.x`) reads the file,
+/// rendered once per test binary (several tests read it).
+fn helmfile_template(environment: &str, mode: &str) -> &'static str {
+    static RENDERED: OnceLock<BTreeMap<(&'static str, &'static str), String>> = OnceLock::new();
     let rendered = RENDERED.get_or_init(|| {
-        ENVIRONMENTS
-            .iter()
-            .map(|env| {
-                let yaml = ok(
-                    &tool("helmfile"),
-                    &[
-                        "--environment",
-                        env,
-                        "template",
-                        "--skip-deps",
-                        "--args",
-                        "--namespace=weir",
-                    ],
-                );
-                (*env, yaml)
-            })
-            .collect()
+        let mut all = BTreeMap::new();
+        for env in ENVIRONMENTS {
+            for (mode, vars) in HELMFILE_MODES {
+                all.insert((env, mode), helmfile(env, vars, &[]));
+            }
+        }
+        all
     });
     rendered
-        .get(environment)
-        .unwrap_or_else(|| panic!("no environment {environment}"))
+        .iter()
+        .find(|((e, m), _)| *e == environment && *m == mode)
+        .map(|(_, yaml)| yaml.as_str())
+        .unwrap_or_else(|| panic!("no environment {environment} in mode {mode}"))
 }
 
 /// The documents of a multi-document YAML stream (empty ones dropped).
@@ -156,25 +214,21 @@ fn find<'a>(all: &'a [Value], k: &str, n: &str) -> &'a Value {
         })
 }
 
-/// Validates rendered manifests strictly, offline.
+/// Validates rendered manifests strictly, offline, against each of [`KUBERNETES`].
 fn validate(label: &str, yaml: &str) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(format!("{label}.yaml"));
     std::fs::write(&file, yaml).unwrap();
-    let (success, stdout, stderr) = run(
-        &tool("kubernetes-validate"),
-        &[
-            "--strict",
-            "--quiet",
-            "-k",
-            KUBERNETES,
-            file.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        success && !stdout.contains("ERROR"),
-        "{label} does not validate against Kubernetes {KUBERNETES}:\n{stdout}\n{stderr}"
-    );
+    for version in KUBERNETES {
+        let (success, stdout, stderr) = run(
+            &tool("kubernetes-validate"),
+            &["--strict", "--quiet", "-k", version, file.to_str().unwrap()],
+        );
+        assert!(
+            success && !stdout.contains("ERROR"),
+            "{label} does not validate against Kubernetes {version}:\n{stdout}\n{stderr}"
+        );
+    }
 }
 
 /// Every rendering the checks look at: (label, YAML), rendered once per test binary.
@@ -196,10 +250,12 @@ fn render_all() -> Vec<(String, String)> {
         }
     }
     for env in ENVIRONMENTS {
-        out.push((
-            format!("helmfile-{env}"),
-            helmfile_template(env).to_string(),
-        ));
+        for (mode, _) in HELMFILE_MODES {
+            out.push((
+                format!("helmfile-{mode}-{env}"),
+                helmfile_template(env, mode).to_string(),
+            ));
+        }
     }
     out
 }
@@ -208,13 +264,14 @@ fn render_all() -> Vec<(String, String)> {
 fn every_chart_lints_with_its_defaults_and_each_environment() {
     for chart in CHARTS {
         let dir = format!("charts/{chart}");
-        ok(&tool("helm"), &["lint", "--strict", &dir]);
+        let mut args = vec!["lint", "--strict", dir.as_str()];
+        args.extend_from_slice(first_install(chart));
+        ok(&tool("helm"), &args);
         for env in ENVIRONMENTS {
             let values = format!("charts/environments/{env}/{chart}.yaml");
-            ok(
-                &tool("helm"),
-                &["lint", "--strict", &dir, "--values", &values],
-            );
+            let mut with_values = args.clone();
+            with_values.extend(["--values", &values]);
+            ok(&tool("helm"), &with_values);
         }
     }
 }
@@ -464,7 +521,7 @@ fn workload_containers<'a>(all: &'a [Value], k: &str, n: &str) -> Vec<&'a Value>
 #[test]
 fn the_releases_reach_each_other_by_the_names_the_charts_create() {
     for env in ENVIRONMENTS {
-        let all = docs(helmfile_template(env));
+        let all = docs(helmfile_template(env, "1.x"));
         let what = |s: &str| format!("{env}: {s}");
 
         // processing -> streaming (broker, registry) and storage (Postgres).
@@ -683,7 +740,7 @@ fn a_guest_set_with_set_file_lands_byte_for_byte_in_the_guests_configmap() {
 fn the_rendered_weir_config_is_one_weir_accepts() {
     // The processing release's weir.yaml, with the image's paths pointed at this checkout,
     // through weir's own config check.
-    let all = docs(helmfile_template("production"));
+    let all = docs(helmfile_template("production", "1.x"));
     let cm = find(&all, "ConfigMap", "processing-weir-config");
     let text = str_at(cm, &["data", "weir.yaml"]).unwrap();
     let text = text
@@ -732,4 +789,425 @@ fn the_image_has_what_the_charts_use() {
             ".dockerignore drops {kept}"
         );
     }
+}
+
+/// Every container image of a rendering, with the pod it is in.
+fn images(all: &[Value]) -> Vec<(String, String)> {
+    all.iter()
+        .filter_map(|d| Some((d, pod_spec(d)?)))
+        .flat_map(|(d, spec)| {
+            containers(spec).into_iter().map(move |c| {
+                (
+                    format!("{} {}", kind(d), name(d)),
+                    str_at(c, &["image"]).unwrap_or("").to_string(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The images that are not weir's: Postgres, Kafka, AKHQ, Prometheus, Grafana.
+const THIRD_PARTY: [&str; 5] = [
+    "postgres:",
+    "apache/kafka:",
+    "tchiotludo/akhq:",
+    "prom/prometheus:",
+    "grafana/grafana:",
+];
+
+#[test]
+fn production_needs_an_image_repository_and_every_release_gets_the_one_image() {
+    for (mode, vars) in HELMFILE_MODES {
+        // Without one, or with the bare default, production refuses to render.
+        for repository in ["", "weir"] {
+            let mut env = helmfile_env("production", vars);
+            env.retain(|(k, _)| *k != "WEIR_IMAGE_REPOSITORY");
+            env.push(("WEIR_IMAGE_REPOSITORY", repository));
+            let (success, _, stderr) = run_env(
+                &tool("helmfile"),
+                &["--environment", "production", "template", "--skip-deps"],
+                &env,
+            );
+            assert!(
+                !success,
+                "{mode}: production rendered with image.repository {repository:?}"
+            );
+            assert!(
+                stderr.contains("image.repository is required in production"),
+                "{mode}: {stderr}"
+            );
+        }
+        // With a registry, a repository and a digest: every weir container runs exactly
+        // that image, and every pod running it has the pull secret.
+        let digest = format!("sha256:{}", "5e".repeat(32));
+        let set = format!(
+            "image.registry=ghcr.io,image.repository=acme/weir,image.digest={digest},image.pullSecrets[0]=acme-pull"
+        );
+        let all = docs(&helmfile("production", vars, &["--state-values-set", &set]));
+        let want = format!("ghcr.io/acme/weir@{digest}");
+        let mut weir_pods = BTreeSet::new();
+        for (pod, image) in images(&all) {
+            if THIRD_PARTY.iter().any(|t| image.starts_with(t)) {
+                continue;
+            }
+            assert_eq!(image, want, "{mode}: {pod}");
+            weir_pods.insert(pod);
+        }
+        for workload in [
+            "Deployment processing-weir",
+            "Deployment ingestion-ingest",
+            "Job storage-migrate",
+            "Deployment streaming-registry",
+            "Job streaming-schemas",
+        ] {
+            assert!(
+                weir_pods.contains(workload),
+                "{mode}: {workload} runs no weir image"
+            );
+        }
+        for doc in all
+            .iter()
+            .filter(|d| weir_pods.contains(&format!("{} {}", kind(d), name(d))))
+        {
+            let secrets =
+                serde_yaml::to_string(&pod_spec(doc).unwrap()["imagePullSecrets"]).unwrap();
+            assert!(
+                secrets.contains("acme-pull"),
+                "{mode}: {} {} has no pull secret",
+                kind(doc),
+                name(doc)
+            );
+        }
+    }
+    // Local runs the image the README builds and loads: weir:<appVersion>.
+    let all = docs(helmfile_template("local", "1.x"));
+    for (pod, image) in images(&all) {
+        if !THIRD_PARTY.iter().any(|t| image.starts_with(t)) {
+            assert_eq!(image, "weir:0.1.0", "{pod}");
+        }
+    }
+}
+
+/// The guests ConfigMap's files, by name, as their sha256.
+fn guests_in(all: &[Value]) -> BTreeMap<String, String> {
+    let cm = find(all, "ConfigMap", "processing-weir-guests");
+    cm.get("binaryData")
+        .and_then(Value::as_mapping)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap();
+            (
+                k.as_str().unwrap().to_string(),
+                hex::encode(sha2::Sha256::digest(bytes)),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn guests_given_through_helmfile_are_still_there_after_the_next_sync() {
+    let wasm = Path::new(GUEST_DIR).join("tickers.wasm");
+    let want = hex::encode(sha2::Sha256::digest(std::fs::read(&wasm).unwrap()));
+    // The documented way: the environment's `guests:`, here as a state values file.
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("guests.yaml");
+    std::fs::write(
+        &values,
+        format!("guests:\n  tickers.wasm: {}\n", wasm.display()),
+    )
+    .unwrap();
+    let values = values.to_str().unwrap();
+    for (mode, vars) in HELMFILE_MODES {
+        // `helmfile sync` twice: each applies what `template` renders and passes what
+        // `write-values` writes; the second must not lose what the first delivered.
+        for sync in 1..=2 {
+            let all = docs(&helmfile("local", vars, &["--state-values-file", values]));
+            assert_eq!(
+                guests_in(&all),
+                BTreeMap::from([("tickers.wasm".to_string(), want.clone())]),
+                "{mode}: sync {sync}: the guests ConfigMap"
+            );
+            let config = weir_config(&all);
+            for p in config["pipelines"].as_sequence().unwrap() {
+                let guest = p["guest"].as_str().unwrap();
+                assert!(
+                    guest == "/etc/weir/guests/tickers.wasm"
+                        || (guest == "tickers.wasm"
+                            && config["guests"]["dir"].as_str() == Some("/etc/weir/guests")),
+                    "{mode}: sync {sync}: a pipeline runs {guest}, not the delivered guest"
+                );
+            }
+            let out = tempfile::tempdir().unwrap();
+            let template = format!("{}/{{{{ .Release.Name }}}}.yaml", out.path().display());
+            let args = [
+                "--environment",
+                "local",
+                "--state-values-file",
+                values,
+                "write-values",
+                "--skip-deps",
+                "--output-file-template",
+                &template,
+            ];
+            ok_env(&tool("helmfile"), &args, &helmfile_env("local", vars));
+            let release: Value = serde_yaml::from_str(
+                &std::fs::read_to_string(out.path().join("processing.yaml")).unwrap(),
+            )
+            .unwrap();
+            let b64 = release["guests"]["files"]["tickers.wasm"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{mode}: sync {sync}: no guest in the release's values"));
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
+            assert_eq!(
+                hex::encode(sha2::Sha256::digest(bytes)),
+                want,
+                "{mode}: sync {sync}"
+            );
+        }
+    }
+    // Without guests, the ConfigMap is empty and the pipelines run the image's.
+    assert!(guests_in(&docs(helmfile_template("local", "1.x"))).is_empty());
+}
+
+/// The data of the Secret `name` in a rendering.
+fn secret_data(all: &[Value], name: &str) -> String {
+    serde_yaml::to_string(&find(all, "Secret", name)["data"]).unwrap()
+}
+
+#[test]
+fn no_render_makes_up_a_secret_and_a_first_install_without_one_is_refused() {
+    // The charts' Secrets, with the value that fills them and the message without it.
+    let cases: [(&str, &str, &[&str], &str, &str); 3] = [
+        (
+            "storage",
+            "storage-postgres",
+            &[],
+            "auth.password",
+            "storage: no Postgres password: give auth.password for the first install (with helmfile: WEIR_POSTGRES_PASSWORD)",
+        ),
+        (
+            "monitoring",
+            "monitoring-grafana",
+            &[],
+            "grafana.adminPassword",
+            "monitoring: no Grafana admin password: give grafana.adminPassword for the first install (with helmfile: WEIR_GRAFANA_PASSWORD)",
+        ),
+        (
+            "processing",
+            "processing-weir-admin",
+            &["--set", "admin.enabled=true"],
+            "admin.token",
+            "processing: admin.enabled needs a token: give admin.token for the first install (with helmfile: WEIR_ADMIN_TOKEN)",
+        ),
+    ];
+    for (chart, secret, extra, key, refusal) in cases {
+        let dir = format!("charts/{chart}");
+        let mut args = vec!["template", chart, dir.as_str()];
+        args.extend_from_slice(extra);
+        let (success, _, stderr) = run(&tool("helm"), &args);
+        assert!(!success, "{chart}: rendered a Secret without {key}");
+        assert!(stderr.contains(refusal), "{chart}: {stderr}");
+        let set = format!("{key}=s3cret-value");
+        args.extend(["--set", &set]);
+        let first = secret_data(&docs(&ok(&tool("helm"), &args)), secret);
+        let second = secret_data(&docs(&ok(&tool("helm"), &args)), secret);
+        assert_eq!(first, second, "{chart}: two renders, two Secrets");
+        let b64 = base64::engine::general_purpose::STANDARD.encode("s3cret-value");
+        assert!(first.contains(&b64), "{chart}: {first}");
+    }
+    // Through helmfile: production names the variable of a first install; two renders
+    // give the same Secrets.
+    let mut env = helmfile_env("production", &[]);
+    env.retain(|(k, _)| *k != "WEIR_POSTGRES_PASSWORD");
+    let (success, _, stderr) = run_env(
+        &tool("helmfile"),
+        &["--environment", "production", "template", "--skip-deps"],
+        &env,
+    );
+    assert!(
+        !success && stderr.contains("WEIR_POSTGRES_PASSWORD"),
+        "{stderr}"
+    );
+    for env in ENVIRONMENTS {
+        let again = docs(&helmfile(env, &[], &[]));
+        let first = docs(helmfile_template(env, "0.x"));
+        for secret in ["storage-postgres", "monitoring-grafana"] {
+            assert_eq!(
+                secret_data(&first, secret),
+                secret_data(&again, secret),
+                "{env}: {secret}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_charts_do_what_well_kept_charts_do() {
+    for chart in CHARTS {
+        let meta: Value = serde_yaml::from_str(
+            &std::fs::read_to_string(repo_root().join(format!("charts/{chart}/Chart.yaml")))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            meta["kubeVersion"].as_str(),
+            Some(">=1.29.0-0"),
+            "{chart}: Chart.yaml kubeVersion"
+        );
+    }
+    for env in ENVIRONMENTS {
+        let all = docs(helmfile_template(env, "1.x"));
+        let accounts: BTreeMap<&str, &Value> = all
+            .iter()
+            .filter(|d| kind(d) == "ServiceAccount")
+            .map(|d| (name(d), d))
+            .collect();
+        for doc in &all {
+            let what = format!("{env}: {} {}", kind(doc), name(doc));
+            // Hook Jobs go once they succeed.
+            if let Some(hook) = str_at(doc, &["metadata", "annotations", "helm.sh/hook"]) {
+                let policy = str_at(
+                    doc,
+                    &["metadata", "annotations", "helm.sh/hook-delete-policy"],
+                )
+                .unwrap_or("");
+                assert!(
+                    policy.split(',').any(|p| p == "hook-succeeded")
+                        && policy.split(',').any(|p| p == "before-hook-creation"),
+                    "{what} ({hook}): hook-delete-policy {policy:?}"
+                );
+            }
+            // A ServiceAccount of its own, without a token unless it uses the API.
+            let Some(spec) = pod_spec(doc) else { continue };
+            let account = str_at(spec, &["serviceAccountName"])
+                .unwrap_or_else(|| panic!("{what}: no serviceAccountName"));
+            let sa = accounts
+                .get(account)
+                .unwrap_or_else(|| panic!("{what}: ServiceAccount {account} is not rendered"));
+            let uses_api = account.ends_with("-prometheus");
+            for (owner, automount) in [
+                ("pod", spec.get("automountServiceAccountToken")),
+                ("ServiceAccount", sa.get("automountServiceAccountToken")),
+            ] {
+                assert_eq!(
+                    automount.and_then(Value::as_bool),
+                    Some(uses_api),
+                    "{what}: {owner} automountServiceAccountToken"
+                );
+            }
+        }
+        // AKHQ: no admin rights for anonymous users, no JMX.
+        let akhq = find(&all, "ConfigMap", "monitoring-akhq");
+        let app: Value =
+            serde_yaml::from_str(str_at(akhq, &["data", "application.yml"]).unwrap()).unwrap();
+        let group = app["akhq"]["security"]["default-group"].as_str();
+        assert!(
+            matches!(group, Some("reader" | "no-roles")),
+            "{env}: AKHQ default-group {group:?}"
+        );
+        let jvm = str_at(akhq, &["data", "jvm.options"]).unwrap();
+        assert!(!jvm.contains("jmxremote"), "{env}: AKHQ opens JMX: {jvm}");
+        let akhq_pod = workload_containers(&all, "Deployment", "monitoring-akhq");
+        assert_eq!(
+            env_of(akhq_pod[0], "JVM_OPTS_FILE").and_then(|e| str_at(e, &["value"])),
+            Some("/etc/akhq/jvm.options"),
+            "{env}: AKHQ reads the image's jvm.options (unauthenticated JMX)"
+        );
+        // Kafka: its start counts once the node is in sync again; its cluster id is this
+        // install's, kept, and not the old fixed default.
+        let kafka = workload_containers(&all, "StatefulSet", "streaming-kafka");
+        let startup = serde_yaml::to_string(&kafka[0]["startupProbe"]).unwrap();
+        assert!(
+            startup.contains("in-sync.sh"),
+            "{env}: Kafka's startup probe: {startup}"
+        );
+        let id = find(&all, "ConfigMap", "streaming-kafka-cluster-id");
+        assert_eq!(
+            str_at(id, &["metadata", "annotations", "helm.sh/resource-policy"]),
+            Some("keep"),
+            "{env}: the cluster id goes with the volumes"
+        );
+        let cluster_id = str_at(id, &["data", "cluster-id"]).unwrap();
+        assert_ne!(
+            cluster_id, "d2Vpci1rcmFmdC1jbHVzdA",
+            "{env}: the fixed default cluster id"
+        );
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(cluster_id)
+            .unwrap_or_else(|e| panic!("{env}: cluster id {cluster_id}: {e}"));
+        assert_eq!(bytes.len(), 16, "{env}: cluster id {cluster_id}");
+        let from = env_of(kafka[0], "KAFKA_CLUSTER_ID").unwrap();
+        assert_eq!(
+            str_at(from, &["valueFrom", "configMapKeyRef", "name"]),
+            Some("streaming-kafka-cluster-id")
+        );
+    }
+    // Two installs, two cluster ids.
+    let a = docs(&template("streaming", "streaming", &[]));
+    let b = docs(&template("streaming", "streaming", &[]));
+    let id = |all: &[Value]| {
+        str_at(
+            find(all, "ConfigMap", "streaming-kafka-cluster-id"),
+            &["data", "cluster-id"],
+        )
+        .unwrap()
+        .to_string()
+    };
+    assert_ne!(id(&a), id(&b));
+}
+
+#[test]
+fn kafkas_startup_check_waits_until_the_node_is_in_sync() {
+    // The script the startup probe runs, against a stand-in for kafka-topics.sh that prints
+    // what a cluster would (the format of Kafka 3.8's --describe).
+    let all = docs(&template("streaming", "streaming", &[]));
+    let script = str_at(
+        find(&all, "ConfigMap", "streaming-kafka"),
+        &["data", "in-sync.sh"],
+    )
+    .unwrap()
+    .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(dir.path().join("in-sync.sh"), &script).unwrap();
+    let check = |described: &str, node: &str| -> bool {
+        let tool = bin.join("kafka-topics.sh");
+        std::fs::write(
+            &tool,
+            format!("#!/bin/bash\ncat <<'OUT'\n{described}\nOUT\n"),
+        )
+        .unwrap();
+        Command::new("chmod").arg("+x").arg(&tool).status().unwrap();
+        Command::new("bash")
+            .arg(dir.path().join("in-sync.sh"))
+            .env("KAFKA_HOME", dir.path())
+            .env("POD_NAME", format!("streaming-kafka-{node}"))
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let line = |partition: u32, replicas: &str, isr: &str| {
+        format!(
+            "\tTopic: tickers.stocks\tTopicId: 3x0\tPartition: {partition}\tLeader: 0\tReplicas: {replicas}\tIsr: {isr}\tElr: \tLastKnownElr: "
+        )
+    };
+    // Nothing under-replicated: in sync.
+    assert!(check("", "1"));
+    // Node 1 missing from an ISR it belongs to: not yet.
+    assert!(!check(&line(0, "0,1,2", "0,2"), "1"));
+    // Under-replicated, but because of another node: this one is in sync.
+    assert!(check(&line(0, "0,1,2", "0,1"), "1"));
+    // Node ids are compared whole (node 1 is not in "11").
+    assert!(!check(&line(3, "1,11,2", "11,2"), "1"));
+    assert!(check(
+        &[line(3, "1,11,2", "1,2"), line(4, "10,11,2", "10,2")].join("\n"),
+        "1"
+    ));
 }

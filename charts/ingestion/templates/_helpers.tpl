@@ -54,7 +54,14 @@ helm.sh/chart: {{ include "ingestion.chart" . }}
 
 {{/* The weir image. */}}
 {{- define "ingestion.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- /* [registry/]repository, then @digest, else :tag (default the appVersion). */ -}}
+{{- $i := .Values.image -}}
+{{- $repository := ternary (printf "%s/%s" $i.registry $i.repository) $i.repository (ne $i.registry "") -}}
+{{- if $i.digest -}}
+{{- printf "%s@%s" $repository $i.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository ($i.tag | default .Chart.AppVersion) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Kafka bootstrap servers: kafka.brokers, else <streaming.release>-kafka:9092. */}}
@@ -97,6 +104,7 @@ helm.sh/chart: {{ include "ingestion.chart" . }}
 {{- define "ingestion.podSpec" -}}
 {{- $root := .root -}}
 {{- with $root -}}
+serviceAccountName: {{ include "ingestion.fullname" . }}
 automountServiceAccountToken: false
 enableServiceLinks: false
 restartPolicy: {{ $.restartPolicy }}

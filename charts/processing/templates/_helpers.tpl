@@ -56,7 +56,14 @@ helm.sh/chart: {{ include "processing.chart" . }}
 
 {{/* The weir image. */}}
 {{- define "processing.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- /* [registry/]repository, then @digest, else :tag (default the appVersion). */ -}}
+{{- $i := .Values.image -}}
+{{- $repository := ternary (printf "%s/%s" $i.registry $i.repository) $i.repository (ne $i.registry "") -}}
+{{- if $i.digest -}}
+{{- printf "%s@%s" $repository $i.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository ($i.tag | default .Chart.AppVersion) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Ports fixed by charts/README.md. */}}

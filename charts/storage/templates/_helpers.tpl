@@ -76,7 +76,14 @@ Image references.
 {{- end }}
 
 {{- define "storage.weirImage" -}}
-{{- printf "%s:%s" .Values.weirImage.repository (default .Chart.AppVersion .Values.weirImage.tag) }}
+{{- /* [registry/]repository, then @digest, else :tag (default the appVersion). */ -}}
+{{- $i := .Values.weirImage -}}
+{{- $repository := ternary (printf "%s/%s" $i.registry $i.repository) $i.repository (ne $i.registry "") -}}
+{{- if $i.digest -}}
+{{- printf "%s@%s" $repository $i.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository ($i.tag | default .Chart.AppVersion) -}}
+{{- end -}}
 {{- end }}
 
 {{/*
