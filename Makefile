@@ -36,6 +36,14 @@ test: guests services tools
 bench: guests
 	cargo bench -p weir-tests --bench runtime
 
+# The property tests at full size (`make test` runs 64 cases of each): generated schemas
+# and bodies against the decoder, and random requests against the registry.
+FUZZ_CASES ?= 20000
+.PHONY: fuzz
+fuzz: guests services
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release -p weir --lib avro_props
+	PROPTEST_CASES=$$(( $(FUZZ_CASES) / 10 )) cargo test --release -p weir-tests --test hostile random_requests
+
 # weir's whole path against its ceilings and a hand-written Python pipeline (BENCHMARKS.md);
 # RECORDS ticks (default 1,000,000). Starts its own broker, registry and database schema.
 # ONLY: a comma-separated subset of source,sink,passthrough,native,market,baseline,latency.

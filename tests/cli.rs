@@ -1,4 +1,5 @@
-//! `weir guest check` and `weir guest run`, run as a user would.
+//! `weir guest check` and `weir guest run`, and what `weir ingest replay` refuses before
+//! it connects to anything, run as a user would.
 
 use std::path::Path;
 
@@ -36,11 +37,34 @@ fn check_prints_the_world_and_accepts_a_fitting_guest() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     assert!(
+        stdout.contains("export init: func(config: list<config-entry>) -> result<_, string>;"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("export process: func(batch: batch) -> output;"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("weir:processor/types@0.2.0"), "{stdout}");
+    assert!(stdout.contains("sha256:"), "{stdout}");
+    assert!(stdout.contains("targets: weir:processor@0.2.0"), "{stdout}");
+    assert!(
+        stdout.contains("result:  fits weir:processor@0.2.0"),
+        "{stdout}"
+    );
+
+    // A guest of the old world is still accepted, as one of that world.
+    let out = weir(&[
+        "guest",
+        "check",
+        path(&guest_path("fixture_v1_passthrough")),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
         stdout.contains("export process: func(batch: batch) -> list<outcome>;"),
         "{stdout}"
     );
     assert!(stdout.contains("weir:processor/types@0.1.0"), "{stdout}");
-    assert!(stdout.contains("sha256:"), "{stdout}");
     assert!(
         stdout.contains("result:  fits weir:processor@0.1.0"),
         "{stdout}"
@@ -64,7 +88,7 @@ fn check_refuses_a_forbidden_import_naming_it() {
 fn check_refuses_a_wrong_world_and_bad_files() {
     let (_, stderr) = check_failing(path(&guest_path("fixture_wrong_world")));
     assert!(
-        stderr.contains("exports `transform` but not `process"),
+        stderr.contains("it exports `transform`, not `init: func(config: list<config-entry>)"),
         "{stderr}"
     );
 
@@ -144,6 +168,17 @@ fn run_reports_bad_input_with_file_and_line() {
         stderr.contains("cannot read input /no/such.jsonl"),
         "{stderr}"
     );
+    // Two spellings of one field, and a key given twice, are refused, not merged.
+    std::fs::write(&input, "{\"a.b\":1,\"a\":{\"b\":2}}\n{\"x\":1,\"x\":2}\n").unwrap();
+    let stderr = run_failing("passthrough", path(&input), &[]);
+    assert!(
+        stderr.contains(&format!("{}:1: ", input.display()))
+            && stderr.contains("both become the field `a.b`"),
+        "{stderr}"
+    );
+    std::fs::write(&input, "{\"x\":1,\"x\":2}\n").unwrap();
+    let stderr = run_failing("passthrough", path(&input), &[]);
+    assert!(stderr.contains(r#"the key "x" appears twice"#), "{stderr}");
 }
 
 #[test]
@@ -166,7 +201,7 @@ fn run_reports_a_guest_failure_and_a_wrong_world() {
 
     let stderr = run_failing("fixture_wrong_world", path(&input), &[]);
     assert!(
-        stderr.contains("does not fit the weir:processor@0.1.0 world"),
+        stderr.contains("does not fit the weir:processor@0.1.0 or weir:processor@0.2.0 world"),
         "{stderr}"
     );
 }
@@ -187,7 +222,7 @@ fn migrate_takes_the_database_and_directory_from_a_config() {
         format!(
             "kafka: {{brokers: \"127.0.0.1:1\"}}\nregistry: {{url: \"http://127.0.0.1:1\"}}\n\
              database: {{url: \"{}\", migrations: sql}}\n\
-             pipelines:\n  - {{name: p, topic: t, guest: \"{}\"}}\n",
+             pipelines:\n  - {{name: p, topic: t, guest: \"{}\", tables: [x]}}\n",
             db.url(),
             guest_path("passthrough").display()
         ),
@@ -204,4 +239,50 @@ fn migrate_takes_the_database_and_directory_from_a_config() {
         "skipped (already applied) 001_t.sql\nnothing to apply\n"
     );
     weir_tests::run_sql(&db.url(), "SELECT id FROM migrated");
+}
+
+#[test]
+fn replay_refuses_a_number_out_of_range_and_a_column_named_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens at these: the file is refused before either is needed.
+    let replay = |file: &Path| {
+        let out = weir(&[
+            "ingest",
+            "replay",
+            path(file),
+            "--topic",
+            "tickers.stocks",
+            "--brokers",
+            "127.0.0.1:1",
+            "--registry",
+            "http://127.0.0.1:1",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "stdout: {}", text(&out.stdout));
+        text(&out.stderr)
+    };
+    let jsonl = dir.path().join("ticks.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"id\":\"AAPL\",\"price\":187.25}\n{\"id\":\"MSFT\",\"price\":1e400}\n",
+    )
+    .unwrap();
+    let stderr = replay(&jsonl);
+    assert!(
+        stderr.contains(&format!(
+            "{}:2: invalid JSON: field `price`: the number 1e400 is out of range for a 64-bit float",
+            jsonl.display()
+        )),
+        "{stderr}"
+    );
+
+    let csv = dir.path().join("ticks.csv");
+    std::fs::write(&csv, "id,price,price\nAAPL,187.25,188\n").unwrap();
+    let stderr = replay(&csv);
+    assert!(
+        stderr.contains(&format!(
+            "{}:1: the CSV header names the column `price` twice (columns 2 and 3)",
+            csv.display()
+        )),
+        "{stderr}"
+    );
 }

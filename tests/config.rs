@@ -76,8 +76,9 @@ fn weir_failing(args: &[&str]) -> String {
     text(&out.stderr)
 }
 
-/// One pipeline, lines 8–10.
-const PIPE: &str = "  - name: stocks\n    topic: tickers.stocks\n    guest: g.wasm\n";
+/// One pipeline, lines 8–11.
+const PIPE: &str =
+    "  - name: stocks\n    topic: tickers.stocks\n    guest: g.wasm\n    tables: [ticks]\n";
 
 #[test]
 fn env_fills_in_variables_with_and_without_defaults() {
@@ -144,6 +145,7 @@ fn values_file_fills_values_and_capital_values_helm_style() {
          \x20 - name: {{ p.name }}\n\
          \x20   topic: {{ p.topic }}\n\
          \x20   guest: {{ p.name }}.wasm\n\
+         \x20   tables: [{{ p.name }}_ticks]\n\
          {%- endfor %}\n",
     );
 
@@ -160,8 +162,8 @@ fn values_file_fills_values_and_capital_values_helm_style() {
         text(&out.stdout),
         "kafka:\n  brokers: kafka-0:9092\n  group_id: weir\nregistry:\n  url: http://registry:8081\n\
          database:\n  url: postgresql://db/weir\nguests:\n  dir: guests\npipelines:\n\
-         \x20 - name: a\n    topic: t.a\n    guest: a.wasm\n\
-         \x20 - name: b\n    topic: t.b\n    guest: b.wasm\n"
+         \x20 - name: a\n    topic: t.a\n    guest: a.wasm\n    tables: [a_ticks]\n\
+         \x20 - name: b\n    topic: t.b\n    guest: b.wasm\n    tables: [b_ticks]\n"
     );
 
     let c = config::load(&path, Some(&values)).unwrap();
@@ -170,6 +172,7 @@ fn values_file_fills_values_and_capital_values_helm_style() {
     let names: Vec<_> = c.pipelines.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["a", "b"]);
     assert_eq!(c.pipelines[1].guest, dir.path().join("guests/b.wasm"));
+    assert_eq!(c.pipelines[1].tables, ["b_ticks"]);
 
     // Without the values file the defaults apply, and a missing value is an error that
     // names it.
@@ -237,6 +240,56 @@ fn template_syntax_errors_give_tera_line_and_column() {
     );
     let err = dir.load_err("a: 1\n{% for x in values %}\nb: 2\n");
     assert!(err.starts_with("template: syntax error at line "), "{err}");
+}
+
+#[test]
+fn a_recursive_macro_and_a_huge_range_are_refused_without_a_crash() {
+    let dir = Dir::new();
+    // Each would exhaust the stack or the memory if rendered.
+    let path = dir.config(
+        "kafka:\n  brokers: {{ self::brokers(n=1) }}\n\
+         {% macro brokers(n) %}{{ self::brokers(n=n + 1) }}{% endmacro brokers %}\n",
+    );
+    for command in [&["config", "render", "--config"][..], &["run", "--config"]] {
+        let mut args = command.to_vec();
+        args.push(s(&path));
+        let stderr = weir_failing(&args);
+        assert!(
+            stderr.contains(
+                "template: macro `brokers` calls itself (brokers → brokers): recursion is not allowed in a configuration template (line 3)"
+            ),
+            "{stderr}"
+        );
+    }
+    let path = dir
+        .config("kafka:\n  brokers: x\n# {% for i in range(end=200000000) %}{{ i }}{% endfor %}\n");
+    let stderr = weir_failing(&["config", "render", "--config", s(&path)]);
+    assert!(
+        stderr.contains(
+            "template: range() would make 200000000 numbers, past the 1000000 all range() calls of one render may make together"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_template_past_the_memory_of_a_render_fails_in_its_own_process() {
+    let dir = Dir::new();
+    // A value doubled forty times in a loop that writes nothing: no check of the
+    // template's text sees it coming; the rendering process's memory cap does.
+    let path = dir.config(
+        "{% set_global s = \"xxxxxxxxxxxxxxxx\" %}\
+         {% for i in range(end=40) %}{% set_global s = s ~ s %}{% endfor %}kafka: {}\n",
+    );
+    for command in [&["config", "render", "--config"][..], &["run", "--config"]] {
+        let mut args = command.to_vec();
+        args.push(s(&path));
+        let stderr = weir_failing(&args);
+        assert!(
+            stderr.contains("template: rendering needs more than 1GiB of memory"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
@@ -310,7 +363,7 @@ fn unknown_keys_and_wrong_types_name_the_key_and_the_line() {
         err.starts_with("pipelines[0].batch.size: invalid type: string \"lots\", expected usize"),
         "{err}"
     );
-    assert!(err.contains("at line 11"), "{err}");
+    assert!(err.contains("at line 12"), "{err}");
 
     let err = dir.load_err(&with_header(&format!(
         "{PIPE}    limits:\n      deadline: 5\n"
@@ -321,7 +374,7 @@ fn unknown_keys_and_wrong_types_name_the_key_and_the_line() {
         ),
         "{err}"
     );
-    assert!(err.contains("at line 12"), "{err}");
+    assert!(err.contains("at line 13"), "{err}");
 
     let err = dir.load_err(&with_header(&format!(
         "{PIPE}    limits: {{max_memory: 64 furlongs}}\n"
@@ -344,14 +397,14 @@ fn a_topic_routed_twice_names_both_pipelines() {
     let dir = Dir::new();
     dir.write("g.wasm", "");
     let err = dir.load_err(&with_header(
-        "  - name: stocks\n    topic: tickers.stocks\n    guest: g.wasm\n\
-         \x20 - name: crypto\n    topic: tickers.crypto\n    guest: g.wasm\n\
-         \x20 - name: everything\n    topics:\n      - tickers.currency\n      - tickers.crypto\n    guest: g.wasm\n",
+        "  - name: stocks\n    topic: tickers.stocks\n    guest: g.wasm\n    tables: [ticks]\n\
+         \x20 - name: crypto\n    topic: tickers.crypto\n    guest: g.wasm\n    tables: [ticks]\n\
+         \x20 - name: everything\n    topics:\n      - tickers.currency\n      - tickers.crypto\n    guest: g.wasm\n    tables: [ticks]\n",
     ));
     assert_eq!(
         err,
         "pipelines[2] (everything).topics: topic tickers.crypto is already routed to \
-         pipelines[1] (crypto) (line 12); a topic feeds one pipeline (line 17)"
+         pipelines[1] (crypto) (line 13); a topic feeds one pipeline (line 19)"
     );
 }
 
@@ -360,12 +413,12 @@ fn duplicate_pipeline_names_are_refused() {
     let dir = Dir::new();
     dir.write("g.wasm", "");
     let err = dir.load_err(&with_header(&format!(
-        "{PIPE}  - name: stocks\n    topic: tickers.other\n    guest: g.wasm\n"
+        "{PIPE}  - name: stocks\n    topic: tickers.other\n    guest: g.wasm\n    tables: [ticks]\n"
     )));
     assert_eq!(
         err,
         "pipelines[1].name: \"stocks\" is already the name of pipelines[0] (stocks) (line 8); \
-         pipeline names must be unique (line 11)"
+         pipeline names must be unique (line 12)"
     );
 }
 
@@ -374,21 +427,23 @@ fn empty_topics_are_refused() {
     let dir = Dir::new();
     dir.write("g.wasm", "");
     let err = dir.load_err(&with_header(
-        "  - name: stocks\n    topics: []\n    guest: g.wasm\n",
+        "  - name: stocks\n    topics: []\n    guest: g.wasm\n    tables: [ticks]\n",
     ));
     assert_eq!(
         err,
         "pipelines[0] (stocks).topics: is empty: list at least one topic (line 9)"
     );
 
-    let err = dir.load_err(&with_header("  - name: stocks\n    guest: g.wasm\n"));
+    let err = dir.load_err(&with_header(
+        "  - name: stocks\n    guest: g.wasm\n    tables: [ticks]\n",
+    ));
     assert_eq!(
         err,
         "pipelines[0] (stocks).topics: no topic: give `topic: NAME` or `topics: [A, B]` (line 8)"
     );
 
     let err = dir.load_err(&with_header(
-        "  - name: stocks\n    topic: a\n    topics: [b]\n    guest: g.wasm\n",
+        "  - name: stocks\n    topic: a\n    topics: [b]\n    guest: g.wasm\n    tables: [ticks]\n",
     ));
     assert!(err.contains("give `topic` or `topics`, not both"), "{err}");
 }
@@ -402,7 +457,7 @@ fn batch_size_zero_is_refused() {
     )));
     assert_eq!(
         err,
-        "pipelines[0] (stocks).batch.size: must be at least 1 (line 13)"
+        "pipelines[0] (stocks).batch.size: must be at least 1 (line 14)"
     );
 }
 
@@ -415,7 +470,7 @@ fn zero_deadline_is_refused() {
     )));
     assert_eq!(
         err,
-        "pipelines[0] (stocks).limits.deadline: must be more than 0 (a guest call needs time to run) (line 11)"
+        "pipelines[0] (stocks).limits.deadline: must be more than 0 (a guest call needs time to run) (line 12)"
     );
 }
 
@@ -431,7 +486,7 @@ fn a_memory_limit_above_the_runtime_maximum_is_refused() {
     assert_eq!(
         err,
         "pipelines[0] (stocks).limits.max_memory: 512MiB is more than runtime.max_memory \
-         (256MiB), the largest memory any guest may have; lower it or raise runtime.max_memory (line 14)"
+         (256MiB), the largest memory any guest may have; lower it or raise runtime.max_memory (line 15)"
     );
 }
 
@@ -440,12 +495,12 @@ fn a_missing_guest_file_is_named_by_its_resolved_path() {
     let dir = Dir::new();
     dir.write("g.wasm", "");
     let err = dir.load_err(&with_header(&format!(
-        "{PIPE}  - name: crypto\n    topic: tickers.crypto\n    guest: sub/x.wasm\n"
+        "{PIPE}  - name: crypto\n    topic: tickers.crypto\n    guest: sub/x.wasm\n    tables: [ticks]\n"
     )));
     assert_eq!(
         err,
         format!(
-            "pipelines[1] (crypto).guest: {} does not exist (line 13)",
+            "pipelines[1] (crypto).guest: {} does not exist (line 14)",
             dir.path().join("sub/x.wasm").display()
         )
     );
@@ -458,8 +513,8 @@ fn relative_paths_resolve_against_the_config_files_directory() {
     dir.write("deploy/sql/001.sql", "");
     let elsewhere = dir.write("elsewhere/abs.wasm", "");
     let text = with_header(&format!(
-        "  - name: a\n    topic: t.a\n    guest: ticks.wasm\n\
-         \x20 - name: b\n    topic: t.b\n    guest: {}\n",
+        "  - name: a\n    topic: t.a\n    guest: ticks.wasm\n    tables: [ticks]\n\
+         \x20 - name: b\n    topic: t.b\n    guest: {}\n    tables: [ticks]\n",
         elsewhere.display()
     ))
     .replace(
@@ -481,7 +536,7 @@ fn relative_paths_resolve_against_the_config_files_directory() {
     dir.write("deploy/plain.wasm", "");
     let path = dir.write(
         "deploy/weir.yaml",
-        &with_header("  - name: a\n    topic: t.a\n    guest: plain.wasm\n"),
+        &with_header("  - name: a\n    topic: t.a\n    guest: plain.wasm\n    tables: [ticks]\n"),
     );
     let c = config::load(&path, None).unwrap();
     assert_eq!(c.pipelines[0].guest, deploy.join("plain.wasm"));
@@ -491,7 +546,7 @@ fn relative_paths_resolve_against_the_config_files_directory() {
     assert_eq!(
         err,
         format!(
-            "guests.dir: {} does not exist (line 12)",
+            "guests.dir: {} does not exist (line 13)",
             dir.path().join("nowhere").display()
         )
     );
@@ -622,7 +677,7 @@ fn the_documented_example_loads() {
     let path = dir.config(&documented_example());
     let values = dir.write(
         "values.yaml",
-        "extra_pipelines:\n  - {name: extra, topic: tickers.extra, guest: extra.wasm}\n",
+        "extra_pipelines:\n  - {name: extra, topic: tickers.extra, guest: extra.wasm, table: extra_ticks}\n",
     );
 
     let out = weir_env(
@@ -654,7 +709,7 @@ fn hot_swap_settings_parse_with_their_defaults() {
     dir.write("guests/g.wasm", "");
     dir.write("secrets/token", "t");
     let base = format!(
-        "{HEADER}  - name: stocks\n    topic: tickers.stocks\n    guest: g.wasm\n    version_column: guest_version\n"
+        "{HEADER}  - name: stocks\n    topic: tickers.stocks\n    guest: g.wasm\n    tables: [ticks]\n    version_column: guest_version\n"
     );
     let path = dir.config(&format!("guests:\n  dir: guests\n{base}"));
     let c = config::load(&path, None).unwrap();
@@ -711,12 +766,12 @@ fn a_guest_name_meaning_two_files_is_refused() {
     dir.write("a/g.wasm", "");
     dir.write("b/g.wasm", "");
     let err = dir.load_err(&with_header(
-        "  - name: stocks\n    topic: tickers.stocks\n    guest: a/g.wasm\n\
-         \x20 - name: crypto\n    topic: tickers.crypto\n    guest: b/g.wasm\n",
+        "  - name: stocks\n    topic: tickers.stocks\n    guest: a/g.wasm\n    tables: [ticks]\n\
+         \x20 - name: crypto\n    topic: tickers.crypto\n    guest: b/g.wasm\n    tables: [ticks]\n",
     ));
     assert!(err.starts_with("pipelines[1] (crypto).guest: "), "{err}");
     assert!(
-        err.contains("has the guest name \"g\"") && err.ends_with("(line 13)"),
+        err.contains("has the guest name \"g\"") && err.ends_with("(line 14)"),
         "{err}"
     );
 }
@@ -734,4 +789,55 @@ fn weir_run_refuses_an_unreadable_admin_token_before_connecting() {
         err.contains("the admin token variable WEIR_TEST_UNSET_TOKEN is not set"),
         "{err}"
     );
+}
+
+#[test]
+fn a_pipeline_listing_no_tables_is_refused() {
+    let dir = Dir::new();
+    dir.write("g.wasm", "");
+    let no_tables = "  - name: stocks\n    topic: tickers.stocks\n    guest: g.wasm\n";
+    let err = dir.load_err(&with_header(no_tables));
+    assert!(
+        err.starts_with(
+            "pipelines[0] (stocks).tables: lists no tables (and config.table is not set): "
+        ),
+        "{err}"
+    );
+    // No `tables` line to point at: the pipeline's.
+    assert!(err.ends_with("(line 8)"), "{err}");
+
+    // Other config does not stand in for config.table.
+    let err = dir.load_err(&with_header(&format!(
+        "{no_tables}    config: {{precision: 4}}\n"
+    )));
+    assert!(
+        err.starts_with("pipelines[0] (stocks).tables: lists no tables"),
+        "{err}"
+    );
+
+    // An empty list is no list.
+    let err = dir.load_err(&with_header(&format!("{no_tables}    tables: []\n")));
+    assert!(
+        err.starts_with("pipelines[0] (stocks).tables: lists no tables")
+            && err.ends_with("(line 11)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_pipeline_listing_one_of_weirs_own_tables_is_refused() {
+    let dir = Dir::new();
+    dir.write("g.wasm", "");
+    for table in ["weir_offsets", "public.weir_offsets"] {
+        let err = dir.load_err(&with_header(
+            &PIPE.replace("[ticks]", &format!("[ticks, {table}]")),
+        ));
+        assert_eq!(
+            err,
+            format!(
+                "pipelines[0] (stocks).tables: lists {table}, one of weir's own tables, \
+                 which no pipeline may write (line 11)"
+            )
+        );
+    }
 }

@@ -65,6 +65,7 @@ fn guest_set(files: &[(&str, &Path)]) -> (Arc<GuestSet>, Arc<Recorder>) {
             &[format!("topic.{pipeline}")],
             file,
             GuestLimits::default(),
+            Vec::new(),
         )
         .unwrap();
     }
@@ -143,7 +144,7 @@ fn watched_directory_swaps_in_new_versions_and_refuses_bad_ones() {
         ("cm2", &mounted.join("marker.wasm")),
         ("plain", &plain.join("other.wasm")),
     ]);
-    let _watcher = Watcher::start(set.clone(), Duration::from_secs(1)).unwrap();
+    let _watcher = Watcher::start(set.clone(), set.clone(), Duration::from_secs(1)).unwrap();
     let version = |name: &str| set.version(name).unwrap();
     assert_eq!(version("marker"), sha(&a));
 
@@ -233,9 +234,11 @@ fn admin_api_deploys_lists_rolls_back_and_refuses() {
         listener,
         AdminState {
             guests: set.clone(),
+            deployer: set.clone(),
             token: TokenSource::File(token_file.clone()),
             max_body: 1 << 20,
         },
+        weir::config::HttpConfig::default().limits(),
         std::future::pending(),
     ));
     let http = reqwest::Client::new();
@@ -366,6 +369,71 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(60)..].join("\n")
 }
 
+/// The schemas pushed, `topic` made with three partitions, and the marker fixtures' table.
+fn prepare_marked(db: &TestDb, registry: &Registry, broker: &Broker, topic: &str) {
+    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+    let out = weir(&[
+        "schemas",
+        "push",
+        "--registry",
+        &registry.url,
+        schemas.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    rt().block_on(weir::source::kafka::ensure_topics(
+        &broker.bootstrap,
+        &[topic.to_string()],
+        3,
+    ))
+    .unwrap();
+    weir_tests::run_sql(
+        &db.url(),
+        "CREATE TABLE marked (kafka_partition int NOT NULL, kafka_offset bigint NOT NULL,
+            marker text NOT NULL, batch_first bigint NOT NULL, batch_len int NOT NULL,
+            guest_version text NOT NULL)",
+    );
+}
+
+/// What `weir ingest simulate` had delivered (acknowledged) when it stopped, from its log.
+fn delivered(log: &Path) -> i64 {
+    let said = std::fs::read_to_string(log).unwrap();
+    let total: i64 = said
+        .lines()
+        .rev()
+        .find(|l| l.ends_with("all delivered"))
+        .and_then(|l| l.strip_prefix("ingest: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no final count from the producer: {said}"));
+    assert!(total > 1000, "only {total} messages produced");
+    total
+}
+
+/// Exactly once: every one of `total` messages one row of `marked`, none dead-lettered.
+fn assert_marked_exactly_once(url: &str, total: i64) {
+    let per_partition: Vec<(i32, i64, i64, i64)> = query(
+        url,
+        "SELECT kafka_partition, count(*), count(DISTINCT kafka_offset), max(kafka_offset)
+           FROM marked GROUP BY 1 ORDER BY 1",
+    )
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    .collect();
+    for (partition, rows, distinct, max) in &per_partition {
+        assert_eq!(
+            rows, distinct,
+            "partition {partition}: a message written twice ({per_partition:?})"
+        );
+        assert_eq!(
+            max + 1,
+            *rows,
+            "partition {partition}: offsets missing ({per_partition:?})"
+        );
+    }
+    assert_eq!(count(url, "SELECT count(*) FROM marked"), total);
+    assert_eq!(count(url, "SELECT count(*) FROM dead_letters"), 0);
+}
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -381,27 +449,7 @@ fn twenty_swaps_under_load_lose_duplicate_and_mix_nothing() {
     let db = TestDb::new();
     let registry = Registry::start(&db.url());
     let broker = Broker::start();
-    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
-    let out = weir(&[
-        "schemas",
-        "push",
-        "--registry",
-        &registry.url,
-        schemas.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    rt().block_on(weir::source::kafka::ensure_topics(
-        &broker.bootstrap,
-        &[TOPIC.to_string()],
-        3,
-    ))
-    .unwrap();
-    weir_tests::run_sql(
-        &db.url(),
-        "CREATE TABLE marked (kafka_partition int NOT NULL, kafka_offset bigint NOT NULL,
-            marker text NOT NULL, batch_first bigint NOT NULL, batch_len int NOT NULL,
-            guest_version text NOT NULL)",
-    );
+    prepare_marked(&db, &registry, &broker, TOPIC);
 
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (bytes("fixture_marker_a"), bytes("fixture_marker_b"));
@@ -533,17 +581,7 @@ fn twenty_swaps_under_load_lose_duplicate_and_mix_nothing() {
         .args(["-TERM", &simulate.0.id().to_string()])
         .status();
     assert!(simulate.0.wait().unwrap().success());
-    // What the producer had delivered (acknowledged) when it stopped.
-    let said = std::fs::read_to_string(&simulate_log).unwrap();
-    let total: i64 = said
-        .lines()
-        .rev()
-        .find(|l| l.ends_with("all delivered"))
-        .and_then(|l| l.strip_prefix("ingest: "))
-        .and_then(|l| l.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no final count from the producer: {said}"));
-    assert!(total > 1000, "only {total} messages produced");
+    let total = delivered(&simulate_log);
     let start = Instant::now();
     while count(&db.url(), "SELECT count(*) FROM marked") < total {
         if start.elapsed() > Duration::from_secs(120) {
@@ -553,29 +591,8 @@ fn twenty_swaps_under_load_lose_duplicate_and_mix_nothing() {
     }
     std::thread::sleep(Duration::from_millis(500));
 
-    // Exactly once: every message one row, nothing dead-lettered.
     let url = db.url();
-    let per_partition: Vec<(i32, i64, i64, i64)> = query(
-        &url,
-        "SELECT kafka_partition, count(*), count(DISTINCT kafka_offset), max(kafka_offset)
-           FROM marked GROUP BY 1 ORDER BY 1",
-    )
-    .iter()
-    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-    .collect();
-    for (partition, rows, distinct, max) in &per_partition {
-        assert_eq!(
-            rows, distinct,
-            "partition {partition}: a message written twice ({per_partition:?})"
-        );
-        assert_eq!(
-            max + 1,
-            *rows,
-            "partition {partition}: offsets missing ({per_partition:?})"
-        );
-    }
-    assert_eq!(count(&url, "SELECT count(*) FROM marked"), total);
-    assert_eq!(count(&url, "SELECT count(*) FROM dead_letters"), 0);
+    assert_marked_exactly_once(&url, total);
     // Every row's marker is that of the version the sink recorded for its batch.
     let mismatched = count(
         &url,
@@ -632,4 +649,281 @@ fn twenty_swaps_under_load_lose_duplicate_and_mix_nothing() {
         !log.contains("load-test-token"),
         "the admin token appears in the log"
     );
+}
+
+/// `component` with a custom section appended: the same guest, another sha256.
+fn variant(component: &[u8], n: u32) -> Vec<u8> {
+    let name = b"weir-test-variant";
+    let payload = n.to_le_bytes();
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    let mut out = component.to_vec();
+    out.push(0);
+    out.push(section.len() as u8);
+    out.extend(section);
+    out
+}
+
+/// One `weir run` of a group, with its admin API.
+struct Member {
+    config: PathBuf,
+    log: PathBuf,
+    admin: String,
+    child: Option<Killed>,
+}
+
+impl Member {
+    fn spawn(&mut self) {
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        use std::io::Write as _;
+        writeln!(log, "--- start").unwrap();
+        self.child = Some(Killed(
+            Command::new(weir_bin())
+                .args(["run", "--config"])
+                .arg(&self.config)
+                .env("WEIR_LOG", "info,rdkafka=warn")
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        ));
+    }
+
+    fn kill(&mut self) {
+        self.child = None;
+    }
+
+    /// Waits until the admin API accepts connections.
+    fn wait_admin(&self) {
+        let address = self.admin.trim_start_matches("http://");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(address).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{address} never listened:\n{}",
+                log_tail(&self.log)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn group_deploys_reach_every_member_at_one_switch_and_survive_restarts() {
+    const TOPIC: &str = "tickers.stocks";
+    const GROUP: &str = "deploys";
+    let db = TestDb::new();
+    let url = db.url();
+    let registry = Registry::start(&url);
+    let broker = Broker::start();
+    prepare_marked(&db, &registry, &broker, TOPIC);
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (bytes("fixture_marker_a"), bytes("fixture_marker_b"));
+    let guests = tmp.path().join("guests");
+    std::fs::create_dir(&guests).unwrap();
+    std::fs::write(guests.join("marker.wasm"), &a).unwrap();
+    let token_file = tmp.path().join("admin-token");
+    std::fs::write(&token_file, "group-token").unwrap();
+    let mut members: Vec<Member> = ["a", "b"]
+        .iter()
+        .map(|m| {
+            let (http_port, admin_port) = (free_port(), free_port());
+            let config = tmp.path().join(format!("weir-{m}.yaml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "kafka:\n  brokers: \"{}\"\n  group_id: {GROUP}\n\
+                     registry:\n  url: \"{}\"\n\
+                     database:\n  url: \"{url}\"\n\
+                     http:\n  listen: \"127.0.0.1:{http_port}\"\n\
+                     admin:\n  listen: \"127.0.0.1:{admin_port}\"\n  token_file: admin-token\n\
+                     guests:\n  dir: guests\n\
+                     pipelines:\n  - name: stocks\n    topic: {TOPIC}\n    guest: marker.wasm\n    batch: {{size: 100, linger: 20ms}}\n    tables: [marked]\n    version_column: guest_version\n",
+                    broker.bootstrap, registry.url,
+                ),
+            )
+            .unwrap();
+            Member {
+                config,
+                log: tmp.path().join(format!("run-{m}.log")),
+                admin: format!("http://127.0.0.1:{admin_port}"),
+                child: None,
+            }
+        })
+        .collect();
+    for m in &mut members {
+        m.spawn();
+    }
+    let simulate_log = tmp.path().join("simulate.log");
+    let mut simulate = Killed(
+        Command::new(weir_bin())
+            .args(["ingest", "simulate", "--brokers", &broker.bootstrap])
+            .args(["--registry", &registry.url, "--rate", "800", "--seed", "9"])
+            .args(["--stocks", "AAPL,MSFT,NVDA,TSLA,JPM,AMZN,GOOG,META,NFLX"])
+            .args(["--crypto", "none", "--currency", "none"])
+            .env("WEIR_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&simulate_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let logs = |members: &[Member]| {
+        members
+            .iter()
+            .map(|m| format!("{}:\n{}", m.log.display(), log_tail(&m.log)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let wait =
+        |what: &str, members: &[Member], secs: u64, mut done: Box<dyn FnMut() -> bool + '_>| {
+            let start = Instant::now();
+            while !done() {
+                if start.elapsed() > Duration::from_secs(secs) {
+                    panic!("timed out waiting until {what}; logs:\n{}", logs(members));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+    // Partitions whose rows show `version`.
+    let partitions_with = |version: &str| {
+        count(
+            &url,
+            &format!(
+                "SELECT count(DISTINCT kafka_partition) FROM marked WHERE guest_version = '{version}'"
+            ),
+        )
+    };
+    wait(
+        "both members hold partitions and every partition has rows",
+        &members,
+        90,
+        // Rows first: weir's tables exist by then.
+        Box::new(|| {
+            partitions_with(&sha(&a)) == 3
+                && count(
+                    &url,
+                    &format!(
+                        "SELECT count(DISTINCT member_id) FROM weir_leases
+                          WHERE group_id = '{GROUP}' AND expires_at > now()"
+                    ),
+                ) == 2
+        }),
+    );
+
+    let token = token_file.to_str().unwrap();
+    let mut deployed = vec![sha(&a)];
+    for i in 1..=10u32 {
+        let module = variant(if i % 2 == 1 { &b } else { &a }, i);
+        let target = sha(&module);
+        let file = tmp.path().join(format!("marker-{i}.wasm"));
+        std::fs::write(&file, &module).unwrap();
+        let out = weir(&[
+            "guest",
+            "deploy",
+            "--admin",
+            &members[0].admin,
+            "--token-file",
+            token,
+            "marker",
+            file.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "deploy {i}: {out:?}\n{}",
+            logs(&members)
+        );
+        deployed.push(target.clone());
+        // Live on both members: every partition's rows show it.
+        wait(
+            &format!("version {i} shows on every partition"),
+            &members,
+            60,
+            Box::new(|| partitions_with(&target) == 3),
+        );
+        // A restart of either member keeps the deployed version.
+        if i == 4 || i == 7 {
+            let m = if i == 4 { 1 } else { 0 };
+            members[m].kill();
+            members[m].spawn();
+            members[m].wait_admin();
+        }
+    }
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &simulate.0.id().to_string()])
+        .status();
+    assert!(simulate.0.wait().unwrap().success());
+    let total = delivered(&simulate_log);
+    wait(
+        "everything produced is written",
+        &members,
+        120,
+        Box::new(|| count(&url, "SELECT count(*) FROM marked") >= total),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    assert_marked_exactly_once(&url, total);
+
+    // The group recorded eleven versions, each live from an offset on every partition;
+    // every row ran with the version live at its offset, never a superseded one.
+    let history = weir(&[
+        "guest",
+        "history",
+        "--admin",
+        &members[1].admin,
+        "--token-file",
+        token,
+        "--json",
+        "marker",
+    ]);
+    assert!(history.status.success(), "{history:?}");
+    let history: weir::admin::History = serde_json::from_slice(&history.stdout).unwrap();
+    let shas: Vec<&str> = history.versions.iter().map(|v| v.sha256.as_str()).collect();
+    assert_eq!(
+        shas,
+        deployed.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    for (n, v) in history.versions.iter().enumerate() {
+        assert_eq!(v.version as usize, n + 1);
+        let expected = if n == 10 { "live" } else { "superseded" };
+        assert_eq!(v.status, expected, "{v:?}");
+        if n > 0 {
+            assert_eq!(v.switches.len(), 3, "{v:?}");
+            assert!(v.origin.contains("admin API"), "{v:?}");
+            assert_eq!(v.previous, Some(n as i32));
+        }
+    }
+    let ran_superseded = count(
+        &url,
+        &format!(
+            "SELECT count(*) FROM marked m
+              WHERE m.guest_version <> coalesce((
+                SELECT d.sha256 FROM weir_switches s
+                  JOIN weir_deployments d USING (group_id, guest, version)
+                 WHERE s.group_id = '{GROUP}' AND s.topic = '{TOPIC}'
+                   AND s.partition = m.kafka_partition AND s.from_offset <= m.kafka_offset
+                 ORDER BY s.version DESC LIMIT 1), '{}')",
+            sha(&a)
+        ),
+    );
+    assert_eq!(
+        ran_superseded, 0,
+        "rows not made by the version live at their offset"
+    );
+    // Every row's marker is its version's.
+    let mismatched = count(
+        &url,
+        &format!(
+            "SELECT count(*) FROM marked m JOIN weir_deployments d
+                ON d.group_id = '{GROUP}' AND d.sha256 = m.guest_version
+              WHERE (m.marker = 'a') <> (d.version % 2 = 1)"
+        ),
+    );
+    assert_eq!(mismatched, 0);
 }

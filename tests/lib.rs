@@ -182,17 +182,27 @@ pub struct Broker {
 impl Broker {
     /// Starts tansu (from `PATH` or `~/.cargo/bin`) and waits until it accepts connections.
     pub fn start() -> Self {
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
+        Self::spawn(free_port(), None)
+    }
+
+    /// Starts tansu advertising `advertised` (`127.0.0.1:PORT`, a [`KafkaProxy`]'s
+    /// address) instead of where it listens, so that every client reaches it through
+    /// the proxy.
+    pub fn start_advertising(advertised: &str) -> Self {
+        Self::spawn(free_port(), Some(advertised))
+    }
+
+    fn spawn(port: u16, advertised: Option<&str>) -> Self {
+        let bootstrap = format!("127.0.0.1:{port}");
         let child = Command::new(tansu_bin())
             .args([
                 "broker",
                 "--storage-engine",
                 "memory://tansu/",
                 "--listener-url",
-                &url,
+                &format!("tcp://{bootstrap}"),
                 "--advertised-listener-url",
-                &url,
+                &format!("tcp://{}", advertised.unwrap_or(&bootstrap)),
             ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -201,10 +211,104 @@ impl Broker {
             .expect(
                 "start tansu (install it: cargo install tansu@0.6.0 --locked --features dynostore)",
             );
-        let bootstrap = format!("127.0.0.1:{port}");
         wait_for_port(&bootstrap, Duration::from_secs(30));
         Self { bootstrap, child }
     }
+}
+
+/// A TCP proxy in front of a Kafka broker that can cut off the clients with one
+/// `client.id`: their connections are closed and new ones are closed as soon as their
+/// first request names them, while every other client goes on. It reads the client id
+/// from the first request's header (length, api key, api version, correlation id,
+/// client id), which every request version librdkafka sends first carries.
+pub struct KafkaProxy {
+    /// `127.0.0.1:PORT` clients connect to.
+    pub addr: String,
+    cut: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// (client id, a handle to shut the connection) of the open connections.
+    open: std::sync::Arc<std::sync::Mutex<Vec<(String, std::net::TcpStream)>>>,
+}
+
+impl KafkaProxy {
+    /// A proxy listening on a free port, forwarding to `upstream` once started.
+    pub fn bind() -> (Self, TcpListener) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        (
+            Self {
+                addr,
+                cut: Default::default(),
+                open: Default::default(),
+            },
+            listener,
+        )
+    }
+
+    /// Forwards connections from `listener` to `upstream`, on threads of its own.
+    pub fn serve(&self, listener: TcpListener, upstream: String) {
+        let (cut, open) = (self.cut.clone(), self.open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let (cut, open, upstream) = (cut.clone(), open.clone(), upstream.clone());
+                std::thread::spawn(move || {
+                    let _ = forward(client, &upstream, &cut, &open);
+                });
+            }
+        });
+    }
+
+    /// Cuts off the clients whose `client.id` is `client_id`.
+    pub fn cut(&self, client_id: &str) {
+        *self.cut.lock().unwrap() = Some(client_id.to_string());
+        for (id, stream) in self.open.lock().unwrap().iter() {
+            if id == client_id {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    /// Lets every client through again.
+    pub fn restore(&self) {
+        *self.cut.lock().unwrap() = None;
+    }
+}
+
+fn forward(
+    mut client: std::net::TcpStream,
+    upstream: &str,
+    cut: &std::sync::Mutex<Option<String>>,
+    open: &std::sync::Mutex<Vec<(String, std::net::TcpStream)>>,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    // The first request, whole: its header names the client.
+    let mut size = [0u8; 4];
+    client.read_exact(&mut size)?;
+    let mut request = vec![0u8; u32::from_be_bytes(size) as usize];
+    client.read_exact(&mut request)?;
+    let id = request
+        .get(8..10)
+        .map(|n| i16::from_be_bytes([n[0], n[1]]))
+        .filter(|n| *n >= 0)
+        .and_then(|n| request.get(10..10 + n as usize))
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
+    if cut.lock().unwrap().as_deref() == Some(id.as_str()) {
+        return Ok(());
+    }
+    let mut server = std::net::TcpStream::connect(upstream)?;
+    server.write_all(&size)?;
+    server.write_all(&request)?;
+    open.lock().unwrap().push((id, client.try_clone()?));
+    let (mut c2, mut s2) = (client.try_clone()?, server.try_clone()?);
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c2, &mut s2);
+        let _ = s2.shutdown(std::net::Shutdown::Both);
+    });
+    let _ = std::io::copy(&mut server, &mut client);
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = up.join();
+    Ok(())
 }
 
 impl Drop for Broker {

@@ -424,16 +424,27 @@ fn stock(symbol: &str, at: i64, price: f64) -> Map<String, Json> {
     t
 }
 
-/// A schema registered under a subject of its own (a producer's odd schema; the host
-/// decodes every message with its writer's schema, whatever the subject).
-fn odd_schema(registry: &RegistryClient, name: &str, edit: impl Fn(&mut Json)) -> RegisteredSchema {
+/// An odd version of the stocks schema, registered under the topic's subject (a producer
+/// whose registry lets any schema in: the subject's compatibility is NONE). The host
+/// decodes every message with its writer's schema, so the guest's rules see what it holds.
+fn odd_schema(registry: &RegistryClient, edit: impl Fn(&mut Json)) -> RegisteredSchema {
     let text = std::fs::read_to_string(repo_root().join("schemas/tickers.stocks.avsc")).unwrap();
     let mut schema: Json = serde_json::from_str(&text).unwrap();
     edit(&mut schema);
     let text = schema.to_string();
-    let id = rt()
-        .block_on(registry.register(&format!("odd-{name}-value"), &text))
-        .unwrap();
+    let id = rt().block_on(async {
+        let set = reqwest::Client::new()
+            .put(format!("{}/config/tickers.stocks-value", registry.url()))
+            .json(&json!({"compatibility": "NONE"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(set.status().is_success());
+        registry
+            .register("tickers.stocks-value", &text)
+            .await
+            .unwrap()
+    });
     RegisteredSchema {
         id,
         schema: apache_avro::Schema::parse_str(&text).unwrap(),
@@ -493,14 +504,14 @@ fn rules_dead_letter_with_their_reason_and_the_views_answer_on_demo_data() {
     let stocks = rt()
         .block_on(registry.latest("tickers.stocks-value"))
         .unwrap();
-    let no_price = odd_schema(&registry, "no-price", |s| {
+    let no_price = odd_schema(&registry, |s| {
         let fields = s["fields"].as_array_mut().unwrap();
         fields.retain(|f| f["name"] != "price");
     });
-    let text_price = odd_schema(&registry, "text-price", |s| {
+    let text_price = odd_schema(&registry, |s| {
         field_mut(s, "price").insert("type".into(), json!("string"));
     });
-    let plain_id = odd_schema(&registry, "plain-id", |s| {
+    let plain_id = odd_schema(&registry, |s| {
         field_mut(s, "event_id").insert("type".into(), json!("string"));
     });
     let now = weir::ingest::now_ms();

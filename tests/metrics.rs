@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use weir::metrics::{self, Health, Metrics};
-use weir::runtime::types::{Batch, Message};
+use weir::model::{Body, Record, batch_of};
 use weir::runtime::{GuestId, GuestLimits, HostEvents, Runtime, RuntimeConfig, Swapped};
 use weir_tests::guest_path;
 
@@ -30,6 +30,7 @@ impl Server {
             listener,
             metrics.clone(),
             health.clone(),
+            weir::config::HttpConfig::default().limits(),
             async {
                 let _ = stopped.await;
             },
@@ -327,15 +328,16 @@ async fn every_metric_is_scraped_with_its_labels_and_values() {
     server.stop().await;
 }
 
-fn tick(offset: i64) -> Message {
-    Message {
-        topic: "tickers.stocks".into(),
-        partition: 0,
+fn tick(offset: i64) -> Record {
+    Record {
         offset,
         timestamp_ms: 1_714_564_800_000 + offset,
         key: None,
-        schema_id: Some(1),
-        fields: vec![],
+        headers: Vec::new(),
+        body: Body::Fields {
+            schema_id: Some(1),
+            fields: vec![],
+        },
     }
 }
 
@@ -349,11 +351,11 @@ async fn guest_defined_counters_are_exported() {
     let guest = rt
         .load_file(&guest_path("fixture_chatty"), GuestLimits::default())
         .unwrap();
-    let batch = Batch {
-        config: vec![],
-        messages: vec![tick(1), tick(2), tick(3)],
-    };
-    guest.process(&batch).unwrap();
+    let batch = batch_of("tickers.stocks", 0, vec![tick(1), tick(2), tick(3)]);
+    guest
+        .process(&batch, weir::runtime::CallContext::default())
+        .output
+        .unwrap();
 
     // Label values that need escaping, and a label that would shadow `guest`.
     let other = GuestId {

@@ -3,12 +3,12 @@
 //!
 //! The host and the guest SDK each have their own copy of the contract's types (generated
 //! from the same WIT by wasmtime and wit-bindgen); a call converts the batch to the SDK's
-//! types and the outcomes back, the native equivalent of the canonical ABI's copies.
+//! types and the output back, the native equivalent of the canonical ABI's copies.
 
 use std::marker::PhantomData;
 
+use weir::model as host;
 use weir::runtime::NativeProcessor;
-use weir::runtime::types as host;
 use weir_guest as guest;
 
 /// Runs processor `P` natively on each batch.
@@ -21,47 +21,81 @@ impl<P> Default for Native<P> {
 }
 
 impl<P: guest::Processor> NativeProcessor for Native<P> {
-    fn process(&self, batch: &host::Batch) -> Result<Vec<host::Outcome>, String> {
-        let batch = guest::Batch {
-            config: batch
-                .config
-                .iter()
-                .map(|c| guest::ConfigEntry {
-                    key: c.key.clone(),
-                    value: c.value.clone(),
-                })
-                .collect(),
-            messages: batch.messages.iter().map(message).collect(),
-        };
-        // A guest's panic is its trap.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guest::run::<P>(batch)))
-            .map(|outcomes| outcomes.into_iter().map(outcome).collect())
-            .map_err(|panic| {
-                panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panicked".into())
-            })
+    fn init(&self, config: &[host::ConfigEntry]) -> Result<(), String> {
+        let pairs: Vec<(&str, &str)> = config
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()))
+            .collect();
+        P::new(&guest::Config::from_pairs(pairs))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn process(
+        &self,
+        config: &[host::ConfigEntry],
+        batch: &host::Batch,
+    ) -> Result<host::Output, String> {
+        let pairs: Vec<(&str, &str)> = config
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()))
+            .collect();
+        guest::run_batch::<P>(&pairs, batch_in(batch)).map(output_out)
     }
 }
 
-fn message(m: &host::Message) -> guest::Message {
-    guest::Message {
-        topic: m.topic.clone(),
-        partition: m.partition,
-        offset: m.offset,
-        timestamp_ms: m.timestamp_ms,
-        key: m.key.clone(),
-        schema_id: m.schema_id,
-        fields: m
-            .fields
+/// The host's batch in the SDK's types.
+pub fn batch_in(b: &host::Batch) -> guest::Batch {
+    guest::Batch {
+        topic: b.topic.clone(),
+        partition: b.partition,
+        schemas: b
+            .schemas
             .iter()
-            .map(|f| guest::Field {
-                name: f.name.clone(),
-                value: value_in(&f.value),
+            .map(|s| guest::Schema {
+                id: s.id,
+                fields: s
+                    .fields
+                    .iter()
+                    .map(|f| guest::SchemaField {
+                        name: f.name.clone(),
+                        kind: f.kind.map(kind_in),
+                        nullable: f.nullable,
+                    })
+                    .collect(),
             })
             .collect(),
+        messages: b
+            .messages
+            .iter()
+            .map(|m| guest::RawMessage {
+                offset: m.offset,
+                timestamp_ms: m.timestamp_ms,
+                key: m.key.clone(),
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|h| guest::Header {
+                        key: h.key.clone(),
+                        value: h.value.clone(),
+                    })
+                    .collect(),
+                schema: m.schema,
+                values: m.values.iter().map(value_in).collect(),
+            })
+            .collect(),
+    }
+}
+
+fn kind_in(k: host::ValueKind) -> guest::Kind {
+    match k {
+        host::ValueKind::Boolean => guest::Kind::Boolean,
+        host::ValueKind::Int => guest::Kind::Int,
+        host::ValueKind::Float => guest::Kind::Float,
+        host::ValueKind::Text => guest::Kind::Text,
+        host::ValueKind::Bytes => guest::Kind::Bytes,
+        host::ValueKind::Timestamp => guest::Kind::Timestamp,
+        host::ValueKind::Decimal => guest::Kind::Decimal,
     }
 }
 
@@ -97,57 +131,85 @@ fn value_out(v: guest::Value) -> host::Value {
     }
 }
 
-fn fields_out(fields: Vec<guest::Field>) -> Vec<host::Field> {
-    fields
-        .into_iter()
-        .map(|f| host::Field {
-            name: f.name,
-            value: value_out(f.value),
-        })
-        .collect()
+fn values_out(values: Vec<guest::Value>) -> Vec<host::Value> {
+    values.into_iter().map(value_out).collect()
 }
 
-fn outcome(o: guest::Outcome) -> host::Outcome {
+/// The SDK's output in the host's types.
+pub fn output_out(o: guest::Output) -> host::Output {
+    host::Output {
+        tables: o
+            .tables
+            .into_iter()
+            .map(|t| host::Target {
+                table: t.table,
+                columns: t.columns,
+                write: match t.write {
+                    guest::TargetWrite::Insert => host::Write::Insert,
+                    guest::TargetWrite::Upsert(u) => host::Write::Upsert(host::Upsert {
+                        key: u.key,
+                        policies: u
+                            .policies
+                            .into_iter()
+                            .map(|p| host::ColumnPolicy {
+                                column: p.column,
+                                policy: match p.policy {
+                                    guest::MergePolicy::Replace => host::MergePolicy::Replace,
+                                    guest::MergePolicy::Min => host::MergePolicy::Min,
+                                    guest::MergePolicy::Max => host::MergePolicy::Max,
+                                    guest::MergePolicy::Sum => host::MergePolicy::Sum,
+                                    guest::MergePolicy::FirstByTime(c) => {
+                                        host::MergePolicy::FirstByTime(c)
+                                    }
+                                    guest::MergePolicy::LastByTime(c) => {
+                                        host::MergePolicy::LastByTime(c)
+                                    }
+                                },
+                            })
+                            .collect(),
+                    }),
+                },
+            })
+            .collect(),
+        layouts: o.layouts,
+        outcomes: o.outcomes.into_iter().map(outcome_out).collect(),
+    }
+}
+
+fn outcome_out(o: guest::Outcome) -> host::Outcome {
     match o {
         guest::Outcome::DeadLetter(reason) => host::Outcome::DeadLetter(reason),
         guest::Outcome::Actions(actions) => {
-            host::Outcome::Actions(actions.into_iter().map(action).collect())
+            host::Outcome::Actions(actions.into_iter().map(action_out).collect())
         }
     }
 }
 
-fn action(a: guest::Action) -> host::Action {
+fn action_out(a: guest::Action) -> host::Action {
     match a {
-        guest::Action::Insert(i) => host::Action::Insert(host::InsertRow {
-            table: i.table,
-            row: fields_out(i.row),
-        }),
-        guest::Action::Upsert(u) => host::Action::Upsert(host::UpsertRow {
-            table: u.table,
-            key: u.key,
-            row: fields_out(u.row),
-            policies: u
-                .policies
-                .into_iter()
-                .map(|p| host::ColumnPolicy {
-                    column: p.column,
-                    policy: match p.policy {
-                        guest::MergePolicy::Replace => host::MergePolicy::Replace,
-                        guest::MergePolicy::Min => host::MergePolicy::Min,
-                        guest::MergePolicy::Max => host::MergePolicy::Max,
-                        guest::MergePolicy::Sum => host::MergePolicy::Sum,
-                        guest::MergePolicy::FirstByTime(c) => host::MergePolicy::FirstByTime(c),
-                        guest::MergePolicy::LastByTime(c) => host::MergePolicy::LastByTime(c),
-                    },
-                })
-                .collect(),
+        guest::Action::Write(row) => host::Action::Write(host::Row {
+            target: row.target,
+            values: values_out(row.values),
         }),
         guest::Action::Emit(e) => host::Action::Emit(host::EmitMessage {
             topic: e.topic,
+            partition: e.partition,
             key: e.key,
+            headers: e
+                .headers
+                .into_iter()
+                .map(|h| host::Header {
+                    key: h.key,
+                    value: h.value,
+                })
+                .collect(),
             value: match e.value {
                 guest::EmitValue::Raw(b) => host::EmitValue::Raw(b),
-                guest::EmitValue::Fields(f) => host::EmitValue::Fields(fields_out(f)),
+                guest::EmitValue::Fields(f) => host::EmitValue::Fields(host::EmitFields {
+                    layout: f.layout,
+                    values: values_out(f.values),
+                }),
+                guest::EmitValue::Tombstone => host::EmitValue::Tombstone,
             },
         }),
     }

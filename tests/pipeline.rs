@@ -439,8 +439,15 @@ fn metrics_expose_the_pipeline_and_shutdown_is_graceful() {
         || get("/readyz").0 == 200,
         || format!("never ready: {}", get("/readyz").1),
     );
-    // Lag is measured every few seconds.
-    std::thread::sleep(Duration::from_secs(6));
+    // Lag is measured every few seconds (each measurement asks the broker, which may take
+    // a while on a loaded machine).
+    let lag = "weir_consumer_lag{topic=\"events\",partition=\"0\"} ";
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || get("/metrics").1.contains(lag),
+        || format!("no {lag}series in:\n{}", get("/metrics").1),
+    );
     let (status, text) = get("/metrics");
     assert_eq!(status, 200);
     let value = |series: &str| -> f64 {

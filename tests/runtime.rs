@@ -1,12 +1,16 @@
-//! The guest runtime against the real guests, compiled to wasm32-wasip2.
+//! The guest runtime against the real guests, compiled to wasm32-wasip2: guests of both
+//! released contracts, limits, refusals, state and lookups as a call reaches them.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use weir::runtime::types::{Action, Batch, ConfigEntry, Field, Message, Outcome, Value};
+use weir::model::{
+    Action, Batch, Body, ConfigEntry, Decimal, Field, NoLookups, Outcome, Output, Record,
+    StateLimits, StateStore, StateTxn, Value, Write, batch_of,
+};
 use weir::runtime::{
-    Guest, GuestErrorKind, GuestId, GuestLimits, HostEvents, Level, LoadError, Runtime,
-    RuntimeConfig, TracingEvents,
+    CallContext, Contract, Guest, GuestError, GuestErrorKind, GuestId, GuestLimits, HostEvents,
+    Level, LoadError, Runtime, RuntimeConfig, TracingEvents,
 };
 use weir_tests::guest_path;
 
@@ -26,53 +30,109 @@ fn field(name: &str, value: Value) -> Field {
     }
 }
 
+/// The fields of a record decoded by name.
+fn fields(r: &mut Record) -> &mut Vec<Field> {
+    match &mut r.body {
+        Body::Fields { fields, .. } => fields,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A 12-field stock tick, as the Kafka source decodes it.
-fn tick(offset: i64) -> Message {
-    Message {
-        topic: "tickers.stocks".into(),
-        partition: 1,
+fn tick(offset: i64) -> Record {
+    Record {
         offset,
         timestamp_ms: 1_714_564_800_000 + offset,
         key: Some(b"AAPL".to_vec()),
-        schema_id: Some(1),
-        fields: vec![
-            field("id", Value::Text("AAPL".into())),
-            field("exchange", Value::Text("NMS".into())),
-            field("quote_type", Value::Int(8)),
-            field("market_hours", Value::Int(1)),
-            field("price", Value::Float(187.25 + offset as f64)),
-            field("change", Value::Float(1.5)),
-            field("change_percent", Value::Float(0.8)),
-            field("day_volume", Value::Int(1_000_000 + offset)),
-            field("price_hint", Value::Int(2)),
-            field(
-                "event_time",
-                Value::Timestamp(1_714_564_800_000_000 + offset),
-            ),
-            field("event_id", Value::Text(format!("evt-{offset}"))),
-            field("source", Value::Text("simulator".into())),
-        ],
+        headers: Vec::new(),
+        body: Body::Fields {
+            schema_id: Some(1),
+            fields: tick_fields(offset),
+        },
     }
 }
 
-fn misbehaving(offset: i64) -> Message {
+fn tick_fields(offset: i64) -> Vec<Field> {
+    vec![
+        field("id", Value::Text("AAPL".into())),
+        field("exchange", Value::Text("NMS".into())),
+        field("quote_type", Value::Int(8)),
+        field("market_hours", Value::Int(1)),
+        field("price", Value::Float(187.25 + offset as f64)),
+        field("change", Value::Float(1.5)),
+        field("change_percent", Value::Float(0.8)),
+        field("day_volume", Value::Int(1_000_000 + offset)),
+        field("price_hint", Value::Int(2)),
+        field(
+            "event_time",
+            Value::Timestamp(1_714_564_800_000_000 + offset),
+        ),
+        field("event_id", Value::Text(format!("evt-{offset}"))),
+        field("source", Value::Text("simulator".into())),
+    ]
+}
+
+fn misbehaving(offset: i64) -> Record {
     let mut m = tick(offset);
-    m.fields.push(field("misbehave", Value::Boolean(true)));
+    fields(&mut m).push(field("misbehave", Value::Boolean(true)));
     m
 }
 
-fn batch(messages: Vec<Message>) -> Batch {
-    Batch {
-        config: vec![],
-        messages,
-    }
+fn batch(messages: Vec<Record>) -> Batch {
+    batch_of("tickers.stocks", 1, messages)
+}
+
+/// One call with nothing but the batch.
+fn call(guest: &Guest, batch: &Batch) -> Result<Output, GuestError> {
+    guest.process(batch, CallContext::default()).output
+}
+
+/// `guest` set up for a pipeline with these config values.
+fn setup(rt: &Runtime, guest: &Guest, config: &[(&str, &str)]) -> Guest {
+    let config = config
+        .iter()
+        .map(|(k, v)| ConfigEntry {
+            key: (*k).into(),
+            value: (*v).into(),
+        })
+        .collect();
+    rt.setup(guest, "test", GuestLimits::default(), config)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The rows of an output, by name: (table, column → value), per message.
+fn rows(output: &Output) -> Vec<Vec<(String, Vec<Field>)>> {
+    output
+        .outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Actions(actions) => actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Write(row) => {
+                        let t = &output.tables[row.target as usize];
+                        Some((
+                            t.table.clone(),
+                            t.columns
+                                .iter()
+                                .zip(&row.values)
+                                .map(|(c, v)| field(c, v.clone()))
+                                .collect(),
+                        ))
+                    }
+                    Action::Emit(_) => None,
+                })
+                .collect(),
+            Outcome::DeadLetter(reason) => panic!("dead letter: {reason}"),
+        })
+        .collect()
 }
 
 /// After a failed call the same guest must work again: each call gets a fresh instance.
 fn assert_recovers(guest: &Guest) {
-    let outcomes = guest
-        .process(&batch(vec![tick(1), tick(2)]))
-        .expect("a normal call after a failure");
+    let outcomes = call(guest, &batch(vec![tick(1), tick(2)]))
+        .expect("a normal call after a failure")
+        .outcomes;
     assert_eq!(outcomes.len(), 2);
     for o in outcomes {
         assert!(
@@ -86,43 +146,46 @@ fn assert_recovers(guest: &Guest) {
 fn passthrough_maps_each_message_to_one_row_of_its_fields() {
     let rt = runtime();
     let guest = load(&rt, "passthrough", GuestLimits::default());
-    let input: Vec<Message> = (0..50).map(tick).collect();
-    let outcomes = guest.process(&batch(input.clone())).unwrap();
-    assert_eq!(outcomes.len(), input.len());
-    for (message, outcome) in input.iter().zip(&outcomes) {
-        let Outcome::Actions(actions) = outcome else {
-            panic!(
-                "expected actions for offset {}, got {outcome:?}",
-                message.offset
-            );
-        };
-        assert_eq!(actions.len(), 1);
-        let Action::Insert(insert) = &actions[0] else {
-            panic!("expected an insert, got {:?}", actions[0]);
-        };
-        assert_eq!(insert.table, "tickers_stocks");
-        assert_eq!(insert.row, message.fields);
+    assert_eq!(guest.contract(), Contract::V2);
+    assert!(!guest.uses_state() && !guest.uses_lookups());
+    let input: Vec<Record> = (0..50).map(tick).collect();
+    let output = call(&guest, &batch(input.clone())).unwrap();
+    assert_eq!(output.outcomes.len(), input.len());
+    // One target for the batch's one writer schema: the names cross once.
+    assert_eq!(output.tables.len(), 1, "{:?}", output.tables);
+    assert_eq!(output.tables[0].write, Write::Insert);
+    for (message, written) in input.into_iter().zip(rows(&output)) {
+        assert_eq!(
+            written,
+            [("tickers_stocks".to_string(), message.into_fields())]
+        );
     }
 
     // The table can be configured, and the config reaches the guest.
-    let configured = Batch {
-        config: vec![ConfigEntry {
-            key: "table".into(),
-            value: "raw_ticks".into(),
-        }],
-        messages: vec![tick(7)],
-    };
-    let outcomes = guest.process(&configured).unwrap();
-    let Outcome::Actions(actions) = &outcomes[0] else {
-        panic!("{outcomes:?}")
-    };
-    assert!(matches!(&actions[0], Action::Insert(i) if i.table == "raw_ticks"));
+    let configured = setup(&rt, &guest, &[("table", "raw_ticks")]);
+    let output = call(&configured, &batch(vec![tick(7)])).unwrap();
+    assert_eq!(output.tables[0].table, "raw_ticks");
 
     // An empty batch is a valid call with no outcomes.
-    assert!(guest.process(&batch(vec![])).unwrap().is_empty());
-    assert_eq!(guest.stats(), (3, 0));
+    assert!(call(&guest, &batch(vec![])).unwrap().outcomes.is_empty());
+    assert_eq!(guest.stats(), (2, 0));
     assert_eq!(guest.id().name, "passthrough");
     assert_eq!(guest.id().version.len(), 64);
+}
+
+#[test]
+fn a_0_1_0_guest_runs_beside_0_2_0_ones() {
+    let rt = runtime();
+    let old = load(&rt, "fixture_v1_passthrough", GuestLimits::default());
+    assert_eq!(old.contract(), Contract::V1);
+    let new = load(&rt, "passthrough", GuestLimits::default());
+    let old = setup(&rt, &old, &[("table", "tickers_stocks")]);
+    let input: Vec<Record> = (0..5).map(tick).collect();
+    let from_old = call(&old, &batch(input.clone())).unwrap();
+    let from_new = call(&new, &batch(input)).unwrap();
+    assert_eq!(rows(&from_old), rows(&from_new));
+    // The same guest built for 0.1.0 declares a target per distinct row shape too.
+    assert_eq!(from_old.tables.len(), 1);
 }
 
 #[test]
@@ -133,9 +196,7 @@ fn infinite_loop_is_interrupted_at_the_deadline() {
         ..GuestLimits::default()
     };
     let guest = load(&rt, "fixture_spin", limits);
-    let err = guest
-        .process(&batch(vec![tick(0), misbehaving(1)]))
-        .unwrap_err();
+    let err = call(&guest, &batch(vec![tick(0), misbehaving(1)])).unwrap_err();
     assert_eq!(err.guest, "fixture_spin");
     assert_eq!(
         err.kind,
@@ -164,7 +225,7 @@ fn memory_hog_is_stopped_by_the_cap() {
             ..GuestLimits::default()
         },
     );
-    let err = guest.process(&batch(vec![misbehaving(0)])).unwrap_err();
+    let err = call(&guest, &batch(vec![misbehaving(0)])).unwrap_err();
     match err.kind {
         GuestErrorKind::OutOfMemory { requested, limit } => {
             assert_eq!(limit, cap);
@@ -180,9 +241,7 @@ fn memory_hog_is_stopped_by_the_cap() {
 fn panic_is_reported_as_that_guests_error_with_its_message() {
     let rt = runtime();
     let guest = load(&rt, "fixture_panic", GuestLimits::default());
-    let err = guest
-        .process(&batch(vec![tick(4), misbehaving(5)]))
-        .unwrap_err();
+    let err = call(&guest, &batch(vec![tick(4), misbehaving(5)])).unwrap_err();
     assert_eq!(err.guest, "fixture_panic");
     assert_eq!(err.version, &guest.id().version[..12]);
     match &err.kind {
@@ -209,7 +268,7 @@ fn deep_recursion_overflows_the_configured_stack() {
     )
     .unwrap();
     let guest = load(&rt, "fixture_recurse", GuestLimits::default());
-    let err = guest.process(&batch(vec![misbehaving(0)])).unwrap_err();
+    let err = call(&guest, &batch(vec![misbehaving(0)])).unwrap_err();
     assert_eq!(err.kind, GuestErrorKind::StackOverflow);
     assert_recovers(&guest);
 }
@@ -220,7 +279,7 @@ fn forbidden_wasi_import_is_refused_at_load() {
     let err = rt
         .load_file(&guest_path("fixture_wasi_clock"), GuestLimits::default())
         .unwrap_err();
-    let LoadError::ForbiddenImports { guest, imports } = &err else {
+    let LoadError::ForbiddenImports { guest, imports, .. } = &err else {
         panic!("expected forbidden imports, got {err}");
     };
     assert_eq!(guest, "fixture_wasi_clock");
@@ -236,7 +295,7 @@ fn forbidden_wasi_import_is_refused_at_load() {
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("which the weir:processor@0.1.0 world does not grant"),
+        msg.contains("which the weir:processor@0.2.0 world does not grant"),
         "{msg}"
     );
 }
@@ -250,7 +309,7 @@ fn component_of_another_world_is_refused_at_load() {
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
     assert!(
         err.to_string()
-            .contains("exports `transform` but not `process"),
+            .contains("it exports `transform`, not `init: func(config: list<config-entry>)"),
         "{err}"
     );
 }
@@ -332,7 +391,9 @@ fn guest_logs_and_counters_reach_the_host_tagged_with_the_guest() {
     let recorder = Arc::new(Recorder::default());
     let rt = Runtime::new(RuntimeConfig::default(), recorder.clone()).unwrap();
     let guest = load(&rt, "fixture_chatty", GuestLimits::default());
-    let outcomes = guest.process(&batch(vec![tick(3), tick(4)])).unwrap();
+    let outcomes = call(&guest, &batch(vec![tick(3), tick(4)]))
+        .unwrap()
+        .outcomes;
     assert_eq!(
         outcomes,
         vec![Outcome::Actions(vec![]), Outcome::Actions(vec![])]
@@ -375,12 +436,8 @@ fn calls_run_concurrently_on_separate_instances() {
             s.spawn(move || {
                 for i in 0..20 {
                     let offset = t * 1000 + i;
-                    let out = guest.process(&batch(vec![tick(offset)])).unwrap();
-                    let Outcome::Actions(a) = &out[0] else {
-                        panic!()
-                    };
-                    let Action::Insert(row) = &a[0] else { panic!() };
-                    assert_eq!(row.row, tick(offset).fields);
+                    let out = call(&guest, &batch(vec![tick(offset)])).unwrap();
+                    assert_eq!(rows(&out)[0][0].1, tick_fields(offset));
                 }
             });
         }
@@ -404,7 +461,7 @@ fn a_slot_swaps_at_the_next_snapshot_and_rolls_back() {
         (va.as_str(), vb.as_str())
     );
     assert_eq!(in_flight.id().version, va);
-    let out = in_flight.process(&batch(vec![tick(1)])).unwrap();
+    let out = call(&in_flight, &batch(vec![tick(1)])).unwrap().outcomes;
     assert!(
         matches!(&out[0], Outcome::Actions(a) if a.len() == 1),
         "the old version ran: {out:?}"
@@ -413,7 +470,7 @@ fn a_slot_swaps_at_the_next_snapshot_and_rolls_back() {
     let next = slot.current();
     assert_eq!(next.id().version, vb);
     assert_eq!(
-        next.process(&batch(vec![tick(1)])).unwrap(),
+        call(&next, &batch(vec![tick(1)])).unwrap().outcomes,
         vec![Outcome::Actions(vec![])]
     );
     // Swapping in the version in use changes nothing.
@@ -430,53 +487,175 @@ fn a_slot_swaps_at_the_next_snapshot_and_rolls_back() {
 }
 
 #[test]
-fn a_native_processor_gives_the_outcomes_of_its_compiled_guest() {
+fn a_native_processor_gives_the_output_of_its_compiled_guest() {
     use weir_tests::native::Native;
     let rt = runtime();
-    let mut messages: Vec<Message> = (0..20).map(tick).collect();
+    let mut messages: Vec<Record> = (0..20).map(tick).collect();
     // A tombstone, a decimal and bytes: every value kind crosses both ways.
-    messages[3].fields.clear();
-    messages[4].fields.push(field(
+    messages[3].body = Body::Tombstone;
+    fields(&mut messages[4]).push(field(
         "notional",
-        Value::Decimal(weir::runtime::types::Decimal::from_i128(-12_345, 2)),
+        Value::Decimal(Decimal::from_i128(-12_345, 2)),
     ));
-    messages[5]
-        .fields
-        .push(field("raw", Value::Bytes(vec![0, 159, 255])));
-    messages[6]
-        .fields
-        .push(field("flag", Value::Boolean(false)));
-    messages[7].fields.push(field("gone", Value::Null));
+    fields(&mut messages[5]).push(field("raw", Value::Bytes(vec![0, 159, 255])));
+    fields(&mut messages[6]).push(field("flag", Value::Boolean(false)));
+    fields(&mut messages[7]).push(field("gone", Value::Null));
+    let config = |k: &str, v: &str| {
+        vec![ConfigEntry {
+            key: k.into(),
+            value: v.into(),
+        }]
+    };
     let cases: [(&str, Guest, Vec<ConfigEntry>); 2] = [
         (
             "passthrough",
             Guest::native(
                 "passthrough",
                 Arc::new(Native::<passthrough::Passthrough>::default()),
+                config("include_metadata", "true"),
             ),
-            vec![ConfigEntry {
-                key: "include_metadata".into(),
-                value: "true".into(),
-            }],
+            config("include_metadata", "true"),
         ),
         (
             "tickers",
-            Guest::native("tickers", Arc::new(Native::<tickers::Tickers>::default())),
-            vec![ConfigEntry {
-                key: "asset_class".into(),
-                value: "stocks".into(),
-            }],
+            Guest::native(
+                "tickers",
+                Arc::new(Native::<tickers::Tickers>::default()),
+                config("asset_class", "stocks"),
+            ),
+            config("asset_class", "stocks"),
         ),
     ];
     for (name, native, config) in cases {
-        let wasm = load(&rt, name, GuestLimits::default());
-        let batch = Batch {
-            config,
-            messages: messages.clone(),
-        };
-        let expected = wasm.process(&batch).unwrap();
-        assert_eq!(native.process(&batch).unwrap(), expected, "{name}");
+        let wasm = rt
+            .setup(
+                &load(&rt, name, GuestLimits::default()),
+                "test",
+                GuestLimits::default(),
+                config,
+            )
+            .unwrap();
+        let batch = batch(messages.clone());
+        let expected = call(&wasm, &batch).unwrap();
+        assert_eq!(call(&native, &batch).unwrap(), expected, "{name}");
         assert_eq!(native.id().name, name);
         assert_ne!(native.id().version, wasm.id().version);
     }
+}
+
+/// A trade of `symbol` for the stats fixtures.
+fn trade(offset: i64, symbol: &str, price: f64, volume: i64) -> Record {
+    Record {
+        offset,
+        timestamp_ms: 0,
+        key: None,
+        headers: Vec::new(),
+        body: Body::Fields {
+            schema_id: None,
+            fields: vec![
+                field("symbol", Value::Text(symbol.into())),
+                field("price", Value::Float(price)),
+                field("volume", Value::Int(volume)),
+            ],
+        },
+    }
+}
+
+#[test]
+fn state_reaches_the_guest_through_the_call_and_its_writes_come_back() {
+    let rt = runtime();
+    let stats = load(&rt, "fixture_stats_a", GuestLimits::default());
+    assert!(stats.uses_state() && !stats.uses_lookups());
+    let trades = || {
+        batch_of(
+            "trades",
+            2,
+            vec![
+                trade(0, "AAPL", 10.0, 5),
+                trade(1, "MSFT", 20.0, 1),
+                trade(2, "AAPL", 11.0, 7),
+            ],
+        )
+    };
+    // Without state given, a guest that reads it fails the call, saying why.
+    let err = call(&stats, &trades()).unwrap_err();
+    assert!(err.to_string().contains("no keyed state"), "{err}");
+
+    let base = Arc::new(StateStore::default());
+    let state = StateTxn::new(base.clone(), StateLimits::default());
+    let done = stats.process(
+        &trades(),
+        CallContext {
+            state: Some(state),
+            lookups: None,
+        },
+    );
+    done.output.unwrap();
+    let writes = done.state.unwrap().writes();
+    let mut store = (*base).clone();
+    store.apply(&writes);
+    let aapl = store.get(b"AAPL").unwrap();
+    assert_eq!(&aapl[..8], &2i64.to_le_bytes());
+    assert_eq!(&aapl[8..16], &11.0f64.to_le_bytes());
+    assert_eq!(&aapl[16..], &12i64.to_le_bytes());
+    assert_eq!(store.len(), 2);
+
+    // The next batch reads what this one wrote; over a state limit, the guest hears why.
+    let tight = StateLimits {
+        max_value: 16,
+        ..StateLimits::default()
+    };
+    let done = stats.process(
+        &batch_of("trades", 2, vec![trade(3, "AAPL", 12.0, 1)]),
+        CallContext {
+            state: Some(StateTxn::new(Arc::new(store), tight)),
+            lookups: None,
+        },
+    );
+    let output = done.output.unwrap();
+    assert_eq!(
+        output.outcomes,
+        [Outcome::DeadLetter(
+            "state value of 24 bytes is over the pipeline's state.max_value of 16 bytes".into()
+        )]
+    );
+    assert!(done.state.unwrap().writes().is_empty());
+}
+
+#[test]
+fn lookups_answer_through_the_call() {
+    let rt = runtime();
+    let pair = load(&rt, "fixture_pair", GuestLimits::default());
+    assert!(pair.uses_lookups() && !pair.uses_state());
+    let done = pair.process(
+        &batch_of("quotes", 0, vec![trade(0, "AAPL", 1.0, 1)]),
+        CallContext {
+            state: None,
+            lookups: Some(Arc::new(NoLookups("there is no database here".into()))),
+        },
+    );
+    assert_eq!(
+        done.output.unwrap().outcomes,
+        [Outcome::DeadLetter(
+            "lookup \"ref\": there is no database here".into()
+        )]
+    );
+}
+
+#[test]
+fn a_refused_config_refuses_the_set_up() {
+    let rt = runtime();
+    let picky = load(&rt, "fixture_picky", GuestLimits::default());
+    let err = rt
+        .setup(&picky, "prices", GuestLimits::default(), vec![])
+        .unwrap_err();
+    assert!(matches!(err, LoadError::Config { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("guest fixture_picky refused the config of pipeline prices: invalid guest config: `threshold` is required"),
+        "{err}"
+    );
+    // Run without its config (never set up), every call fails: the host never lets it.
+    let err = call(&picky, &batch(vec![tick(0)])).unwrap_err();
+    assert!(matches!(err.kind, GuestErrorKind::Config { .. }), "{err}");
 }

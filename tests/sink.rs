@@ -7,11 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weir::runtime::types::{
-    Action, ColumnPolicy, Decimal, Field, InsertRow, MergePolicy, UpsertRow, Value,
-};
+use weir::model::{self, Decimal, Field, Interner, Value, ValueKind};
 use weir::sink::{
-    Sink, SinkBatch, SinkConfig, SinkError, SinkItem, TableExpectation, ValueKind, WriteReport,
+    PipelineScope, Sink, SinkBatch, SinkConfig, SinkError, SinkItem, TableExpectation, WriteReport,
     migrate,
 };
 use weir_tests::{TestDb, postgres_url, run_sql, unique, weir};
@@ -43,6 +41,94 @@ fn field(name: &str, value: Value) -> Field {
     }
 }
 
+/// A row as a test writes it: table and column names with every row (as 0.1.0 guests
+/// give them); [`batch`] declares the targets.
+#[derive(Debug, Clone)]
+enum Action {
+    Insert(InsertRow),
+    Upsert(UpsertRow),
+}
+
+#[derive(Debug, Clone)]
+struct InsertRow {
+    table: String,
+    row: Vec<Field>,
+}
+
+#[derive(Debug, Clone)]
+struct UpsertRow {
+    table: String,
+    key: Vec<String>,
+    row: Vec<Field>,
+    policies: Vec<ColumnPolicy>,
+}
+
+#[derive(Debug, Clone)]
+struct ColumnPolicy {
+    column: String,
+    policy: MergePolicy,
+}
+
+#[derive(Debug, Clone)]
+enum MergePolicy {
+    Min,
+    Max,
+    Sum,
+    FirstByTime(String),
+    LastByTime(String),
+}
+
+impl Action {
+    fn table(&self) -> &str {
+        match self {
+            Action::Insert(i) => &i.table,
+            Action::Upsert(u) => &u.table,
+        }
+    }
+
+    /// The row, its target declared in `targets`.
+    fn declare(self, targets: &mut Interner) -> model::Action {
+        let (table, fields, write) = match self {
+            Action::Insert(i) => (i.table, i.row, None),
+            Action::Upsert(u) => (u.table, u.row, Some((u.key, u.policies))),
+        };
+        let (columns, values): (Vec<String>, Vec<Value>) =
+            fields.into_iter().map(|f| (f.name, f.value)).unzip();
+        let at = |name: &str| {
+            columns
+                .iter()
+                .position(|c| c == name)
+                .unwrap_or_else(|| panic!("{name} is not in the row")) as u32
+        };
+        let write = match write {
+            None => model::Write::Insert,
+            Some((key, policies)) => model::Write::Upsert(model::Upsert {
+                key: key.iter().map(|k| at(k)).collect(),
+                policies: policies
+                    .iter()
+                    .filter(|p| columns.contains(&p.column))
+                    .map(|p| model::ColumnPolicy {
+                        column: at(&p.column),
+                        policy: match &p.policy {
+                            MergePolicy::Min => model::MergePolicy::Min,
+                            MergePolicy::Max => model::MergePolicy::Max,
+                            MergePolicy::Sum => model::MergePolicy::Sum,
+                            MergePolicy::FirstByTime(t) => model::MergePolicy::FirstByTime(at(t)),
+                            MergePolicy::LastByTime(t) => model::MergePolicy::LastByTime(at(t)),
+                        },
+                    })
+                    .collect(),
+            }),
+        };
+        let target = targets.target(model::Target {
+            table,
+            columns,
+            write,
+        });
+        model::Action::Write(model::Row { target, values })
+    }
+}
+
 fn insert(table: &str, row: Vec<Field>) -> Action {
     Action::Insert(InsertRow {
         table: table.into(),
@@ -58,27 +144,68 @@ fn text(s: &str) -> Value {
     Value::Text(s.into())
 }
 
-/// The message at `offset`, with these actions and a raw key and value derived from it.
-fn message(offset: i64, actions: Vec<Action>) -> SinkItem {
-    SinkItem::Actions {
-        offset,
-        key: Some(format!("key-{offset}").into_bytes()),
-        value: Some(format!("value-{offset}").into_bytes()),
-        actions,
-    }
+/// One message of a test batch.
+#[derive(Debug, Clone)]
+enum Item {
+    /// These actions, with a raw key and value derived from the offset.
+    Message { offset: i64, actions: Vec<Action> },
+    /// A dead letter from before the sink.
+    Dead(SinkItem),
 }
 
-/// A batch of `items` starting at `start`, one offset per item.
-fn batch(start: i64, items: Vec<SinkItem>) -> SinkBatch {
+/// The message at `offset`, with these actions and a raw key and value derived from it.
+fn message(offset: i64, actions: Vec<Action>) -> Item {
+    Item::Message { offset, actions }
+}
+
+/// A batch of `items` starting at `start`, one offset per item, of a pipeline that may
+/// write every table the batch names.
+fn batch(start: i64, items: Vec<Item>) -> SinkBatch {
+    let mut tables = std::collections::BTreeSet::new();
+    for item in &items {
+        if let Item::Message { actions, .. } = item {
+            tables.extend(actions.iter().map(|a| a.table().to_string()));
+        }
+    }
+    scoped(start, items, tables.into_iter().collect())
+}
+
+/// A batch of `items` starting at `start` of a pipeline that may write `tables`.
+fn scoped(start: i64, items: Vec<Item>, tables: Vec<String>) -> SinkBatch {
+    let mut targets = Interner::default();
+    let next_offset = start + items.len() as i64;
+    let items = items
+        .into_iter()
+        .map(|item| match item {
+            Item::Message { offset, actions } => SinkItem::Actions {
+                offset,
+                key: Some(format!("key-{offset}").into_bytes()),
+                value: Some(format!("value-{offset}").into_bytes()),
+                actions: actions
+                    .into_iter()
+                    .map(|a| a.declare(&mut targets))
+                    .collect(),
+                emits: Vec::new(),
+            },
+            Item::Dead(item) => item,
+        })
+        .collect();
     SinkBatch {
         topic: TOPIC.into(),
         partition: 3,
         start_offset: start,
-        next_offset: start + items.len() as i64,
+        next_offset,
         guest_version: Some("sha256:feed".into()),
         version_column: None,
+        scope: Arc::new(PipelineScope {
+            pipeline: "sink-tests".into(),
+            tables: tables.into_iter().collect(),
+        }),
+        targets: targets.finish(Vec::new()).tables,
         items,
         dedup: None,
+        state: None,
+        barrier: None,
     }
 }
 
@@ -213,6 +340,7 @@ async fn inserts_of_every_type_land_exactly_and_the_offset_moves_on() {
             rows: BTreeMap::from([("refs".into(), 4), ("ticks".into(), 3)]),
             dead_letters: vec![],
             attempts: 1,
+            emitted: BTreeMap::new(),
         }
     );
     let pg = client(&db.url()).await;
@@ -423,7 +551,7 @@ async fn write_in_batches(sink: &Sink, actions: Vec<Action>, sizes: &[usize], st
         if actions.peek().is_none() {
             break;
         }
-        let items: Vec<SinkItem> = actions
+        let items: Vec<Item> = actions
             .by_ref()
             .take(*size)
             .enumerate()
@@ -605,7 +733,7 @@ async fn rejected_rows_dead_letter_their_messages_and_the_rest_commits() {
     );
     let sink = sink(&db.url()).await;
     let start = 1000;
-    let items: Vec<SinkItem> = (0..50)
+    let items: Vec<Item> = (0..50)
         .map(|i| {
             let price = match i {
                 10 => Value::Float(-1.0),
@@ -698,7 +826,7 @@ async fn bisection_finds_every_kind_of_row_postgres_rejects() {
         (170, "t_amount_check"),        // CHECK
         (199, "smallint out of range"), // its sum overflows what 198 stored
     ]);
-    let items: Vec<SinkItem> = (0..200)
+    let items: Vec<Item> = (0..200)
         .map(|i| {
             let (id, code, amount) = match i {
                 3 => (2, text("ok"), dec("1")),
@@ -749,32 +877,28 @@ async fn pre_sink_dead_letters_are_written_once() {
     let db = TestDb::new();
     run_sql(&db.url(), "CREATE TABLE t (id int8)");
     let sink = sink(&db.url()).await;
-    let b = SinkBatch {
-        topic: TOPIC.into(),
-        partition: 0,
-        start_offset: 10,
-        next_offset: 13,
-        guest_version: Some("sha256:abc".into()),
-        version_column: None,
-        dedup: None,
-        items: vec![
-            SinkItem::DeadLetter {
+    let mut b = batch(
+        10,
+        vec![
+            Item::Dead(SinkItem::DeadLetter {
                 offset: 10,
                 key: Some(b"k10".to_vec()),
                 value: Some(vec![0, 1, 2, 255]),
                 stage: "decode".into(),
                 error: "truncated Avro at byte 3".into(),
-            },
+            }),
             message(11, vec![insert("t", vec![field("id", Value::Int(11))])]),
-            SinkItem::DeadLetter {
+            Item::Dead(SinkItem::DeadLetter {
                 offset: 12,
                 key: None,
                 value: None,
                 stage: "guest".into(),
                 error: "price \0 is negative".into(),
-            },
+            }),
         ],
-    };
+    );
+    b.partition = 0;
+    b.guest_version = Some("sha256:abc".into());
     let report = sink.write_batch(&b).await.unwrap();
     assert_eq!(
         report.dead_letters,
@@ -979,7 +1103,14 @@ async fn sinks_starting_together_create_their_tables_once() {
         vec![
             vec![s("dead_letters")],
             vec![s("weir_dedup")],
-            vec![s("weir_offsets")]
+            vec![s("weir_deploy_answers")],
+            vec![s("weir_deployments")],
+            vec![s("weir_live_guests")],
+            vec![s("weir_offsets")],
+            vec![s("weir_outbox")],
+            vec![s("weir_relay")],
+            vec![s("weir_state")],
+            vec![s("weir_switches")]
         ]
     );
 }
@@ -1310,4 +1441,392 @@ fn weir_migrate_prints_what_it_did_and_fails_with_the_reason() {
         stderr.contains("127.0.0.1:1") && !stderr.contains("s3cret"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn a_pipeline_writes_only_its_tables() {
+    let db = TestDb::new();
+    run_sql(
+        &db.url(),
+        "CREATE TABLE mine (id int8); CREATE TABLE theirs (id int8)",
+    );
+    let sink = sink(&db.url()).await;
+    let row = |table: &str, id: i64| insert(table, vec![field("id", Value::Int(id))]);
+    let items = vec![
+        message(0, vec![row("mine", 0)]),
+        message(1, vec![row("mine", 1), row("theirs", 1)]),
+        message(2, vec![row("weir_offsets", 2)]),
+        message(3, vec![row("mine", 3)]),
+    ];
+    let b = scoped(0, items, vec!["mine".into()]);
+    let report = sink.write_batch(&b).await.unwrap();
+    assert_eq!(
+        report.dead_letters,
+        vec![(1, "sink".to_string()), (2, "sink".to_string())]
+    );
+    let pg = client(&db.url()).await;
+    assert_eq!(
+        rows(&pg, "SELECT id FROM mine ORDER BY id").await,
+        vec![vec![s("0")], vec![s("3")]]
+    );
+    assert_eq!(count(&pg, "theirs").await, 0);
+    let errors = rows(&pg, "SELECT error FROM dead_letters ORDER BY \"offset\"").await;
+    assert_eq!(
+        errors,
+        vec![
+            vec![s(
+                "pipeline sink-tests may not write table theirs: it is not among the pipeline's tables (mine)"
+            )],
+            vec![s(
+                "pipeline sink-tests may not write table weir_offsets: it is not among the pipeline's tables (mine)"
+            )],
+        ]
+    );
+    assert_eq!(
+        rows(&pg, "SELECT next_offset FROM weir_offsets").await,
+        vec![vec![s("4")]]
+    );
+    // Nor may a pipeline declare one of weir's own tables, however it names it.
+    let err = sink
+        .check_tables(&[TableExpectation {
+            table: format!("{}.dead_letters", db.schema),
+            columns: vec![],
+        }])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is weir's own"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_is_read_and_written_in_the_batchs_transaction() {
+    use weir::model::{StateStore, StateWrites};
+    use weir::sink::{RunBatch, StateSlot};
+    let db = TestDb::new();
+    run_sql(&db.url(), "CREATE TABLE t (id int8)");
+    let sink = sink(&db.url()).await;
+    let mut slot = StateSlot {
+        pipeline: "p".into(),
+        held: None,
+    };
+    let made = |start: i64, puts: &[(&str, &str)], deletes: &[&str]| {
+        let mut b = numbered(start, 2);
+        b.state = Some(StateWrites {
+            puts: puts
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+            deletes: deletes.iter().map(|k| k.as_bytes().to_vec()).collect(),
+        });
+        b.scope = Arc::new(PipelineScope {
+            pipeline: "p".into(),
+            tables: ["t".to_string()].into(),
+        });
+        b
+    };
+    let mut seen: Vec<StateStore> = Vec::new();
+    let mut run = RunBatch {
+        topic: TOPIC,
+        partition: 3,
+        start_offset: 0,
+        next_offset: 2,
+        state: Some(&mut slot),
+        lookups: None,
+        guest: None,
+    };
+    sink.run_batch(&mut run, |store, _| {
+        seen.push((*store.expect("state for a stateful batch")).clone());
+        made(0, &[("a", "1"), ("b", "2")], &[])
+    })
+    .await
+    .unwrap();
+    assert!(seen[0].is_empty());
+    let held = slot.held.clone().unwrap();
+    assert_eq!(held.0, 2);
+    assert_eq!(held.1.get(b"a"), Some(&b"1"[..]));
+    let pg = client(&db.url()).await;
+    const STATE: &str = "SELECT convert_from(key, 'UTF8'), convert_from(value, 'UTF8'), partition
+           FROM weir_state WHERE pipeline = 'p' ORDER BY key";
+    assert_eq!(
+        rows(&pg, STATE).await,
+        vec![vec![s("a"), s("1"), s("3")], vec![s("b"), s("2"), s("3")]]
+    );
+
+    // The next batch starts from the state held, and its writes (a delete, a put)
+    // commit with it.
+    let mut run = RunBatch {
+        topic: TOPIC,
+        partition: 3,
+        start_offset: 2,
+        next_offset: 4,
+        state: Some(&mut slot),
+        lookups: None,
+        guest: None,
+    };
+    sink.run_batch(&mut run, |store, _| {
+        let store = store.unwrap();
+        assert!(
+            Arc::ptr_eq(&store, &held.1),
+            "the held state, not read again"
+        );
+        made(2, &[("c", "3")], &["a"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        rows(&pg, STATE).await,
+        vec![vec![s("b"), s("2"), s("3")], vec![s("c"), s("3"), s("3")]]
+    );
+
+    // Another owner moves the partition on: this one's next batch is stale and runs
+    // nothing; state read afresh (a partition moving here) is what Postgres holds.
+    let mut other = StateSlot {
+        pipeline: "p".into(),
+        held: None,
+    };
+    let mut run = RunBatch {
+        topic: TOPIC,
+        partition: 3,
+        start_offset: 4,
+        next_offset: 6,
+        state: Some(&mut other),
+        lookups: None,
+        guest: None,
+    };
+    let other_sink = Sink::connect(SinkConfig {
+        database_url: db.url(),
+        group_id: "sink-tests".into(),
+    })
+    .await
+    .unwrap();
+    other_sink
+        .run_batch(&mut run, |store, _| {
+            let store = store.unwrap();
+            assert_eq!(store.len(), 2);
+            assert_eq!(store.get(b"c"), Some(&b"3"[..]));
+            made(4, &[("d", "4")], &[])
+        })
+        .await
+        .unwrap();
+    let mut ran = false;
+    let mut run = RunBatch {
+        topic: TOPIC,
+        partition: 3,
+        start_offset: 4,
+        next_offset: 6,
+        state: Some(&mut slot),
+        lookups: None,
+        guest: None,
+    };
+    let stale = sink
+        .run_batch(&mut run, |_, _| {
+            ran = true;
+            made(4, &[("e", "5")], &[])
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            stale,
+            SinkError::Stale {
+                stored: Some(6),
+                ..
+            }
+        ),
+        "{stale}"
+    );
+    assert!(!ran, "a stale batch does not run its guest");
+    assert_eq!(rows(&pg, STATE).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_run_read_only_in_the_batchs_snapshot_and_are_cached() {
+    let db = TestDb::new();
+    // On a runtime worker, as `weir run`'s partition workers are: a guest call (here the
+    // closure) blocks its thread while lookups wait for Postgres.
+    tokio::spawn(lookups_in_a_batch(db.url())).await.unwrap();
+}
+
+async fn lookups_in_a_batch(url: String) {
+    use weir::sink::{LookupSet, RunBatch};
+    let db = Url(url);
+    run_sql(
+        &db.url(),
+        "CREATE TABLE t (id int8);
+         CREATE TABLE rates (currency text PRIMARY KEY, rate numeric(10,4), at timestamptz);
+         INSERT INTO rates VALUES ('EUR', 1.0825, '2026-12-01T10:00:00Z'), ('JPY', 0.0067, NULL);",
+    );
+    let sink = sink(&db.url()).await;
+    let set = |sql: &str| {
+        Arc::new(LookupSet {
+            pipeline: "fx".into(),
+            queries: [("rate".to_string(), sql.to_string())].into(),
+        })
+    };
+    // Refused at start, with what to change.
+    for (sql, needle) in [
+        ("UPDATE rates SET rate = 0", "must start with SELECT"),
+        (
+            "SELECT rate FROM nowhere WHERE currency = $1",
+            "Postgres refuses it",
+        ),
+        (
+            "SELECT rate, '(1,2)'::point AS p FROM rates WHERE currency = $1",
+            "column p is of type point",
+        ),
+    ] {
+        let err = sink.check_lookups(&set(sql)).await.unwrap_err().to_string();
+        assert!(
+            err.contains("pipeline fx, lookup rate") && err.contains(needle),
+            "{err}"
+        );
+    }
+    let good =
+        set("SELECT rate, at, clock_timestamp()::text AS asked FROM rates WHERE currency = $1");
+    sink.check_lookups(&good).await.unwrap();
+    let mut answers = Vec::new();
+    let mut run = RunBatch {
+        topic: TOPIC,
+        partition: 3,
+        start_offset: 0,
+        next_offset: 2,
+        state: None,
+        lookups: Some(&good),
+        guest: None,
+    };
+    sink.run_batch(&mut run, |_, lookups| {
+        let lookups = lookups.expect("lookups for a lookup batch");
+        let ask = |c: &str| lookups.query("rate", &[Value::Text(c.into())]);
+        answers.push(ask("EUR"));
+        answers.push(ask("JPY"));
+        answers.push(ask("EUR"));
+        answers.push(lookups.query("rate", &[Value::Int(3)]));
+        answers.push(lookups.query("nope", &[]));
+        numbered(0, 2)
+    })
+    .await
+    .unwrap();
+    let eur = answers[0].clone().unwrap();
+    assert_eq!(eur.columns, ["rate", "at", "asked"]);
+    assert_eq!(
+        eur.rows[0][..2],
+        [
+            Value::Decimal(Decimal::parse("1.0825").unwrap()),
+            Value::Timestamp(1_796_119_200_000_000)
+        ]
+    );
+    assert_eq!(answers[1].clone().unwrap().rows[0][1], Value::Null);
+    // The same name and parameters, asked again in the batch: the cached answer (the
+    // volatile column did not move).
+    assert_eq!(answers[2], answers[0]);
+    assert_ne!(answers[1].clone().unwrap().rows[0][2], eur.rows[0][2]);
+    let wrong = answers[3].clone().unwrap_err();
+    assert!(
+        wrong.contains("parameter $1: a int value does not convert"),
+        "{wrong}"
+    );
+    let unknown = answers[4].clone().unwrap_err();
+    assert!(
+        unknown.contains("pipeline fx declares no lookup named \"nope\" (it declares rate)"),
+        "{unknown}"
+    );
+
+    // A lookup that would write runs read-only: Postgres refuses it, the guest hears
+    // why, and the batch still commits its rows.
+    let sneaky = set(
+        "WITH gone AS (DELETE FROM rates WHERE currency = $1 RETURNING rate) SELECT rate FROM gone",
+    );
+    sink.check_lookups(&sneaky).await.unwrap();
+    let mut refused = None;
+    let mut run = RunBatch {
+        topic: TOPIC,
+        partition: 3,
+        start_offset: 2,
+        next_offset: 4,
+        state: None,
+        lookups: Some(&sneaky),
+        guest: None,
+    };
+    sink.run_batch(&mut run, |_, lookups| {
+        refused = Some(lookups.unwrap().query("rate", &[Value::Text("EUR".into())]));
+        numbered(2, 2)
+    })
+    .await
+    .unwrap();
+    let refused = refused.unwrap().unwrap_err();
+    assert!(refused.contains("read-only transaction"), "{refused}");
+    let pg = client(&db.url()).await;
+    assert_eq!(count(&pg, "rates").await, 2);
+    assert_eq!(count(&pg, "t").await, 4);
+}
+
+/// A database URL where a test body wants a [`TestDb`].
+struct Url(String);
+
+impl Url {
+    fn url(&self) -> String {
+        self.0.clone()
+    }
+}
+
+/// A batch that ran with a guest version other than the group's live one commits
+/// nothing; with the live one it commits; and a switch of the live version waits for the
+/// batch in flight, so no batch after it commits the old version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_commits_only_with_the_live_guest_version_and_a_switch_waits_for_it() {
+    let db = TestDb::new();
+    let url = db.url();
+    let c = client(&url).await;
+    c.batch_execute("CREATE TABLE t (id int8 NOT NULL)")
+        .await
+        .unwrap();
+    let sink = sink(&url).await;
+    c.batch_execute(
+        "INSERT INTO weir_live_guests (group_id, guest, version, sha256)
+         VALUES ('sink-tests', 'g', 2, 'v2')",
+    )
+    .await
+    .unwrap();
+    let with = |start: i64, version: &str| {
+        let mut b = numbered(start, 3);
+        b.guest_version = Some(version.into());
+        b.barrier = Some("g".into());
+        b
+    };
+    match sink.write_batch(&with(0, "v1")).await {
+        Err(SinkError::Superseded {
+            guest,
+            live,
+            start_offset,
+            ..
+        }) => {
+            assert_eq!(
+                (guest.as_str(), live.as_str(), start_offset),
+                ("g", "v2", 0)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(count(&c, "t").await, 0, "nothing written");
+    sink.write_batch(&with(0, "v2")).await.unwrap();
+    assert_eq!(count(&c, "t").await, 3);
+
+    // A switch holds the row while a batch of the old version tries to commit: the batch
+    // waits, then sees the new version and commits nothing.
+    let switching = client(&url).await;
+    switching
+        .batch_execute(
+            "BEGIN; UPDATE weir_live_guests SET version = 3, sha256 = 'v3' WHERE guest = 'g'",
+        )
+        .await
+        .unwrap();
+    let late = tokio::spawn(async move { sink.write_batch(&with(3, "v2")).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!late.is_finished(), "the batch waits for the switch");
+    switching.batch_execute("COMMIT").await.unwrap();
+    match late.await.unwrap() {
+        Err(SinkError::Superseded { live, .. }) => assert_eq!(live, "v3"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(count(&c, "t").await, 3);
 }

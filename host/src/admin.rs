@@ -9,6 +9,13 @@
 //!   above `admin.max_body`.
 //! - `POST /guests/{name}/rollback`: back to the version the last swap replaced; 409 when
 //!   there is none.
+//! - `GET /guests/{name}/history`: every version deployed to the group, oldest first, with
+//!   where it came from, when it was live, and the offset it ran from on each partition.
+//!
+//! Under `weir run`, a deploy or rollback reaches the whole group (see
+//! [`crate::pipeline::deploys`]): the answer comes once the version is live on every
+//! member; 422 when a member refuses it, 409 while another deploy of the guest is under
+//! way, 503 when the group's store or a member does not answer.
 //!
 //! Errors are JSON `{"error_code": STATUS, "message": "…"}`. A missing or wrong token is
 //! 401 and changes nothing. The token is never logged.
@@ -29,7 +36,9 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::config::AdminConfig;
-use crate::runtime::{DeployError, GuestSet, GuestStatus, Swapped};
+use crate::model::Deployment;
+use crate::runtime::{DeployError, Deployer, GuestSet, GuestStatus, Swapped};
+use crate::serve::ListenerLimits;
 
 /// Where the bearer token comes from. Read at each request, so a rotated secret file
 /// takes effect without a restart.
@@ -98,14 +107,26 @@ impl Token {
 }
 
 /// What the admin API serves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AdminState {
     /// The guests it manages.
     pub guests: Arc<GuestSet>,
+    /// How their new versions are deployed (`weir run`: to the whole group).
+    pub deployer: Arc<dyn Deployer>,
     /// Where the token comes from.
     pub token: TokenSource,
     /// Largest body accepted, in bytes.
     pub max_body: usize,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("guests", &self.guests)
+            .field("token", &self.token)
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `GET /guests`.
@@ -158,10 +179,13 @@ pub struct ErrorReply {
     pub message: String,
 }
 
+/// Longest message an error body carries.
+const MAX_MESSAGE: usize = 4096;
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     let body = ErrorReply {
         error_code: status.as_u16(),
-        message: message.into(),
+        message: crate::text::truncate(&message.into(), MAX_MESSAGE),
     };
     (status, axum::Json(body)).into_response()
 }
@@ -182,19 +206,20 @@ pub fn router(state: AdminState) -> Router {
         .route("/guests", get(list))
         .route("/guests/{name}", axum::routing::put(deploy))
         .route("/guests/{name}/rollback", post(rollback))
+        .route("/guests/{name}/history", get(history))
         .layer(DefaultBodyLimit::max(state.max_body))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
 
-/// Serves the admin API on `listener` until `shutdown` completes.
+/// Serves the admin API on `listener`, under `limits`, until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AdminState,
+    limits: ListenerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+    crate::serve::serve("admin", listener, router(state), limits, shutdown)
         .await
         .context("serving the admin API")
 }
@@ -284,11 +309,12 @@ async fn deploy(
         );
     }
     tracing::info!(guest = %name, bytes = body.len(), "Admin API: deploying a new guest version");
-    let guests = state.guests.clone();
+    let deployer = state.deployer.clone();
     let deploying = name.clone();
-    // Compiling is CPU work: off the async threads.
+    // Compiling is CPU work, and a group deploy waits for every member: off the async
+    // threads.
     let result =
-        tokio::task::spawn_blocking(move || guests.deploy(&deploying, &body, "admin API")).await;
+        tokio::task::spawn_blocking(move || deployer.deploy(&deploying, &body, "admin API")).await;
     match result {
         Ok(Ok(swapped)) => {
             let current = state.guests.version(&name).unwrap_or_default();
@@ -312,9 +338,38 @@ async fn deploy(
 }
 
 async fn rollback(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
-    match state.guests.rollback(&name, "admin API rollback") {
-        Ok(s) => axum::Json(reply(s)).into_response(),
-        Err(e) => deploy_error(e),
+    let deployer = state.deployer.clone();
+    let result =
+        tokio::task::spawn_blocking(move || deployer.rollback(&name, "admin API rollback")).await;
+    match result {
+        Ok(Ok(s)) => axum::Json(reply(s)).into_response(),
+        Ok(Err(e)) => deploy_error(e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rolling back failed: {e}"),
+        ),
+    }
+}
+
+/// `GET /guests/{name}/history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// Guest name.
+    pub name: String,
+    /// Every version deployed to the group, oldest first.
+    pub versions: Vec<Deployment>,
+}
+
+async fn history(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    let deployer = state.deployer.clone();
+    let guest = name.clone();
+    match tokio::task::spawn_blocking(move || deployer.history(&guest)).await {
+        Ok(Ok(versions)) => axum::Json(History { name, versions }).into_response(),
+        Ok(Err(e)) => deploy_error(e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the history failed: {e}"),
+        ),
     }
 }
 
@@ -329,9 +384,12 @@ fn reply(s: Swapped) -> SwapReply {
 
 fn deploy_error(e: DeployError) -> Response {
     let status = match &e {
-        DeployError::Unknown(_) => StatusCode::NOT_FOUND,
-        DeployError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        DeployError::NoPrevious(_) => StatusCode::CONFLICT,
+        DeployError::Unknown(_) | DeployError::NoHistory(_) => StatusCode::NOT_FOUND,
+        DeployError::Refused(_) | DeployError::RefusedByMember { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        DeployError::NoPrevious(_) | DeployError::Busy(_) => StatusCode::CONFLICT,
+        DeployError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e.to_string())
 }

@@ -34,10 +34,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use weir::ingest::simulate::{AssetClass, SimConfig, Simulator, Symbol};
+use weir::model::{Action, Body, Row, Target, Write};
 use weir::registry::RegistryClient;
-use weir::runtime::types::{Action, InsertRow};
+use weir::sink::PipelineScope;
 use weir::sink::{Sink, SinkBatch, SinkConfig, SinkItem};
-use weir::source::{Decoded, Decoder};
+use weir::source::{Decoded, Decoder, Shape};
 use weir::source::{KafkaSource, SourceConfig, StartFrom};
 use weir_tests::{Broker, GUEST_DIR, Registry, TestDb, repo_root, rt, run_sql, unique, wait_until};
 
@@ -297,22 +298,39 @@ fn source_ceiling(broker: &Broker, registry: &str, n: u64) -> (Measurement, Vec<
                 .unwrap_or_else(|_| panic!("no messages for 60 s after {decoded} of {n}"))
                 .expect("a batch");
             start.get_or_insert_with(Instant::now);
-            let out = decoder.decode_batch(&batch).await;
+            let out = decoder.decode_batch(&batch, Shape::Values).await.unwrap();
             let mut items = Vec::with_capacity(out.len());
+            // The passthrough guest's rows: every field, into the sink-ceiling table, one
+            // target per writer schema.
+            let mut targets: Vec<Target> = Vec::new();
+            let mut by_layout = std::collections::HashMap::new();
             for (raw, d) in batch.messages.iter().zip(out) {
                 let Decoded::Message(m) = d else {
                     panic!("a preloaded tick did not decode")
                 };
+                let Body::Values { layout, values } = m.body else {
+                    panic!("a preloaded tick is not a record")
+                };
                 decoded += 1;
-                // The passthrough guest's row: every field, into the sink-ceiling table.
+                let target = *by_layout.entry(Arc::as_ptr(&layout)).or_insert_with(|| {
+                    targets.push(Target {
+                        table: "sink_ceiling".into(),
+                        columns: layout
+                            .schema()
+                            .fields
+                            .iter()
+                            .map(|f| f.name.clone())
+                            .collect(),
+                        write: Write::Insert,
+                    });
+                    targets.len() as u32 - 1
+                });
                 items.push(SinkItem::Actions {
                     offset: raw.offset,
                     key: None,
                     value: None,
-                    actions: vec![Action::Insert(InsertRow {
-                        table: "sink_ceiling".into(),
-                        row: m.fields,
-                    })],
+                    actions: vec![Action::Write(Row { target, values })],
+                    emits: Vec::new(),
                 });
             }
             batches.push(SinkBatch {
@@ -322,8 +340,15 @@ fn source_ceiling(broker: &Broker, registry: &str, n: u64) -> (Measurement, Vec<
                 next_offset: batch.next_offset().unwrap(),
                 guest_version: None,
                 version_column: None,
+                scope: Arc::new(PipelineScope {
+                    pipeline: "sink-ceiling".into(),
+                    tables: ["sink_ceiling".to_string()].into(),
+                }),
+                targets,
                 items,
                 dedup: None,
+                state: None,
+                barrier: None,
             });
         }
         let seconds = start.map_or(0.0, |s| s.elapsed().as_secs_f64());
@@ -503,8 +528,13 @@ fn native_run(dir: &Path, services: Services, n: u64) -> Measurement {
             guests.add_guest(
                 "bench",
                 &[TOPIC.to_string()],
-                weir::runtime::Guest::native("passthrough", Arc::new(native)),
+                weir::runtime::Guest::native(
+                    "passthrough",
+                    Arc::new(native),
+                    weir::pipeline::guest_config(&config.pipelines[0]),
+                ),
             );
+            let guests = Arc::new(guests);
             let runner = weir::pipeline::Runner::start(&config, &guests, metrics, health).await?;
             runner
                 .run(async {

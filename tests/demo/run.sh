@@ -169,6 +169,13 @@ psql "$db_url" -c "
   UNION ALL SELECT 'candles', count(*), max(last_event_at) FROM candles
   UNION ALL SELECT 'dead_letters', count(*), max(created_at) FROM dead_letters"
 
+say "tickers.stocks.clean: accepted ticks, normalised, as the pipeline emitted them (weir tail)"
+timeout 30 "$weir" tail tickers.stocks.clean --from-beginning -n 3 || {
+  echo "no clean ticks could be read; the end of weir run's log:" >&2
+  tail -20 "$work/run.log" >&2
+  exit 1
+}
+
 say "top_movers: the biggest moves over the last 1, 5 and 15 minutes"
 psql "$db_url" -c "
   SELECT time_window, rank, symbol, asset_class, first_price, last_price,

@@ -5,6 +5,14 @@
 //!   character outside `[a-z0-9_]` replaced by `_` (`tickers.stocks` -> `tickers_stocks`).
 //! - `include_metadata`: `true` adds the columns `kafka_topic`, `kafka_partition`,
 //!   `kafka_offset` and `kafka_timestamp`. Default `false`.
+//!
+//! A config value that does not parse is refused by `init`, naming the key.
+//!
+//! Each call declares one insert target per (table, writer schema): its columns are the
+//! schema's field names (then the metadata columns), so a message's values move into its
+//! row by position, with no per-message name work. A tombstone (no value) is a row of no
+//! fields (only the metadata columns, when included). The guest imports neither `state`
+//! nor `lookup`.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 use weir_guest::prelude::*;
@@ -14,6 +22,14 @@ pub struct Passthrough {
     table: Option<String>,
     include_metadata: bool,
 }
+
+/// The metadata columns `include_metadata` adds, after the message's fields.
+pub const METADATA: [&str; 4] = [
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "kafka_timestamp",
+];
 
 /// The table a topic maps to when none is configured.
 pub fn table_for_topic(topic: &str) -> String {
@@ -34,26 +50,38 @@ impl Processor for Passthrough {
         })
     }
 
-    fn process(&mut self, message: Message) -> Outcome {
+    fn process_batch(&mut self, messages: Messages<'_>, out: &mut Out) -> Vec<Outcome> {
+        let derived;
         let table = match &self.table {
-            Some(t) => t.clone(),
-            None => table_for_topic(&message.topic),
+            Some(t) => t.as_str(),
+            None => {
+                derived = table_for_topic(messages.topic());
+                derived.as_str()
+            }
         };
-        let mut row = message.fields;
-        if self.include_metadata {
-            row.extend(
-                Row::new()
-                    .with("kafka_topic", message.topic)
-                    .with("kafka_partition", message.partition)
-                    .with("kafka_offset", message.offset)
-                    .with(
-                        "kafka_timestamp",
-                        Value::Timestamp(message.timestamp_ms * 1000),
-                    )
-                    .fields,
-            );
+        let extra: &[&str] = if self.include_metadata {
+            &METADATA
+        } else {
+            &[]
+        };
+        let topic = messages.topic();
+        let partition = messages.partition();
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for message in messages {
+            let target = out.fields_table(table, message.schema(), extra);
+            let offset = message.offset();
+            let timestamp_ms = message.timestamp_ms();
+            let mut values = message.into_values();
+            if self.include_metadata {
+                values.reserve_exact(METADATA.len());
+                values.push(Value::Text(topic.into()));
+                values.push(Value::Int(partition.into()));
+                values.push(Value::Int(offset));
+                values.push(Value::Timestamp(timestamp_ms.saturating_mul(1000)));
+            }
+            outcomes.push(Outcome::one(target.row(values)));
         }
-        Outcome::insert(table, row)
+        outcomes
     }
 }
 
@@ -62,10 +90,10 @@ weir_guest::export!(Passthrough);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_guest::testing;
+    use weir_guest::testing::{self, TestMessage, batch};
 
-    fn tick(offset: i64) -> Message {
-        Message::new("tickers.stocks", 2, offset)
+    fn tick(offset: i64) -> TestMessage {
+        TestMessage::new(offset)
             .with("symbol", "AAPL")
             .with("price", 187.25)
             .with("volume", 1200i64)
@@ -75,27 +103,78 @@ mod tests {
     fn table_derived_from_topic() {
         assert_eq!(table_for_topic("tickers.stocks"), "tickers_stocks");
         assert_eq!(table_for_topic("My-Topic.v2"), "my_topic_v2");
-        let out = testing::run::<Passthrough>(&[], vec![tick(7)]);
-        assert_eq!(out, vec![Outcome::insert("tickers_stocks", tick(7).fields)]);
+        let out = testing::run::<Passthrough>(&[], batch("tickers.stocks", 2, [tick(7)]));
+        assert_eq!(out.tables.len(), 1);
+        assert_eq!(out.tables[0].table, "tickers_stocks");
+        assert_eq!(out.tables[0].columns, ["symbol", "price", "volume"]);
+        assert_eq!(out.tables[0].write, weir_guest::TargetWrite::Insert);
+        assert_eq!(
+            out.outcomes,
+            [Outcome::one(Action::Write(weir_guest::TargetRow {
+                target: 0,
+                values: vec!["AAPL".into(), 187.25.into(), 1200i64.into()],
+            }))]
+        );
+    }
+
+    #[test]
+    fn one_target_per_schema() {
+        let out = testing::run::<Passthrough>(
+            &[("table", "raw")],
+            batch(
+                "t",
+                0,
+                [
+                    tick(1),
+                    TestMessage::new(2).with("other", true),
+                    tick(3),
+                    TestMessage::tombstone(4),
+                ],
+            ),
+        );
+        let targets: Vec<u32> = out
+            .outcomes
+            .iter()
+            .map(|o| match o.actions_ref() {
+                Some([Action::Write(row)]) => row.target,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(targets, [0, 1, 0, 2]);
+        assert_eq!(out.tables[1].columns, ["other"]);
+        assert!(out.tables[2].columns.is_empty());
+        assert!(out.tables.iter().all(|t| t.table == "raw"));
     }
 
     #[test]
     fn configured_table_and_metadata() {
-        let mut m = tick(9);
-        m.timestamp_ms = 1_700_000_000_123;
         let out = testing::run::<Passthrough>(
             &[("table", "raw_ticks"), ("include_metadata", "true")],
-            vec![m],
+            batch(
+                "tickers.stocks",
+                2,
+                [tick(9).with_timestamp_ms(1_700_000_000_123)],
+            ),
         );
-        let Outcome::Actions(actions) = &out[0] else {
-            panic!("expected actions, got {out:?}");
-        };
-        let Action::Insert(insert) = &actions[0] else {
-            panic!("expected an insert, got {actions:?}");
-        };
-        assert_eq!(insert.table, "raw_ticks");
-        let row = Row::from(insert.row.clone());
+        let row = &out.written(0)[0];
+        assert_eq!(row.table(), "raw_ticks");
+        assert_eq!(
+            row.columns(),
+            [
+                "symbol",
+                "price",
+                "volume",
+                "kafka_topic",
+                "kafka_partition",
+                "kafka_offset",
+                "kafka_timestamp"
+            ]
+        );
         assert_eq!(row.get("symbol"), Some(&Value::Text("AAPL".into())));
+        assert_eq!(
+            row.get("kafka_topic"),
+            Some(&Value::Text("tickers.stocks".into()))
+        );
         assert_eq!(row.get("kafka_partition"), Some(&Value::Int(2)));
         assert_eq!(row.get("kafka_offset"), Some(&Value::Int(9)));
         assert_eq!(
@@ -105,8 +184,15 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "`include_metadata` = \"maybe\" does not parse")]
-    fn bad_config_fails_the_batch() {
-        testing::run::<Passthrough>(&[("include_metadata", "maybe")], vec![tick(1)]);
+    fn a_bad_config_is_refused_by_init() {
+        let err = testing::run_batch::<Passthrough>(
+            &[("include_metadata", "maybe")],
+            batch("t", 0, [tick(1)]),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("invalid guest config: `include_metadata` = \"maybe\" does not parse"),
+            "{err}"
+        );
     }
 }

@@ -28,6 +28,13 @@ impl ConfigError {
     }
 }
 
+impl ConfigError {
+    /// The message, without the `invalid guest config: ` prefix.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invalid guest config: {}", self.message)
@@ -35,7 +42,8 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
-    pub(crate) fn new(entries: Vec<ConfigEntry>) -> Self {
+    /// A config from the entries `init` receives.
+    pub fn from_entries(entries: Vec<ConfigEntry>) -> Self {
         Self {
             entries: entries.into_iter().map(|e| (e.key, e.value)).collect(),
         }
@@ -79,6 +87,28 @@ impl Config {
         }
     }
 
+    /// The value of `key` parsed as `T`; an error naming the key when it is unset or does
+    /// not parse.
+    pub fn require_parse<T: FromStr>(&self, key: &str) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        let raw = self.require(key)?;
+        raw.trim()
+            .parse()
+            .map_err(|e| ConfigError::new(alloc::format!("`{key}` = {raw:?} does not parse: {e}")))
+    }
+
+    /// The number of key/value pairs.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no value is set.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// All key/value pairs, in the order given.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
@@ -102,5 +132,15 @@ mod tests {
         assert_eq!(c.parse_or("unset", 7u64).unwrap(), 7);
         let err = c.parse_or("bad", 0u64).unwrap_err().to_string();
         assert!(err.contains("`bad` = \"x\" does not parse"), "{err}");
+        assert_eq!(c.require_parse::<u64>("skew_ms").unwrap(), 500);
+        let err = c.require_parse::<f64>("bad").unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid guest config: `bad` = \"x\" does not parse: "),
+            "{err}"
+        );
+        assert_eq!(
+            c.require_parse::<f64>("unset").unwrap_err().to_string(),
+            "invalid guest config: `unset` is required"
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! The host calls a guest may make: logging and metrics. On wasm they go to the host; in
-//! a native build they are recorded for [`crate::testing`] to inspect.
+//! The host calls a guest may make: logging, metrics, state and lookups. On wasm they go
+//! to the host; in a native build [`crate::testing`] records or answers them.
 
 /// Severity of a log record.
 pub use crate::bindings::weir::processor::logging::Level;
@@ -81,3 +81,36 @@ pub(crate) fn report_panic(info: &core::panic::PanicInfo<'_>) {
     };
     log::log(Level::Error, &message, &[(PANIC_FIELD, "true")]);
 }
+
+// State and lookups: the public API is in `crate::state` and `crate::lookup`. Each call is
+// linked only when a guest uses it, so a component that never touches state or lookups
+// does not import those interfaces.
+
+#[cfg(target_arch = "wasm32")]
+mod imports {
+    use crate::bindings::weir::processor::{lookup, state};
+    use crate::{Value, lookup::Rows, state::Entry};
+    use alloc::string::String;
+    use alloc::vec::Vec;
+
+    pub(crate) fn state_get(key: &[u8]) -> Option<Vec<u8>> {
+        state::get(key)
+    }
+    pub(crate) fn state_put(key: &[u8], value: &[u8]) -> Result<(), String> {
+        state::put(key, value)
+    }
+    pub(crate) fn state_delete(key: &[u8]) -> Result<(), String> {
+        state::delete(key)
+    }
+    pub(crate) fn state_scan(prefix: &[u8], after: Option<&[u8]>, limit: u32) -> Vec<Entry> {
+        state::scan(prefix, after, limit)
+    }
+    pub(crate) fn lookup_query(name: &str, params: &[Value]) -> Result<Rows, String> {
+        lookup::query(name, params)
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) use crate::testing::{lookup_query, state_delete, state_get, state_put, state_scan};
+#[cfg(target_arch = "wasm32")]
+pub(crate) use imports::*;

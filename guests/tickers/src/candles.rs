@@ -116,36 +116,56 @@ impl<'a> Candle<'a> {
         self.last_message = message;
     }
 
-    /// The merge-upsert of this candle into `table`.
-    pub fn upsert(&self, table: &str, asset_class: &str, interval: &str) -> Action {
-        let row = Row::with_capacity(12)
-            .with("symbol", self.symbol)
-            .with("asset_class", asset_class)
-            .with("interval", interval)
-            .with("bucket_start", Value::Timestamp(self.bucket_start))
-            .with("open", self.open)
-            .with("high", self.high)
-            .with("low", self.low)
-            .with("close", self.close)
-            .with("volume", self.volume)
-            .with("trades", self.trades)
-            .with("first_event_at", Value::Timestamp(self.first_event_at))
-            .with("last_event_at", Value::Timestamp(self.last_event_at));
-        Action::upsert(table, &KEY, row, policies())
+    /// The candle's row, in [`COLUMNS`] order.
+    pub fn values(&self, asset_class: &str, interval: &str) -> Vec<Value> {
+        vec![
+            Value::Text(self.symbol.into()),
+            Value::Text(asset_class.into()),
+            Value::Text(interval.into()),
+            Value::Timestamp(self.bucket_start),
+            Value::Float(self.open),
+            Value::Float(self.high),
+            Value::Float(self.low),
+            Value::Float(self.close),
+            Value::Float(self.volume),
+            Value::Int(self.trades),
+            Value::Timestamp(self.first_event_at),
+            Value::Timestamp(self.last_event_at),
+        ]
     }
 }
 
+/// The candle table's columns, in the order of [`Candle::values`].
+pub const COLUMNS: [&str; 12] = [
+    "symbol",
+    "asset_class",
+    "interval",
+    "bucket_start",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "trades",
+    "first_event_at",
+    "last_event_at",
+];
+
 /// The merge policy of each non-key candle column.
-pub fn policies() -> [(&'static str, MergePolicy); 9] {
-    [
-        ("asset_class", MergePolicy::Replace),
-        ("open", MergePolicy::FirstByTime("first_event_at".into())),
-        ("high", MergePolicy::Max),
-        ("low", MergePolicy::Min),
-        ("close", MergePolicy::LastByTime("last_event_at".into())),
-        ("volume", MergePolicy::Sum),
-        ("trades", MergePolicy::Sum),
-        ("first_event_at", MergePolicy::Min),
-        ("last_event_at", MergePolicy::Max),
-    ]
+pub const POLICIES: [(&str, Merge<'static>); 9] = [
+    ("asset_class", Merge::Replace),
+    ("open", Merge::FirstByTime("first_event_at")),
+    ("high", Merge::Max),
+    ("low", Merge::Min),
+    ("close", Merge::LastByTime("last_event_at")),
+    ("volume", Merge::Sum),
+    ("trades", Merge::Sum),
+    ("first_event_at", Merge::Min),
+    ("last_event_at", Merge::Max),
+];
+
+/// Declares the candle upsert target of `table` in this call's output: [`COLUMNS`],
+/// merged by [`KEY`] with [`POLICIES`].
+pub fn target(out: &mut Out, table: &str) -> Table {
+    out.upsert(table, &COLUMNS, &KEY, &POLICIES)
 }

@@ -15,12 +15,14 @@
 //! | `intervals` | `1m,5m,15m` | candle intervals, comma separated; each > 0 and at most `1d`, written as its largest whole unit (`60s` is `1m`) |
 //! | `max_future_skew` | `5s` | how far `event_time` may be after `ingestion_time` |
 //! | `max_lateness` | `1h` | how far `event_time` may be before `ingestion_time` |
+//! | `clean_topic` | (none) | a topic to emit every accepted tick to, normalised: the tick row's columns as its fields (`schemas/tickers.<class>.clean.avsc`), keyed by symbol |
 //!
 //! Durations are a whole number and a unit (`us`, `ms`, `s`, `m`, `h`, `d`), or several
 //! (`1h30m`); `0` needs no unit. `off` turns a skew limit off: data simulated with
 //! `weir ingest simulate --start-time` or replayed from the past has event times long
 //! before its ingestion times, which `max_lateness` would otherwise reject. A bad value
-//! fails the batch with an error naming the key.
+//! is refused by `init` (so at load, on a file swap and on an admin deploy, where the
+//! version already running stays) with an error naming the key.
 //!
 //! # Per message
 //!
@@ -33,7 +35,8 @@
 //!   `change`, `change_percent`, (crypto) `circulating_supply`, `currency`, `exchange`,
 //!   `quote_type`, `market_hours`, `source`, `kafka_partition`, `kafka_offset`. Every
 //!   column is always written (null when the message has no value), so a batch's rows are
-//!   one `COPY`.
+//!   one `COPY`: the call declares the tick table's columns once ([`tick_columns`]) and
+//!   each row gives its values by position.
 //!
 //! # Candles
 //!
@@ -42,7 +45,8 @@
 //! open/high/low/close, `last_size` for volume (0 when missing or null), 1 for trades.
 //! The batch's ticks are combined first (see [`candles`]), so each (symbol, interval,
 //! bucket) is one merge-upsert per batch, attached to the outcome of the last message
-//! that contributed to it.
+//! that contributed to it. The candle target (columns, key and merge policies) is
+//! declared once per call too.
 //!
 //! # Metrics
 //!
@@ -100,32 +104,68 @@ impl Counts {
     }
 }
 
+/// The tick table's columns, in the order of a tick's values: `circulating_supply` only
+/// for classes that have it.
+pub fn tick_columns(class: settings::AssetClass) -> Vec<&'static str> {
+    let mut columns = vec![
+        "symbol",
+        "event_id",
+        "event_time",
+        "ingestion_time",
+        "price",
+        "bid",
+        "ask",
+        "last_size",
+        "day_volume",
+        "change",
+        "change_percent",
+    ];
+    if class.has_supply() {
+        columns.push("circulating_supply");
+    }
+    columns.extend([
+        "currency",
+        "exchange",
+        "quote_type",
+        "market_hours",
+        "source",
+        "kafka_partition",
+        "kafka_offset",
+    ]);
+    columns
+}
+
 impl Tickers {
-    /// The tick's row in the tick table.
-    fn tick_row(&self, tick: &Tick<'_>, message: &Message) -> Action {
-        let mut row = Row::with_capacity(20)
-            .with("symbol", tick.symbol)
-            .with("event_id", tick.event_id)
-            .with("event_time", Value::Timestamp(tick.event_time))
-            .with("ingestion_time", Value::Timestamp(tick.ingestion_time))
-            .with("price", tick.price)
-            .with("bid", tick.bid)
-            .with("ask", tick.ask)
-            .with("last_size", tick.last_size)
-            .with("day_volume", tick.day_volume)
-            .with("change", tick.change)
-            .with("change_percent", tick.change_percent);
+    /// The tick's row in the tick table, in [`tick_columns`] order.
+    fn tick_values(&self, tick: &Tick<'_>, message: &Message<'_>) -> Vec<Value> {
+        let text = |s: Option<&str>| s.map_or(Value::Null, |s| Value::Text(s.into()));
+        let mut values = Vec::with_capacity(19);
+        values.extend([
+            Value::Text(tick.symbol.into()),
+            Value::Text(tick.event_id.into()),
+            Value::Timestamp(tick.event_time),
+            Value::Timestamp(tick.ingestion_time),
+            Value::Float(tick.price),
+            tick.bid.into(),
+            tick.ask.into(),
+            tick.last_size.into(),
+            tick.day_volume.into(),
+            tick.change.into(),
+            tick.change_percent.into(),
+        ]);
         if self.settings.class.has_supply() {
-            row.set("circulating_supply", tick.circulating_supply);
+            values.push(tick.circulating_supply.into());
         }
-        row.set("currency", tick.currency);
-        row.set("exchange", tick.exchange);
-        row.set("quote_type", tick.quote_type);
-        row.set("market_hours", tick.market_hours);
-        row.set("source", tick.source);
-        row.set("kafka_partition", message.partition);
-        row.set("kafka_offset", message.offset);
-        Action::insert(self.settings.table.as_str(), row)
+        values.extend([
+            text(tick.currency),
+            text(tick.exchange),
+            text(tick.quote_type),
+            text(tick.market_hours),
+            text(tick.source),
+            Value::Int(message.partition().into()),
+            Value::Int(message.offset()),
+        ]);
+        values
     }
 }
 
@@ -136,14 +176,15 @@ impl Processor for Tickers {
         })
     }
 
-    fn process(&mut self, message: Message) -> Outcome {
-        self.process_batch(vec![message])
-            .pop()
-            .unwrap_or_else(Outcome::skip)
-    }
-
-    fn process_batch(&mut self, messages: Vec<Message>) -> Vec<Outcome> {
+    fn process_batch(&mut self, messages: Messages<'_>, out: &mut Out) -> Vec<Outcome> {
         let settings = &self.settings;
+        let columns = tick_columns(settings.class);
+        let ticks = out.insert(&settings.table, &columns);
+        let clean = settings
+            .clean_topic
+            .as_ref()
+            .map(|t| (t, out.layout(&columns)));
+        let candle_target = candles::target(out, &settings.candles_table);
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(messages.len());
         let mut counts = Counts::default();
         let mut accepted: HashSet<u128> = HashSet::with_capacity(messages.len());
@@ -170,7 +211,17 @@ impl Processor for Tickers {
             };
             counts.accepted += 1;
             accepted.insert(tick.uuid);
-            outcomes.push(Outcome::actions(vec![self.tick_row(&tick, message)]));
+            let values = self.tick_values(&tick, message);
+            outcomes.push(match clean {
+                // The same values, to the clean topic.
+                Some((topic, layout)) => Outcome::actions(vec![
+                    ticks.row(values.clone()),
+                    Emit::fields(topic.clone(), layout, values)
+                        .key(tick.symbol.as_bytes().to_vec())
+                        .into(),
+                ]),
+                None => Outcome::one(ticks.row(values)),
+            });
 
             let size = tick.last_size.unwrap_or(0.0);
             for (k, interval) in settings.intervals.iter().enumerate() {
@@ -195,12 +246,9 @@ impl Processor for Tickers {
 
         let class = settings.class.name();
         for candle in &candles {
-            if let Outcome::Actions(actions) = &mut outcomes[candle.last_message] {
-                actions.push(candle.upsert(
-                    &settings.candles_table,
-                    class,
-                    &settings.intervals[candle.interval].label,
-                ));
+            if let Some(actions) = outcomes[candle.last_message].actions_mut() {
+                let values = candle.values(class, &settings.intervals[candle.interval].label);
+                actions.push(candle_target.row(values));
             }
         }
         counts.candles = candles.len() as u64;

@@ -89,7 +89,7 @@ pub const MIN_TIME: i64 = -62_135_596_800 * SECOND;
 pub const END_TIME: i64 = 253_402_300_800 * SECOND;
 
 /// Checks `message` against every rule.
-pub fn check<'a>(message: &'a Message, settings: &Settings) -> Result<Tick<'a>, Reject> {
+pub fn check<'a>(message: &'a Message<'_>, settings: &Settings) -> Result<Tick<'a>, Reject> {
     let class = settings.class;
     let m = message;
     let symbol = text(required(m, "id")?, "id")?;
@@ -251,7 +251,7 @@ fn positive(rule: &'static str, field: &str, v: f64) -> Result<(), Reject> {
 }
 
 /// Field `name`'s value, neither missing nor null.
-fn required<'a>(m: &'a Message, name: &str) -> Result<&'a Value, Reject> {
+fn required<'a>(m: &'a Message<'_>, name: &str) -> Result<&'a Value, Reject> {
     match m.get(name) {
         None => Err(reject("required", name, "is missing")),
         Some(Value::Null) => Err(reject("required", name, "is null")),
@@ -260,7 +260,7 @@ fn required<'a>(m: &'a Message, name: &str) -> Result<&'a Value, Reject> {
 }
 
 /// Field `name`'s value, `None` when missing or null.
-fn optional<'a>(m: &'a Message, name: &str) -> Option<&'a Value> {
+fn optional<'a>(m: &'a Message<'_>, name: &str) -> Option<&'a Value> {
     m.get(name).filter(|v| !v.is_null())
 }
 
@@ -279,7 +279,7 @@ fn number(v: &Value, name: &str) -> Result<f64, Reject> {
     }
 }
 
-fn opt_number(m: &Message, name: &str) -> Result<Option<f64>, Reject> {
+fn opt_number(m: &Message<'_>, name: &str) -> Result<Option<f64>, Reject> {
     optional(m, name).map(|v| number(v, name)).transpose()
 }
 
@@ -295,7 +295,7 @@ fn text<'a>(v: &'a Value, name: &str) -> Result<&'a str, Reject> {
     }
 }
 
-fn opt_text<'a>(m: &'a Message, name: &str) -> Result<Option<&'a str>, Reject> {
+fn opt_text<'a>(m: &'a Message<'_>, name: &str) -> Result<Option<&'a str>, Reject> {
     optional(m, name).map(|v| text(v, name)).transpose()
 }
 
@@ -305,7 +305,7 @@ fn timestamp(v: &Value, name: &str) -> Result<i64, Reject> {
 }
 
 /// A whole number: an int, or a float or decimal without a fraction that fits in 64 bits.
-fn opt_int(m: &Message, name: &str) -> Result<Option<i64>, Reject> {
+fn opt_int(m: &Message<'_>, name: &str) -> Result<Option<i64>, Reject> {
     let Some(v) = optional(m, name) else {
         return Ok(None);
     };

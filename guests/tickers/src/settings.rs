@@ -114,6 +114,8 @@ pub struct Settings {
     /// `max_lateness`: how far event_time may be before ingestion_time (default `1h`;
     /// `off` is `i64::MAX`).
     pub max_lateness: i64,
+    /// `clean_topic`: where each accepted tick is emitted, normalised (default none).
+    pub clean_topic: Option<String>,
 }
 
 impl Settings {
@@ -137,6 +139,15 @@ impl Settings {
             .map_err(|why| ConfigError::new(format!("`intervals`: {why}")))?;
         let max_future_skew = duration_key(config, "max_future_skew", 5 * SECOND)?;
         let max_lateness = duration_key(config, "max_lateness", HOUR)?;
+        let clean_topic = match config.get("clean_topic").map(str::trim) {
+            None => None,
+            Some("") => {
+                return Err(ConfigError::new(
+                    "`clean_topic` is empty: name a topic, or leave the key out",
+                ));
+            }
+            Some(t) => Some(t.into()),
+        };
         Ok(Self {
             class,
             table,
@@ -144,6 +155,7 @@ impl Settings {
             intervals,
             max_future_skew,
             max_lateness,
+            clean_topic,
         })
     }
 }

@@ -2,9 +2,11 @@
 //! row-at-a-time reference merge, bucket flooring, config errors.
 
 use core::cmp::Ordering;
+use core::ops::Deref;
 
 use weir_guest::prelude::*;
-use weir_guest::{UpsertRow, testing};
+use weir_guest::testing::{self, TestMessage, batch};
+use weir_guest::{Output, Written};
 
 use crate::Tickers;
 use crate::candles::bucket_start;
@@ -19,9 +21,8 @@ fn uuid(n: u64) -> String {
 }
 
 /// A valid tick of `class` at `T0 + dt` µs, ingested at T0 + dt.
-fn tick(class: &str, offset: i64, symbol: &str, price: f64, dt: i64) -> Message {
-    let topic = format!("tickers.{class}");
-    let mut m = Message::new(topic, 3, offset)
+fn tick(class: &str, offset: i64, symbol: &str, price: f64, dt: i64) -> TestMessage {
+    let mut m = TestMessage::new(offset)
         .with("id", symbol)
         .with("exchange", "NMS")
         .with("quote_type", "EQUITY")
@@ -45,15 +46,37 @@ fn tick(class: &str, offset: i64, symbol: &str, price: f64, dt: i64) -> Message 
     m
 }
 
-fn stock(offset: i64, symbol: &str, price: f64, dt: i64) -> Message {
+fn stock(offset: i64, symbol: &str, price: f64, dt: i64) -> TestMessage {
     tick("stocks", offset, symbol, price, dt)
 }
 
-fn run_class(class: &str, messages: Vec<Message>) -> Vec<Outcome> {
-    testing::run::<Tickers>(&[("asset_class", class)], messages)
+/// A call's output, dereferencing to its outcomes.
+#[derive(Debug)]
+struct Ran(Output);
+
+impl Deref for Ran {
+    type Target = Vec<Outcome>;
+    fn deref(&self) -> &Vec<Outcome> {
+        &self.0.outcomes
+    }
 }
 
-fn run(messages: Vec<Message>) -> Vec<Outcome> {
+/// Runs the guest with this config over `messages`, a batch of partition 3 of the topic
+/// `tickers.<asset_class>`.
+fn run_with(config: &[(&str, &str)], messages: Vec<TestMessage>) -> Ran {
+    let class = config
+        .iter()
+        .find(|(k, _)| *k == "asset_class")
+        .map_or("none", |(_, v)| v);
+    let topic = format!("tickers.{class}");
+    Ran(testing::run::<Tickers>(config, batch(&topic, 3, messages)))
+}
+
+fn run_class(class: &str, messages: Vec<TestMessage>) -> Ran {
+    run_with(&[("asset_class", class)], messages)
+}
+
+fn run(messages: Vec<TestMessage>) -> Ran {
     run_class("stocks", messages)
 }
 
@@ -64,33 +87,25 @@ fn actions(outcome: &Outcome) -> &[Action] {
     }
 }
 
-fn inserts(outcome: &Outcome) -> Vec<Row> {
-    actions(outcome)
+/// The inserted rows of outcome `i`, by name.
+fn inserts(out: &Ran, i: usize) -> Vec<Row> {
+    out.0
+        .written(i)
         .iter()
-        .filter_map(|a| match a {
-            Action::Insert(i) => Some(Row::from(i.row.clone())),
-            _ => None,
-        })
+        .filter(|w| !w.target.is_upsert())
+        .map(Written::row)
         .collect()
 }
 
-fn upserts(outcomes: &[Outcome]) -> Vec<UpsertRow> {
-    outcomes
-        .iter()
-        .filter_map(|o| match o {
-            Outcome::Actions(a) => Some(a),
-            Outcome::DeadLetter(_) => None,
-        })
-        .flatten()
-        .filter_map(|a| match a {
-            Action::Upsert(u) => Some(u.clone()),
-            _ => None,
-        })
-        .collect()
+/// The upserted rows of every outcome, in order.
+fn upserts(out: &Ran) -> Vec<Written<'_>> {
+    let mut all = out.0.all_written();
+    all.retain(|w| w.target.is_upsert());
+    all
 }
 
 /// The reason of the single message's dead letter.
-fn reason_for(class: &str, message: Message) -> String {
+fn reason_for(class: &str, message: TestMessage) -> String {
     let out = run_class(class, vec![message]);
     match &out[0] {
         Outcome::DeadLetter(r) => r.clone(),
@@ -98,7 +113,7 @@ fn reason_for(class: &str, message: Message) -> String {
     }
 }
 
-fn rejects(message: Message) -> String {
+fn rejects(message: TestMessage) -> String {
     reason_for("stocks", message)
 }
 
@@ -110,12 +125,14 @@ fn a_good_tick_becomes_a_row_and_three_candles() {
     let out = run(vec![stock(7, "AAPL", 187.25, 0)]);
     let acts = actions(&out[0]);
     assert_eq!(acts.len(), 4, "{acts:?}");
-    let Action::Insert(insert) = &acts[0] else {
-        panic!("first action is the tick row: {acts:?}");
-    };
-    assert_eq!(insert.table, "ticks_stocks");
-    let row = Row::from(insert.row.clone());
-    let names: Vec<&str> = row.fields.iter().map(|f| f.name.as_str()).collect();
+    let written = out.0.written(0);
+    assert!(
+        !written[0].target.is_upsert(),
+        "first action is the tick row"
+    );
+    assert_eq!(written[0].table(), "ticks_stocks");
+    let row = written[0].row();
+    let names: Vec<&str> = row.names().iter().map(String::as_str).collect();
     assert_eq!(
         names,
         [
@@ -150,11 +167,16 @@ fn a_good_tick_becomes_a_row_and_three_candles() {
     let labels: Vec<_> = upserts(&out)
         .iter()
         .map(|u| {
-            assert_eq!(u.table, "candles");
-            assert_eq!(u.key, ["symbol", "interval", "bucket_start"]);
-            Row::from(u.row.clone()).get("interval").cloned()
+            assert_eq!(u.table(), "candles");
+            assert_eq!(
+                u.target.key_columns(),
+                ["symbol", "interval", "bucket_start"]
+            );
+            u.get("interval").cloned()
         })
         .collect();
+    // Two targets declared once for the call: ticks and candles.
+    assert_eq!(out.0.tables.len(), 2);
     assert_eq!(
         labels,
         ["1m", "5m", "15m"].map(|l| Some(Value::Text(l.into())))
@@ -169,18 +191,15 @@ fn crypto_rows_carry_circulating_supply_and_normalise_types() {
     m.set("day_volume", 28_123_456_789.0);
     m.take("last_size");
     let out = run_class("crypto", vec![m]);
-    let row = &inserts(&out[0])[0];
+    let row = &inserts(&out, 0)[0];
     assert_eq!(row.get("price"), Some(&Value::Float(64_012.55)));
     assert_eq!(row.get("day_volume"), Some(&Value::Int(28_123_456_789)));
     assert_eq!(row.get("circulating_supply"), Some(&Value::Float(19e6)));
     assert_eq!(row.get("last_size"), Some(&Value::Null));
-    let Action::Insert(i) = &actions(&out[0])[0] else {
-        unreachable!()
-    };
-    assert_eq!(i.table, "ticks_crypto");
+    assert_eq!(out.0.written(0)[0].table(), "ticks_crypto");
     // No last_size: the tick still counts as a trade, with volume 0.
     for u in upserts(&out) {
-        let r = Row::from(u.row);
+        let r = u.row();
         assert_eq!(r.get("volume"), Some(&Value::Float(0.0)));
         assert_eq!(r.get("trades"), Some(&Value::Int(1)));
         assert_eq!(r.get("asset_class"), Some(&Value::Text("crypto".into())));
@@ -204,7 +223,7 @@ fn rule_required() {
     let mut m = stock(1, "AAPL", 10.0, 0);
     m.set("bid", Value::Null);
     m.take("ask");
-    assert!(matches!(run(vec![m]).as_slice(), [Outcome::Actions(_)]));
+    assert!(matches!(run(vec![m])[..], [Outcome::Actions(_)]));
     for (class, symbol) in [("crypto", "BTC-USD"), ("currency", "EURUSD=X")] {
         for field in ["bid", "ask"] {
             let mut m = tick(class, 1, symbol, 10.0, 0);
@@ -257,7 +276,7 @@ fn rule_symbol_format() {
     );
     for ok in ["BRK.B", "^GSPC"] {
         assert!(matches!(
-            run(vec![stock(1, ok, 10.0, 0)]).as_slice(),
+            run(vec![stock(1, ok, 10.0, 0)])[..],
             [Outcome::Actions(_)]
         ));
     }
@@ -343,11 +362,11 @@ fn rule_bid_le_ask() {
     let m = stock(1, "AAPL", 10.0, 0)
         .with("bid", 10.0)
         .with("ask", 10.0);
-    assert!(matches!(run(vec![m]).as_slice(), [Outcome::Actions(_)]));
+    assert!(matches!(run(vec![m])[..], [Outcome::Actions(_)]));
     let m = stock(1, "AAPL", 10.0, 0)
         .with("bid", 11.0)
         .with("ask", Value::Null);
-    assert!(matches!(run(vec![m]).as_slice(), [Outcome::Actions(_)]));
+    assert!(matches!(run(vec![m])[..], [Outcome::Actions(_)]));
 }
 
 #[test]
@@ -364,7 +383,7 @@ fn rule_last_size_non_negative() {
     );
     // Null or missing is no volume, not an error.
     let m = stock(1, "AAPL", 10.0, 0).with("last_size", Value::Null);
-    assert!(matches!(run(vec![m]).as_slice(), [Outcome::Actions(_)]));
+    assert!(matches!(run(vec![m])[..], [Outcome::Actions(_)]));
 }
 
 #[test]
@@ -386,7 +405,7 @@ fn rule_time_range() {
         let m = stock(1, "AAPL", 10.0, 0)
             .with("event_time", Value::Timestamp(t))
             .with("ingestion_time", Value::Timestamp(t));
-        assert!(matches!(run(vec![m]).as_slice(), [Outcome::Actions(_)]));
+        assert!(matches!(run(vec![m])[..], [Outcome::Actions(_)]));
     }
 }
 
@@ -400,20 +419,20 @@ fn rule_max_future_skew() {
     );
     // At the limit is fine; the limit is configurable.
     let m = stock(1, "AAPL", 10.0, 0).with("event_time", Value::Timestamp(T0 + 5 * SECOND));
-    assert!(matches!(run(vec![m]).as_slice(), [Outcome::Actions(_)]));
+    assert!(matches!(run(vec![m])[..], [Outcome::Actions(_)]));
     let m = stock(1, "AAPL", 10.0, 0).with("event_time", Value::Timestamp(T0 + 7_500_000));
-    let out = testing::run::<Tickers>(
+    let out = run_with(
         &[("asset_class", "stocks"), ("max_future_skew", "10s")],
         vec![m],
     );
-    assert!(matches!(out.as_slice(), [Outcome::Actions(_)]));
+    assert!(matches!(out[..], [Outcome::Actions(_)]));
 }
 
 #[test]
 fn rule_max_lateness() {
     // Minutes late is normal and accepted by default.
     let m = stock(1, "AAPL", 10.0, 0).with("event_time", Value::Timestamp(T0 - 20 * MINUTE));
-    assert!(matches!(run(vec![m]).as_slice(), [Outcome::Actions(_)]));
+    assert!(matches!(run(vec![m])[..], [Outcome::Actions(_)]));
     let m = stock(1, "AAPL", 10.0, 0).with("event_time", Value::Timestamp(T0 - 2 * HOUR));
     assert_eq!(
         rejects(m),
@@ -421,7 +440,7 @@ fn rule_max_lateness() {
          ingestion_time 2024-05-01T14:30:00Z; max_lateness is 1h"
     );
     let m = stock(1, "AAPL", 10.0, 0).with("event_time", Value::Timestamp(T0 - 2 * MINUTE));
-    let out = testing::run::<Tickers>(
+    let out = run_with(
         &[("asset_class", "stocks"), ("max_lateness", "90s")],
         vec![m],
     );
@@ -435,19 +454,19 @@ fn rule_max_lateness() {
     let two_years_back = stock(1, "AAPL", 10.0, 0)
         .with("event_time", Value::Timestamp(T0 - 730 * DAY))
         .with("ingestion_time", Value::Timestamp(T0));
-    let out = testing::run::<Tickers>(
+    let out = run_with(
         &[("asset_class", "stocks"), ("max_lateness", "off")],
         vec![two_years_back.clone()],
     );
-    assert!(matches!(out.as_slice(), [Outcome::Actions(_)]), "{out:?}");
+    assert!(matches!(out[..], [Outcome::Actions(_)]), "{out:?}");
     let back_to_the_future = two_years_back
         .with("event_time", Value::Timestamp(T0))
         .with("ingestion_time", Value::Timestamp(T0 - 730 * DAY));
-    let out = testing::run::<Tickers>(
+    let out = run_with(
         &[("asset_class", "stocks"), ("max_future_skew", " off ")],
         vec![back_to_the_future],
     );
-    assert!(matches!(out.as_slice(), [Outcome::Actions(_)]), "{out:?}");
+    assert!(matches!(out[..], [Outcome::Actions(_)]), "{out:?}");
 }
 
 #[test]
@@ -483,7 +502,7 @@ fn a_duplicate_within_the_batch_is_skipped() {
     assert_eq!(testing::counter("ticks_duplicate") - before, 1);
     // The candles count the tick once.
     for u in upserts(&out) {
-        assert_eq!(Row::from(u.row).get("trades"), Some(&Value::Int(2)));
+        assert_eq!(u.get("trades"), Some(&Value::Int(2)));
     }
 }
 
@@ -495,7 +514,7 @@ fn a_repeat_of_a_rejected_message_is_judged_on_its_own() {
         m
     }]);
     assert!(out[0].dead_letter_reason().is_some());
-    assert_eq!(inserts(&out[1]).len(), 1);
+    assert_eq!(inserts(&out, 1).len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -535,7 +554,7 @@ fn candles_of_a_tick_before_1970() {
     let out = run(vec![m]);
     let starts: Vec<_> = upserts(&out)
         .into_iter()
-        .map(|u| Row::from(u.row).get("bucket_start").cloned())
+        .map(|u| u.get("bucket_start").cloned())
         .collect();
     assert_eq!(
         starts,
@@ -547,24 +566,32 @@ fn candles_of_a_tick_before_1970() {
 fn candle_policies() {
     let out = run(vec![stock(1, "AAPL", 10.0, 0)]);
     let u = &upserts(&out)[0];
-    let policies: Vec<(&str, &MergePolicy)> = u
-        .policies
-        .iter()
-        .map(|p| (p.column.as_str(), &p.policy))
-        .collect();
     assert_eq!(
-        policies,
+        u.target.merge_policies(),
         [
-            ("asset_class", &MergePolicy::Replace),
-            ("open", &MergePolicy::FirstByTime("first_event_at".into())),
-            ("high", &MergePolicy::Max),
-            ("low", &MergePolicy::Min),
-            ("close", &MergePolicy::LastByTime("last_event_at".into())),
-            ("volume", &MergePolicy::Sum),
-            ("trades", &MergePolicy::Sum),
-            ("first_event_at", &MergePolicy::Min),
-            ("last_event_at", &MergePolicy::Max),
+            ("asset_class", Merge::Replace),
+            ("open", Merge::FirstByTime("first_event_at")),
+            ("high", Merge::Max),
+            ("low", Merge::Min),
+            ("close", Merge::LastByTime("last_event_at")),
+            ("volume", Merge::Sum),
+            ("trades", Merge::Sum),
+            ("first_event_at", Merge::Min),
+            ("last_event_at", Merge::Max),
         ]
+    );
+    // By position on the boundary: open by the time at column 10, close by column 11.
+    let weir_guest::TargetWrite::Upsert(up) = &u.target.write else {
+        panic!("{:?}", u.target)
+    };
+    assert_eq!(up.key, [0, 2, 3]);
+    assert_eq!(
+        up.policies[1].policy,
+        weir_guest::MergePolicy::FirstByTime(10)
+    );
+    assert_eq!(
+        up.policies[4].policy,
+        weir_guest::MergePolicy::LastByTime(11)
     );
 }
 
@@ -590,36 +617,29 @@ fn add(a: &Value, b: &Value) -> Value {
 
 /// The reference: `INSERT … ON CONFLICT (key) DO UPDATE` of one row, each column by its
 /// policy as the host's SQL writes it, every expression reading the stored row as it was.
-fn apply(store: &mut Store, u: &UpsertRow) {
+fn apply(store: &mut Store, u: &Written<'_>) {
     let row: BTreeMap<String, Value> = u
-        .row
+        .row()
         .iter()
-        .map(|f| (f.name.clone(), f.value.clone()))
+        .map(|(n, v)| (n.to_owned(), v.clone()))
         .collect();
-    let key: Vec<String> = u
-        .key
-        .iter()
-        .map(|k| format!("{:?}", row[k.as_str()]))
-        .collect();
+    let keys = u.target.key_columns();
+    let key: Vec<String> = keys.iter().map(|k| format!("{:?}", row[*k])).collect();
     let Some(stored) = store.get(&key) else {
         store.insert(key, row);
         return;
     };
     let mut merged = stored.clone();
     for (column, incoming) in &row {
-        if u.key.contains(column) {
+        if keys.contains(&column.as_str()) {
             continue;
         }
         let old = &stored[column];
-        let policy = u
-            .policies
-            .iter()
-            .find(|p| &p.column == column)
-            .map_or(MergePolicy::Replace, |p| p.policy.clone());
+        let policy = u.target.merge_of(column).expect("a non-key column");
         let new = match policy {
-            MergePolicy::Replace => incoming.clone(),
-            MergePolicy::Min => core::cmp::min_by(old, incoming, |a, b| compare(a, b)).clone(),
-            MergePolicy::Max => {
+            Merge::Replace => incoming.clone(),
+            Merge::Min => core::cmp::min_by(old, incoming, |a, b| compare(a, b)).clone(),
+            Merge::Max => {
                 // GREATEST: on a tie either; they are equal.
                 if compare(incoming, old) == Ordering::Greater {
                     incoming.clone()
@@ -627,18 +647,18 @@ fn apply(store: &mut Store, u: &UpsertRow) {
                     old.clone()
                 }
             }
-            MergePolicy::Sum => add(old, incoming),
+            Merge::Sum => add(old, incoming),
             // The incoming value only when its time is strictly earlier.
-            MergePolicy::FirstByTime(t) => {
-                if compare(&row[&t], &stored[&t]) == Ordering::Less {
+            Merge::FirstByTime(t) => {
+                if compare(&row[t], &stored[t]) == Ordering::Less {
                     incoming.clone()
                 } else {
                     old.clone()
                 }
             }
             // The incoming value when its time is equal or later.
-            MergePolicy::LastByTime(t) => {
-                if compare(&row[&t], &stored[&t]) != Ordering::Less {
+            Merge::LastByTime(t) => {
+                if compare(&row[t], &stored[t]) != Ordering::Less {
                     incoming.clone()
                 } else {
                     old.clone()
@@ -675,9 +695,9 @@ impl Rng {
 
 /// Ticks over a few symbols and half an hour, many at the very same instant (so ties
 /// decide open and close), in shuffled order, with offsets in message order.
-fn market(seed: u64, n: usize) -> Vec<Message> {
+fn market(seed: u64, n: usize) -> Vec<TestMessage> {
     let mut rng = Rng(seed);
-    let mut ticks: Vec<Message> = (0..n)
+    let mut ticks: Vec<TestMessage> = (0..n)
         .map(|i| {
             let symbol = ["AAPL", "MSFT", "^GSPC"][rng.below(3) as usize];
             // Few distinct times: seconds 0..1800 step 45, some sub-second.
@@ -711,7 +731,7 @@ fn market(seed: u64, n: usize) -> Vec<Message> {
 
 /// The candle rows one tick at a time, in message order: what Postgres would hold had
 /// every tick been its own upsert. Ticks whose event_id was seen are skipped.
-fn row_at_a_time(messages: &[Message]) -> Store {
+fn row_at_a_time(messages: &[TestMessage]) -> Store {
     let mut store = Store::new();
     let mut seen = BTreeSet::new();
     for m in messages {
@@ -719,9 +739,9 @@ fn row_at_a_time(messages: &[Message]) -> Store {
         if !seen.insert(id) {
             continue;
         }
-        let t = m.timestamp_micros("event_time").unwrap();
-        let price = m.float("price").unwrap();
-        let size = m.float("last_size").unwrap_or(0.0);
+        let t = m.timestamp("event_time").unwrap();
+        let price = m.f64("price").unwrap();
+        let size = m.f64("last_size").unwrap_or(0.0);
         for (label, len) in [("1m", MINUTE), ("5m", 5 * MINUTE), ("15m", 15 * MINUTE)] {
             let row = Row::new()
                 .with("symbol", m.text("id").unwrap())
@@ -736,15 +756,16 @@ fn row_at_a_time(messages: &[Message]) -> Store {
                 .with("trades", 1i64)
                 .with("first_event_at", Value::Timestamp(t))
                 .with("last_event_at", Value::Timestamp(t));
-            let Action::Upsert(u) = Action::upsert(
+            // Each row its own call's upsert, declared by name.
+            let mut out = Out::new();
+            let action = out.write_upsert(
                 "candles",
-                &["symbol", "interval", "bucket_start"],
                 row,
-                crate::candles::policies(),
-            ) else {
-                unreachable!()
-            };
-            apply(&mut store, &u);
+                &["symbol", "interval", "bucket_start"],
+                &crate::candles::POLICIES,
+            );
+            let output = out.finish(vec![Outcome::one(action)]);
+            apply(&mut store, &output.written(0)[0]);
         }
     }
     store
@@ -752,7 +773,7 @@ fn row_at_a_time(messages: &[Message]) -> Store {
 
 /// The guest's upserts, applied in outcome order, over a batch cut into these pieces
 /// (each piece its own guest call, as when the host splits a batch).
-fn combined(messages: &[Message], cuts: &[usize]) -> (Store, usize) {
+fn combined(messages: &[TestMessage], cuts: &[usize]) -> (Store, usize) {
     let mut store = Store::new();
     let mut count = 0;
     let mut bounds = vec![0];
@@ -811,7 +832,7 @@ fn ties_open_with_the_earlier_message_and_close_with_the_later() {
     ]);
     let ups = upserts(&out);
     assert_eq!(ups.len(), 3);
-    let row = Row::from(ups[0].row.clone());
+    let row = ups[0].row();
     assert_eq!(row.get("open"), Some(&Value::Float(9.0)));
     assert_eq!(row.get("close"), Some(&Value::Float(12.0)));
     assert_eq!(row.get("high"), Some(&Value::Float(12.0)));
@@ -833,7 +854,7 @@ fn ties_open_with_the_earlier_message_and_close_with_the_later() {
         stock(1, "AAPL", 10.0, SECOND),
         stock(2, "AAPL", 11.0, SECOND),
     ]);
-    let row = Row::from(upserts(&out)[0].row.clone());
+    let row = upserts(&out)[0].row();
     assert_eq!(row.get("open"), Some(&Value::Float(10.0)));
     assert_eq!(row.get("close"), Some(&Value::Float(11.0)));
 }
@@ -854,7 +875,7 @@ fn candles_ride_on_their_last_contributor_even_when_later_messages_are_rejected(
 
 #[test]
 fn configured_tables_and_intervals() {
-    let out = testing::run::<Tickers>(
+    let out = run_with(
         &[
             ("asset_class", "currency"),
             ("table", "fx.ticks"),
@@ -863,19 +884,17 @@ fn configured_tables_and_intervals() {
         ],
         vec![tick("currency", 1, "EURUSD=X", 1.0712, 0)],
     );
-    let acts = actions(&out[0]);
-    let Action::Insert(i) = &acts[0] else {
-        panic!("{acts:?}")
-    };
-    assert_eq!(i.table, "fx.ticks");
-    assert!(Row::from(i.row.clone()).get("circulating_supply").is_none());
+    assert_eq!(actions(&out[0]).len(), 3);
+    let tick_row = &out.0.written(0)[0];
+    assert_eq!(tick_row.table(), "fx.ticks");
+    assert!(tick_row.get("circulating_supply").is_none());
     let ups = upserts(&out);
     assert_eq!(ups.len(), 2);
     let labels: Vec<_> = ups
         .iter()
         .map(|u| {
-            assert_eq!(u.table, "fx.candles");
-            Row::from(u.row.clone()).get("interval").cloned()
+            assert_eq!(u.table(), "fx.candles");
+            u.get("interval").cloned()
         })
         .collect();
     assert_eq!(labels, ["1m", "1h"].map(|l| Some(Value::Text(l.into()))));
@@ -928,9 +947,21 @@ fn config_errors_name_the_key() {
 }
 
 #[test]
-#[should_panic(expected = "`asset_class` = \"bonds\" is not an asset class")]
-fn a_bad_config_fails_the_batch() {
-    testing::run::<Tickers>(&[("asset_class", "bonds")], vec![stock(1, "AAPL", 1.0, 0)]);
+fn a_bad_config_is_refused_by_init() {
+    let refused = testing::Harness::new()
+        .try_run::<Tickers>(
+            &[("asset_class", "bonds")],
+            batch("tickers.bonds", 0, [stock(1, "AAPL", 1.0, 0)]),
+        )
+        .unwrap_err();
+    assert_eq!(
+        refused,
+        testing::RunError::Refused(
+            "invalid guest config: `asset_class` = \"bonds\" is not an asset class: use \
+             stocks, crypto or currency"
+                .into()
+        )
+    );
 }
 
 #[test]
@@ -974,4 +1005,39 @@ fn durations() {
         parsed.iter().map(|i| i.micros).collect::<Vec<_>>(),
         [MINUTE, 5 * MINUTE, 15 * MINUTE]
     );
+}
+
+#[test]
+fn with_a_clean_topic_each_accepted_tick_is_also_emitted_with_its_row_values() {
+    let out = run_with(
+        &[
+            ("asset_class", "stocks"),
+            ("clean_topic", "tickers.stocks.clean"),
+        ],
+        vec![stock(1, "AAPL", 187.25, 0), stock(2, "AAPL", -1.0, 0)],
+    );
+    let emitted = out.0.emitted(0);
+    assert_eq!(emitted.len(), 1);
+    assert_eq!(emitted[0].topic, "tickers.stocks.clean");
+    assert_eq!(emitted[0].key.as_deref(), Some(&b"AAPL"[..]));
+    let weir_guest::EmitValue::Fields(fields) = &emitted[0].value else {
+        panic!("{:?}", emitted[0].value)
+    };
+    let names = &out.0.layouts[fields.layout as usize];
+    assert_eq!(names[0], "symbol");
+    assert_eq!(fields.values, inserts(&out, 0)[0].values());
+    // A rejected tick is emitted nowhere.
+    assert!(out.0.emitted(1).is_empty());
+    // Without the key, nothing is emitted.
+    assert!(
+        run(vec![stock(1, "AAPL", 187.25, 0)])
+            .0
+            .emitted(0)
+            .is_empty()
+    );
+    let refused = Tickers::new(&Config::from_pairs([
+        ("asset_class", "stocks"),
+        ("clean_topic", " "),
+    ]));
+    assert!(refused.is_err());
 }

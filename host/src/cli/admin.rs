@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use crate::admin::{ErrorReply, GuestList, SwapReply, TokenSource};
+use crate::admin::{ErrorReply, GuestList, History, SwapReply, TokenSource};
 
 /// Where the admin API is and how to authenticate.
 #[derive(Debug, Clone, Args)]
@@ -150,6 +150,54 @@ pub async fn list(args: &AdminArgs, json: bool) -> anyhow::Result<ExitCode> {
             g.swaps,
             topics.join(",")
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weir guest history`: every version of a guest deployed to the group.
+pub async fn history(args: &AdminArgs, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let client = Client::new(args)?;
+    let history: History = client
+        .send(
+            client
+                .http
+                .get(format!("{}/guests/{name}/history", client.base)),
+        )
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&history)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>7} {:<12} {:<10} {:<24} {:<24} {:<24}  FROM OFFSETS / ORIGIN",
+        "VERSION", "SHA256", "STATUS", "DEPLOYED AT", "LIVE FROM", "LIVE UNTIL"
+    );
+    for v in &history.versions {
+        let offsets: Vec<String> = v
+            .switches
+            .iter()
+            .map(|s| format!("{}[{}]@{}", s.topic, s.partition, s.from_offset))
+            .collect();
+        println!(
+            "{:>7} {:<12} {:<10} {:<24} {:<24} {:<24}  {}",
+            v.version,
+            short(&v.sha256),
+            v.status,
+            v.deployed_at,
+            v.live_from.as_deref().unwrap_or("-"),
+            v.live_until.as_deref().unwrap_or("-"),
+            if offsets.is_empty() {
+                "-".to_string()
+            } else {
+                offsets.join(" ")
+            }
+        );
+        let detail = v
+            .detail
+            .as_deref()
+            .map(|d| format!(" (refused: {d})"))
+            .unwrap_or_default();
+        println!("{:>7} {} by {}{detail}", "", v.kind, v.origin);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,13 +6,19 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::config::{Config, ConfigError};
+use anyhow::Context as _;
+
+use crate::config::Config;
 
 /// `weir config …`.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the configuration file rendered (environment variables and values filled in).
     Render(RenderArgs),
+    /// Render the configuration file in this process, its memory capped: how the
+    /// other commands render without risking their own memory.
+    #[command(hide = true)]
+    RenderIsolated(ConfigArgs),
 }
 
 /// Which configuration file, and its template values. Flatten it into any command that
@@ -28,10 +34,29 @@ pub struct ConfigArgs {
 }
 
 impl ConfigArgs {
-    /// Renders, parses and checks the configuration file.
-    pub fn load(&self) -> Result<Config, ConfigError> {
-        crate::config::load(&self.config, self.values.as_deref())
+    /// Renders (in a child process, see [`crate::config::render_isolated`]), parses and
+    /// checks the configuration file.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        Ok(crate::config::load_isolated(
+            &self.config,
+            self.values.as_deref(),
+            &weir_exe()?,
+        )?)
     }
+
+    /// The rendered text (in a child process).
+    fn render(&self) -> anyhow::Result<String> {
+        Ok(crate::config::render_isolated(
+            &self.config,
+            self.values.as_deref(),
+            &weir_exe()?,
+        )?)
+    }
+}
+
+/// This `weir` binary, to run children of.
+fn weir_exe() -> anyhow::Result<std::path::PathBuf> {
+    std::env::current_exe().context("cannot find the weir binary")
 }
 
 /// Arguments of `weir config render`.
@@ -52,10 +77,14 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
                 args.config.load()?;
                 println!("ok");
             } else {
-                let text =
-                    crate::config::render(&args.config.config, args.config.values.as_deref())?;
-                print!("{text}");
+                print!("{}", args.config.render()?);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        ConfigCommand::RenderIsolated(args) => {
+            crate::isolate::cap_memory(crate::config::RENDER_MEMORY)?;
+            let text = crate::config::render(&args.config, args.values.as_deref())?;
+            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,6 +1,7 @@
 //! `weir guest check` and `weir guest run`; `deploy`, `list` and `rollback` are in
 //! [`super::admin`].
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,16 +11,18 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
-use super::jsonl::{self, Defaults};
-use crate::runtime::types::{Batch, ConfigEntry, Message};
+use super::jsonl::{self, Defaults, Input};
+use crate::model::{ConfigEntry, NoLookups, StateLimits, StateStore, StateTxn, batch_of};
 use crate::runtime::{
-    GuestLimits, LoadError, PoolingConfig, Runtime, RuntimeConfig, TracingEvents, WORLD,
+    CallContext, GuestLimits, LoadError, PoolingConfig, Runtime, RuntimeConfig, TracingEvents,
+    WORLD,
 };
 
 /// Guest commands.
 #[derive(Debug, Subcommand)]
 pub enum GuestCommand {
-    /// Print a guest's world, imports and exports; exit 0 only if it fits weir's world.
+    /// Print a guest's world (which contract version it targets), imports and exports;
+    /// exit 0 only if it fits that version's world.
     Check {
         /// The guest component (.wasm).
         file: PathBuf,
@@ -27,11 +30,15 @@ pub enum GuestCommand {
     /// Run a guest over messages given as JSON lines and print its outcomes as JSON lines.
     ///
     /// Each input line is a message: `{"topic": …, "partition": …, "offset": …, "key": …,
-    /// "fields": {…}}`, or just the fields object. Typed values are one-key objects:
-    /// {"$timestamp": "2024-05-01T12:00:00Z"}, {"$decimal": "1.50"}, {"$bytes": "<base64>"}.
+    /// "headers": [{"key": …, "value": …}], "fields": {…}}`, or just the fields object.
+    /// Typed values are one-key objects: {"$timestamp": "2024-05-01T12:00:00Z"},
+    /// {"$decimal": "1.50"}, {"$bytes": "<base64>"}. Consecutive messages of one partition
+    /// make a batch. A guest that keeps state starts from none and keeps it, per
+    /// partition, for the run; lookups need a database, so they fail here.
     Run(RunArgs),
-    /// Deploy a new version of a guest to a running `weir run` through its admin API: it
-    /// is compiled and checked there, then swapped in at each pipeline's next batch.
+    /// Deploy a new version of a guest to the group of a running `weir run` through its
+    /// admin API: compiled and checked by every member, then switched in everywhere at
+    /// once, and recorded in Postgres so restarts keep it.
     Deploy {
         #[command(flatten)]
         admin: super::admin::AdminArgs,
@@ -48,12 +55,34 @@ pub enum GuestCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List every version of a guest deployed to the group of a running `weir run`: when,
+    /// by what, and from which offset of each partition it was live.
+    History {
+        #[command(flatten)]
+        admin: super::admin::AdminArgs,
+        /// Print the admin API's JSON answer.
+        #[arg(long)]
+        json: bool,
+        /// The guest name.
+        name: String,
+    },
     /// Roll a guest of a running `weir run` back to the version its last swap replaced.
     Rollback {
         #[command(flatten)]
         admin: super::admin::AdminArgs,
         /// The guest name.
         name: String,
+    },
+    /// Compile a component read on stdin, under a memory cap, writing the compiled
+    /// artifact on stdout: how `weir run` compiles guests without risking its memory.
+    #[command(hide = true)]
+    CompileIsolated {
+        /// Memory this process may use, in bytes.
+        #[arg(long)]
+        max_memory: usize,
+        /// The runtime's guest stack, in bytes (it shapes the compiled code).
+        #[arg(long)]
+        max_stack: usize,
     },
 }
 
@@ -108,8 +137,18 @@ pub fn run(cmd: GuestCommand) -> anyhow::Result<ExitCode> {
             super::block_on(super::admin::deploy(&admin, &name, &file))
         }
         GuestCommand::List { admin, json } => super::block_on(super::admin::list(&admin, json)),
+        GuestCommand::History { admin, json, name } => {
+            super::block_on(super::admin::history(&admin, &name, json))
+        }
         GuestCommand::Rollback { admin, name } => {
             super::block_on(super::admin::rollback(&admin, &name))
+        }
+        GuestCommand::CompileIsolated {
+            max_memory,
+            max_stack,
+        } => {
+            crate::runtime::compile_isolated(max_memory, max_stack)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -140,6 +179,7 @@ fn check(file: &Path) -> anyhow::Result<ExitCode> {
     writeln!(out, "guest:   {name}")?;
     writeln!(out, "size:    {} bytes", bytes.len())?;
     writeln!(out, "sha256:  {}", sha256_hex(&bytes))?;
+    writeln!(out, "targets: {}", info.contract)?;
     if let Some(wit) = &info.wit {
         writeln!(out, "world:")?;
         for line in wit.lines() {
@@ -157,8 +197,8 @@ fn check(file: &Path) -> anyhow::Result<ExitCode> {
         writeln!(out, "  {:<40} {:<10} {verdict}", e.name, e.kind)?;
     }
     match rt.load(&name, &bytes, GuestLimits::default()) {
-        Ok(_) => {
-            writeln!(out, "result:  fits {WORLD}")?;
+        Ok(guest) => {
+            writeln!(out, "result:  fits {}", guest.contract())?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -175,7 +215,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-fn read_messages(input: &Path, defaults: &Defaults) -> anyhow::Result<Vec<Message>> {
+fn read_messages(input: &Path, defaults: &Defaults) -> anyhow::Result<Vec<Input>> {
     let (reader, source): (Box<dyn BufRead>, String) = if input == Path::new("-") {
         (Box::new(std::io::stdin().lock()), "<stdin>".into())
     } else {
@@ -220,25 +260,55 @@ fn run_jsonl(args: RunArgs) -> anyhow::Result<ExitCode> {
             value: value.clone(),
         })
         .collect();
+    let guest = rt.setup(&guest, "weir guest run", limits, config)?;
     let size = if args.batch_size == 0 {
-        messages.len().max(1)
+        usize::MAX
     } else {
         args.batch_size
     };
+    let lookups = Arc::new(NoLookups(
+        "`weir guest run` has no database to run lookups in; they run under `weir run`".into(),
+    ));
+    let mut states: HashMap<(String, i32), Arc<StateStore>> = HashMap::new();
     let mut out = std::io::stdout().lock();
-    let mut pending = messages;
-    while !pending.is_empty() {
-        let rest = pending.split_off(size.min(pending.len()));
-        let batch = Batch {
-            config: config.clone(),
-            messages: pending,
-        };
-        let outcomes = guest.process(&batch)?;
-        for (message, outcome) in batch.messages.iter().zip(&outcomes) {
-            serde_json::to_writer(&mut out, &jsonl::outcome_json(message, outcome))?;
+    let mut pending = messages.into_iter().peekable();
+    while let Some(first) = pending.next() {
+        let (topic, partition) = (first.topic, first.partition);
+        let mut records = vec![first.record];
+        while records.len() < size
+            && let Some(next) = pending.next_if(|m| m.topic == topic && m.partition == partition)
+        {
+            records.push(next.record);
+        }
+        let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+        let batch = batch_of(&topic, partition, records);
+        let key = (topic.clone(), partition);
+        let state = guest.uses_state().then(|| {
+            StateTxn::new(
+                states.get(&key).cloned().unwrap_or_default(),
+                StateLimits::default(),
+            )
+        });
+        let call = guest.process(
+            &batch,
+            CallContext {
+                state,
+                lookups: Some(lookups.clone()),
+            },
+        );
+        let output = call.output?;
+        if let Some(txn) = call.state {
+            let mut store = states
+                .get(&key)
+                .map_or_else(StateStore::default, |s| (**s).clone());
+            store.apply(&txn.writes());
+            states.insert(key, Arc::new(store));
+        }
+        for (offset, outcome) in offsets.iter().zip(&output.outcomes) {
+            let line = jsonl::outcome_json(&topic, partition, *offset, outcome, &output);
+            serde_json::to_writer(&mut out, &line)?;
             out.write_all(b"\n")?;
         }
-        pending = rest;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

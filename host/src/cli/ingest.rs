@@ -275,7 +275,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             .to_string();
         let payload = producer
             .encode(&topic, fields)
-            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", args.file.display(), record.line))?;
+            .map_err(|e| reader.error(record.line, e))?;
         encoded.push((topic, key, payload));
     }
     let mut pacer = Pacer::new(args.target.rate.0);

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::registry::server::RegistryServer;
+use std::time::Duration;
+
+use crate::registry::server::{RegistryServer, ServerLimits};
+use crate::serve::ListenerLimits;
 
 /// `weir registry` subcommands.
 #[derive(Debug, Subcommand)]
@@ -26,6 +29,22 @@ pub struct ServeArgs {
     /// another schema than `public`). The tables are created if missing.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
+
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    #[arg(long, default_value_t = ServerLimits::default().listener.max_connections)]
+    max_connections: usize,
+
+    /// How long a connection may take to send a request's headers, or stay idle.
+    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    header_timeout: Duration,
+
+    /// How long a whole request may take, its body included (then 408).
+    #[arg(long, default_value = "60s", value_parser = crate::config::parse_duration)]
+    request_timeout: Duration,
+
+    /// Largest request body (then 413).
+    #[arg(long, default_value = "2MiB", value_parser = crate::config::parse_size)]
+    max_body: usize,
 }
 
 /// Runs a `weir registry` command.
@@ -36,7 +55,19 @@ pub async fn run(cmd: RegistryCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let server = RegistryServer::connect(&args.database_url).await?;
+    let defaults = ServerLimits::default();
+    let limits = ServerLimits {
+        listener: ListenerLimits {
+            max_connections: args.max_connections.max(1),
+            header_timeout: args.header_timeout,
+            request_timeout: args.request_timeout,
+        },
+        max_body: args.max_body,
+        ..defaults
+    };
+    let server = RegistryServer::connect(&args.database_url)
+        .await?
+        .with_limits(limits);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

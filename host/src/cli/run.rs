@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use crate::admin::{AdminState, TokenSource};
 use crate::pipeline::{Runner, load_guests};
-use crate::runtime::Runtime;
 use crate::runtime::watch::Watcher;
+use crate::runtime::{Runtime, RuntimeConfig};
 
 /// Arguments of `weir run`.
 #[derive(Debug, Args)]
@@ -24,6 +24,7 @@ pub struct RunArgs {
 /// Runs `weir run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
+    crate::serve::raise_open_files_limit();
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -35,11 +36,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         listener,
         metrics.clone(),
         health.clone(),
+        config.http.limits(),
         async {
             let _ = http_stopped.await;
         },
     ));
-    let runtime = Arc::new(Runtime::new(config.runtime_config(), metrics.events())?);
+    // Guests compile in child processes of this binary, under the compile budget.
+    let exe =
+        std::env::current_exe().context("cannot find the weir binary to compile guests with")?;
+    let runtime_config = RuntimeConfig {
+        compiler: config.isolated_compiler(exe),
+        ..config.runtime_config()
+    };
+    let runtime = Arc::new(Runtime::new(runtime_config, metrics.events())?);
     // Before anything is loaded or connected: a bad admin setup is refused at once.
     let admin = match &config.admin {
         Some(admin) => {
@@ -49,26 +58,33 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("cannot listen on {} (admin.listen)", admin.listen))?;
             tracing::info!(address = %admin.listen, "Serving the admin API");
-            Some((listener, token, admin.max_body))
+            Some((listener, token, admin.max_body, admin.limits()))
         }
         None => None,
     };
     let guests = Arc::new(load_guests(&config, runtime)?);
     let runner = Runner::start(&config, &guests, metrics.clone(), health.clone()).await?;
+    let deploys = runner.deploys();
     let _watcher = if config.guests.watch {
-        Some(Watcher::start(guests.clone(), config.guests.rescan)?)
+        Some(Watcher::start(
+            guests.clone(),
+            deploys.clone(),
+            config.guests.rescan,
+        )?)
     } else {
         None
     };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = admin.map(|(listener, token, max_body)| {
+    let admin = admin.map(|(listener, token, max_body, limits)| {
         tokio::spawn(crate::admin::serve(
             listener,
             AdminState {
                 guests: guests.clone(),
+                deployer: deploys.clone(),
                 token,
                 max_body,
             },
+            limits,
             async {
                 let _ = admin_stopped.await;
             },

@@ -11,7 +11,10 @@ use serde_json::json;
 use super::ingest::shutdown_signal;
 use super::jsonl::{key_json, message_json};
 use crate::registry::RegistryClient;
-use crate::source::{Decoded, Decoder, KafkaSource, SourceConfig, StartFrom};
+use crate::source::{
+    Decoded, Decoder, KafkaSource, Shape, SourceConfig, StartFrom, SubjectStrategy,
+};
+use tokio_util::sync::CancellationToken;
 
 /// Arguments of `weir tail`.
 #[derive(Debug, Args)]
@@ -26,12 +29,34 @@ pub struct TailArgs {
     /// Stop after this many messages.
     #[arg(long, short = 'n')]
     count: Option<u64>,
+    /// The registry subjects the topic's schema ids must be registered under: `topic`
+    /// (`<topic>-value`), `record` (the record's full name), `topic_record`, or a
+    /// comma-separated list of subjects.
+    #[arg(long, default_value = "topic")]
+    subjects: String,
 }
 
 /// Runs `weir tail`.
 pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     let registry = Arc::new(RegistryClient::new(&args.endpoints.registry)?);
-    let decoder = Decoder::new(registry);
+    let strategy = match args.subjects.as_str() {
+        "topic" => SubjectStrategy::Topic,
+        "record" => SubjectStrategy::Record,
+        "topic_record" => SubjectStrategy::TopicRecord,
+        list => SubjectStrategy::Subjects(list.split(',').map(|s| s.trim().to_string()).collect()),
+    };
+    // A signal stops the tail wherever it waits, the registry included.
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            stop.cancel();
+        }
+    });
+    let decoder = Decoder::new(registry)
+        .with_strategy(&args.topic, strategy)
+        .with_stop(stop.clone());
     let mut source = KafkaSource::new(&SourceConfig {
         brokers: args.endpoints.brokers.clone(),
         // A group of its own: tail never moves a pipeline's offsets.
@@ -48,24 +73,21 @@ pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         subscribe: true,
     })?;
     let mut printed = 0u64;
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
     let mut out = std::io::stdout();
     while args.count.is_none_or(|c| printed < c) {
         let batch = tokio::select! {
-            _ = &mut stop => break,
+            _ = stop.cancelled() => break,
             batch = source.next_batch() => batch?,
         };
-        for (raw, decoded) in batch
-            .messages
-            .iter()
-            .zip(decoder.decode_batch(&batch).await)
-        {
+        let Ok(decoded) = decoder.decode_batch(&batch, Shape::Fields).await else {
+            break;
+        };
+        for (raw, decoded) in batch.messages.iter().zip(decoded) {
             if args.count.is_some_and(|c| printed >= c) {
                 break;
             }
             let line = match decoded {
-                Decoded::Message(m) => message_json(&m),
+                Decoded::Message(m) => message_json(&batch.topic, batch.partition, &m),
                 Decoded::DeadLetter(d) => json!({
                     "topic": d.topic,
                     "partition": d.partition,
@@ -81,5 +103,6 @@ pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         }
         out.flush()?;
     }
+    source.close(Duration::from_secs(5));
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
+use crate::source::SubjectStrategy;
+
 /// Parses a byte size: `512`, `64KiB`, `128MiB`, `1GiB` (also `K`, `M`, `G`, `KB`…, all
 /// powers of 1024).
 pub fn parse_size(text: &str) -> Result<usize, String> {
@@ -133,6 +135,42 @@ pub(super) fn string_map<'de, D: Deserializer<'de>>(
 ) -> Result<BTreeMap<String, String>, D::Error> {
     let map = BTreeMap::<Scalar, Scalar>::deserialize(d)?;
     Ok(map.into_iter().map(|(k, v)| (k.0, v.0)).collect())
+}
+
+/// Deserializes a pipeline's `subjects:`: `topic`, `record`, `topic_record`, or a list of
+/// subject names.
+pub(super) fn subjects<'de, D: Deserializer<'de>>(d: D) -> Result<SubjectStrategy, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = SubjectStrategy;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("topic, record, topic_record, or a list of subject names")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<SubjectStrategy, E> {
+            match v.trim() {
+                "topic" => Ok(SubjectStrategy::Topic),
+                "record" => Ok(SubjectStrategy::Record),
+                "topic_record" => Ok(SubjectStrategy::TopicRecord),
+                other => Err(E::custom(format!(
+                    "unknown subject strategy {other:?}: use topic (<topic>-value), record (the record's full name), topic_record (<topic>-<record name>), or a list of subjects"
+                ))),
+            }
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<SubjectStrategy, A::Error> {
+            let mut subjects = Vec::new();
+            while let Some(s) = seq.next_element::<String>()? {
+                if s.trim().is_empty() {
+                    return Err(de::Error::custom("a subject name is empty"));
+                }
+                subjects.push(s);
+            }
+            if subjects.is_empty() {
+                return Err(de::Error::custom("the list of subjects is empty"));
+            }
+            Ok(SubjectStrategy::Subjects(subjects))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 #[cfg(test)]

@@ -8,6 +8,12 @@
 //!   variable and the file, when it is unset and the call gives no `default="…"`.
 //! - With `--values FILE` (YAML), the file's contents are `values` (and `Values`):
 //!   `{{ values.kafka.brokers | default(value="localhost:9092") }}`.
+//! - The template is one file: `{% include %}`, `{% extends %}` and `{% import %}` are
+//!   refused, and so is a macro that calls itself (directly or through other macros).
+//! - Rendering is bounded, and past a bound loading fails naming it: 16 MiB of output,
+//!   10 s, 1,000,000 numbers from all `range()` calls together, blocks (and brackets in one
+//!   tag, and macros calling macros) 32 deep, 256 operators in one tag, and 100,000 macro
+//!   calls made by one call of a macro.
 //!
 //! `weir config render` prints the rendered text; line numbers in messages refer to it
 //! (they match the file as written wherever the template adds or removes no lines).
@@ -32,10 +38,19 @@
 //!   migrations: migrations         # optional; relative to this file
 //! http:
 //!   listen: 0.0.0.0:9464           # /metrics, /healthz, /readyz (default 127.0.0.1:9464)
+//!   max_connections: 64            # open connections at once; more are closed (default 64)
+//!   header_timeout: 10s            # a request's headers, or an idle connection (default 10s)
+//! decode:                          # bounds on decoding one message (these are the defaults)
+//!   max_depth: 64                  # records, arrays and maps nested in one another
+//!   max_bytes: 8MiB                # what one decoded message may take
+//!   max_items: 1000000             # array and map items in one message
+//!   max_batch_bytes: 64MiB         # decoded messages of a batch before it is split
 //! runtime:
 //!   max_stack: 512KiB              # native stack per guest call (default 512KiB)
 //!   instances: 64                  # guest instances live at once (default 64)
 //!   max_memory: 1GiB               # largest memory any guest may have (default 1GiB)
+//!   compile_memory: 2GiB           # memory a guest's compilation may use (default 2GiB)
+//!   compile_timeout: 60s           # how long it may take (default 60s)
 //! guests:
 //!   dir: guests                    # where bare guest names are found; relative to this file
 //!   watch: true                    # swap in changed guest files while running (default)
@@ -45,6 +60,9 @@
 //!   token_file: /var/run/secrets/weir/admin-token   # the bearer token: a file…
 //!   # token_env: WEIR_ADMIN_TOKEN                  # …or an environment variable
 //!   max_body: 64MiB                # largest .wasm accepted (default 64MiB)
+//!   max_connections: 8             # open connections at once (default 8)
+//!   header_timeout: 10s            # a request's headers, or an idle connection (default 10s)
+//!   request_timeout: 5m            # a whole request, body included (default 5m)
 //! workers: 2                       # partitions processed at once (default: one per CPU)
 //! pipelines:
 //!   - name: stocks
@@ -57,15 +75,30 @@
 //!     columns: schema              # check a column per value-schema field (default: exist)
 //!     version_column: guest_version  # fill this column of every row with the guest's sha256
 //!     dedup: {key: event_id, retention: 7d}  # drop messages whose field repeats (before the guest)
+//!     subjects: topic              # schema ids must be registered under <topic>-value (the
+//!                                  # default); or record, topic_record, or [subject, …]
+//!     tables: [stock_ticks]        # the tables its guest writes, and may (default: config.table)
 //!   - name: candles
 //!     topics: [tickers.crypto, tickers.currency]   # …or several
 //!     guest: candles.wasm          # (an absolute path works too)
 //!     config: {interval: 1m, table: candles}
-//!     tables: [candles]            # tables it writes (default: config.table, if any)
+//!     tables: [candles]            # a row for any other table dead-letters its message
+//!     state:                       # bounds on the guest's keyed state (these are the defaults)
+//!       max_key: 1KiB              # one key
+//!       max_value: 64KiB           # one value
+//!       max_batch: 4MiB            # what one batch may write
+//!       max_partition: 64MiB       # what one partition may hold (held in memory)
+//!     lookups:                     # read-only queries the guest may run, by name ($1, $2… its parameters)
+//!       rate: SELECT rate FROM fx_rates WHERE currency = $1
+//!     topics_out:                  # the topics its guest may emit to (exactly once, through the outbox)
+//!       - candles.clean            # fields encoded with the latest schema of candles.clean-value…
+//!       - {topic: audit, subject: audit-events}   # …or of the subject given
+//!     outbox: {max_pending: 100000}   # emits of one partition waiting to be produced before it pauses (the default)
 //! {% for p in values.extra_pipelines | default(value=[]) %}
 //!   - name: {{ p.name }}
 //!     topic: {{ p.topic }}
 //!     guest: {{ p.guest }}
+//!     tables: [{{ p.table }}]
 //! {% endfor %}
 //! ```
 //!
@@ -83,10 +116,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::runtime::{GuestLimits, PoolingConfig, RuntimeConfig};
+use crate::model::StateLimits;
+use crate::runtime::{Compiler, GuestLimits, Isolation, PoolingConfig, RuntimeConfig};
+use crate::serve::ListenerLimits;
+use crate::source::SubjectStrategy;
+use crate::source::avro::DecodeLimits;
 pub use de::{format_size, parse_duration, parse_size};
 use locate::Locator;
-pub use render::render;
+pub use render::{RENDER_MEMORY, render, render_isolated};
 
 /// A loaded, checked configuration file.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,6 +136,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// The HTTP endpoints: metrics and probes.
     pub http: HttpConfig,
+    /// Bounds on decoding messages.
+    pub decode: DecodeConfig,
     /// Engine-wide guest runtime settings.
     pub runtime: RuntimeSettings,
     /// Where guests are found, and whether they are watched.
@@ -156,15 +195,85 @@ pub struct HttpConfig {
     /// Address to listen on (default `127.0.0.1:9464`).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Connections open at once; one more is closed as soon as it is accepted (default 64).
+    #[serde(default = "default_http_connections")]
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers, or stay idle between
+    /// requests (default 10s).
+    #[serde(default = "default_header_timeout", deserialize_with = "de::duration")]
+    pub header_timeout: Duration,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            max_connections: default_http_connections(),
+            header_timeout: default_header_timeout(),
         }
     }
 }
+
+impl HttpConfig {
+    /// The limits the endpoint is served with. Its requests have no body to wait for.
+    pub fn limits(&self) -> ListenerLimits {
+        ListenerLimits {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
+            request_timeout: self.header_timeout,
+        }
+    }
+}
+
+/// `decode:`: bounds on decoding one message, the same for every pipeline. A message over
+/// a bound is dead-lettered (stage `decode`) naming the setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeConfig {
+    /// How deeply records, arrays and maps may nest (default 64, at most 1000).
+    #[serde(default = "default_max_depth")]
+    pub max_depth: usize,
+    /// What one decoded message may take: its fields' names, text, bytes and the JSON
+    /// text of its arrays and maps, and each field's in-memory size (default 8MiB).
+    #[serde(default = "default_decode_max_bytes", deserialize_with = "de::size")]
+    pub max_bytes: usize,
+    /// Array and map items in one message, at any depth (default 1000000).
+    #[serde(default = "default_max_items")]
+    pub max_items: usize,
+    /// Decoded messages a batch holds before the rest of it goes on as a batch of its own
+    /// (default 64MiB): with `max_bytes`, what bounds a worker's decoded batches.
+    #[serde(default = "default_max_batch_bytes", deserialize_with = "de::size")]
+    pub max_batch_bytes: usize,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        Self {
+            max_depth: default_max_depth(),
+            max_bytes: default_decode_max_bytes(),
+            max_items: default_max_items(),
+            max_batch_bytes: default_max_batch_bytes(),
+        }
+    }
+}
+
+impl DecodeConfig {
+    /// The per-message limits.
+    pub fn limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_depth: self.max_depth,
+            max_bytes: self.max_bytes,
+            max_items: self.max_items,
+        }
+    }
+}
+
+/// The least `runtime.compile_memory`: the compiling process's own code and threads.
+const MIN_COMPILE_MEMORY: usize = 256 << 20;
+
+/// The deepest `decode.max_depth` allowed: decoding recurses once per level, and this
+/// keeps it well inside a thread's stack.
+pub const MAX_DECODE_DEPTH: usize = 1000;
 
 /// `runtime:`: settings of the guest runtime, shared by all guests.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -180,6 +289,14 @@ pub struct RuntimeSettings {
     /// (default 1GiB).
     #[serde(default = "default_runtime_max_memory", deserialize_with = "de::size")]
     pub max_memory: usize,
+    /// Memory the process compiling a guest may use (default 2GiB). `weir run`
+    /// compiles each new guest version in a child process capped at this, so a module
+    /// that takes more to compile is refused instead of taking the pipelines' memory.
+    #[serde(default = "default_compile_memory", deserialize_with = "de::size")]
+    pub compile_memory: usize,
+    /// How long compiling a guest may take (default 60s).
+    #[serde(default = "default_compile_timeout", deserialize_with = "de::duration")]
+    pub compile_timeout: Duration,
 }
 
 impl Default for RuntimeSettings {
@@ -188,6 +305,8 @@ impl Default for RuntimeSettings {
             max_stack: default_max_stack(),
             instances: default_instances(),
             max_memory: default_runtime_max_memory(),
+            compile_memory: default_compile_memory(),
+            compile_timeout: default_compile_timeout(),
         }
     }
 }
@@ -236,6 +355,30 @@ pub struct AdminConfig {
     /// Largest request body (a .wasm module) accepted (default 64MiB).
     #[serde(default = "default_max_body", deserialize_with = "de::size")]
     pub max_body: usize,
+    /// Connections open at once; one more is closed as soon as it is accepted (default 8).
+    #[serde(default = "default_admin_connections")]
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers, or stay idle between
+    /// requests (default 10s).
+    #[serde(default = "default_header_timeout", deserialize_with = "de::duration")]
+    pub header_timeout: Duration,
+    /// How long a whole request may take, its body included (default 5m).
+    #[serde(
+        default = "default_admin_request_timeout",
+        deserialize_with = "de::duration"
+    )]
+    pub request_timeout: Duration,
+}
+
+impl AdminConfig {
+    /// The limits the admin API is served with.
+    pub fn limits(&self) -> ListenerLimits {
+        ListenerLimits {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
+            request_timeout: self.request_timeout,
+        }
+    }
 }
 
 /// One pipeline: topics → guest → tables.
@@ -255,7 +398,8 @@ pub struct PipelineConfig {
     pub limits: GuestLimits,
     /// Settings handed to the guest (`config:`), as text.
     pub guest_config: BTreeMap<String, String>,
-    /// The tables this pipeline writes, checked at start.
+    /// The tables this pipeline writes, checked at start: its guest may write these and
+    /// no others.
     pub tables: Vec<String>,
     /// What to check of their columns at start.
     pub columns: ColumnCheck,
@@ -264,7 +408,22 @@ pub struct PipelineConfig {
     pub version_column: Option<String>,
     /// Drop messages whose key field repeats one already processed.
     pub dedup: Option<DedupConfig>,
+    /// The registry subjects its topics' schema ids must be registered under.
+    pub subjects: SubjectStrategy,
+    /// Bounds on the guest's keyed state.
+    pub state: StateLimits,
+    /// Named read-only queries its guest may run: name → SQL.
+    pub lookups: BTreeMap<String, String>,
+    /// The topics its guest may emit to, each with the subject whose latest schema
+    /// encodes emitted fields (default `<topic>-value`).
+    pub topics_out: BTreeMap<String, String>,
+    /// The most emitted messages of one source partition waiting in the outbox; past it
+    /// the partition pauses until the relay catches up.
+    pub outbox_max_pending: u64,
 }
+
+/// The default of `outbox.max_pending`.
+pub const DEFAULT_OUTBOX_MAX_PENDING: u64 = 100_000;
 
 /// `dedup:` of a pipeline: a message whose `key` field equals that of a message processed
 /// before (in this batch, or committed within `retention`) is dropped before the guest
@@ -293,6 +452,7 @@ pub enum ColumnCheck {
 
 impl Config {
     /// The guest runtime's settings: stack, and a pooling allocator sized from `runtime:`.
+    /// Components compile in this process; see [`Config::isolated_compiler`].
     pub fn runtime_config(&self) -> RuntimeConfig {
         RuntimeConfig {
             max_wasm_stack: self.runtime.max_stack,
@@ -302,6 +462,16 @@ impl Config {
             }),
             ..RuntimeConfig::default()
         }
+    }
+
+    /// Compiling in child processes of the `weir` binary `exe`, under `runtime:`'s
+    /// compile budget.
+    pub fn isolated_compiler(&self, exe: PathBuf) -> Compiler {
+        Compiler::Isolated(Isolation {
+            exe,
+            max_memory: self.runtime.compile_memory,
+            timeout: self.runtime.compile_timeout,
+        })
     }
 }
 
@@ -347,6 +517,9 @@ pub enum ConfigError {
         /// The line of the `env()` call, if found.
         line: Option<usize>,
     },
+    /// Rendering in a child process failed: the child's message (which names the file).
+    #[error("{0}")]
+    Isolated(String),
     /// The rendered text is not YAML of the expected shape: an unknown key, a wrong type,
     /// a missing key (serde_yaml's message, with the key path and the line).
     #[error("{path}: {detail}")]
@@ -378,6 +551,17 @@ fn at_line(line: Option<usize>) -> String {
 /// in the YAML file `values`, if any.
 pub fn load(path: &Path, values: Option<&Path>) -> Result<Config, ConfigError> {
     let text = render(path, values)?;
+    parse(path, &text)
+}
+
+/// [`load`], rendering in a child process of the `weir` binary `exe`
+/// ([`render_isolated`]).
+pub fn load_isolated(
+    path: &Path,
+    values: Option<&Path>,
+    exe: &Path,
+) -> Result<Config, ConfigError> {
+    let text = render_isolated(path, values, exe)?;
     parse(path, &text)
 }
 
@@ -417,6 +601,9 @@ struct ConfigFile {
     /// The metrics and probes endpoint.
     #[serde(default)]
     http: HttpConfig,
+    /// Bounds on decoding.
+    #[serde(default)]
+    decode: DecodeConfig,
     /// Guest runtime settings.
     #[serde(default)]
     runtime: RuntimeSettings,
@@ -468,6 +655,92 @@ struct PipelineFile {
     /// Deduplication by a key field.
     #[serde(default)]
     dedup: Option<DedupConfig>,
+    /// The subject strategy.
+    #[serde(default, deserialize_with = "de::subjects")]
+    subjects: SubjectStrategy,
+    /// Bounds on the guest's keyed state.
+    #[serde(default)]
+    state: StateFile,
+    /// Named read-only queries the guest may run.
+    #[serde(default, deserialize_with = "de::string_map")]
+    lookups: BTreeMap<String, String>,
+    /// The topics the guest may emit to.
+    #[serde(default)]
+    topics_out: Vec<TopicOut>,
+    /// Bounds on the outbox.
+    #[serde(default)]
+    outbox: OutboxFile,
+}
+
+/// One item of `topics_out:`: a topic, or a topic and the subject to encode with.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TopicOut {
+    Topic(String),
+    WithSubject { topic: String, subject: String },
+}
+
+/// `outbox:` of a pipeline.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutboxFile {
+    /// Most messages of one source partition waiting to be produced.
+    #[serde(default = "default_outbox_max_pending")]
+    max_pending: u64,
+}
+
+impl Default for OutboxFile {
+    fn default() -> Self {
+        Self {
+            max_pending: DEFAULT_OUTBOX_MAX_PENDING,
+        }
+    }
+}
+
+fn default_outbox_max_pending() -> u64 {
+    DEFAULT_OUTBOX_MAX_PENDING
+}
+
+/// `state:` of a pipeline.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    /// Bytes of one key (default 1KiB).
+    #[serde(default = "default_state_key", deserialize_with = "de::size")]
+    max_key: usize,
+    /// Bytes of one value (default 64KiB).
+    #[serde(default = "default_state_value", deserialize_with = "de::size")]
+    max_value: usize,
+    /// Bytes one batch may write (default 4MiB).
+    #[serde(default = "default_state_batch", deserialize_with = "de::size")]
+    max_batch: usize,
+    /// Bytes one partition may hold (default 64MiB).
+    #[serde(default = "default_state_partition", deserialize_with = "de::size")]
+    max_partition: usize,
+}
+
+impl Default for StateFile {
+    fn default() -> Self {
+        Self {
+            max_key: default_state_key(),
+            max_value: default_state_value(),
+            max_batch: default_state_batch(),
+            max_partition: default_state_partition(),
+        }
+    }
+}
+
+fn default_state_key() -> usize {
+    StateLimits::default().max_key
+}
+fn default_state_value() -> usize {
+    StateLimits::default().max_value
+}
+fn default_state_batch() -> usize {
+    StateLimits::default().max_batch
+}
+fn default_state_partition() -> usize {
+    StateLimits::default().max_partition
 }
 
 /// `batch:` of a pipeline.
@@ -524,6 +797,30 @@ const fn default_retention() -> Duration {
 const fn default_max_body() -> usize {
     64 << 20
 }
+const fn default_http_connections() -> usize {
+    64
+}
+const fn default_admin_connections() -> usize {
+    8
+}
+const fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+const fn default_admin_request_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_depth() -> usize {
+    DecodeLimits::default().max_depth
+}
+fn default_decode_max_bytes() -> usize {
+    DecodeLimits::default().max_bytes
+}
+fn default_max_items() -> usize {
+    DecodeLimits::default().max_items
+}
+const fn default_max_batch_bytes() -> usize {
+    64 << 20
+}
 fn default_group_id() -> String {
     "weir".into()
 }
@@ -538,6 +835,12 @@ const fn default_instances() -> u32 {
 }
 const fn default_runtime_max_memory() -> usize {
     1 << 30
+}
+const fn default_compile_memory() -> usize {
+    2 << 30
+}
+const fn default_compile_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 const fn default_batch_size() -> usize {
     500
@@ -595,6 +898,8 @@ impl Checker<'_> {
             ));
         }
         self.check_runtime(&file.runtime)?;
+        self.check_decode(&file.decode)?;
+        self.check_listener("http", file.http.max_connections, file.http.header_timeout)?;
 
         let mut database = file.database;
         database.migrations = match database.migrations {
@@ -641,6 +946,7 @@ impl Checker<'_> {
             registry: file.registry,
             database,
             http: file.http,
+            decode: file.decode,
             runtime: file.runtime,
             guests,
             admin,
@@ -693,7 +999,56 @@ impl Checker<'_> {
                 self.at.top(&["admin", "max_body"]),
             ));
         }
+        self.check_listener("admin", admin.max_connections, admin.header_timeout)?;
+        if admin.request_timeout.is_zero() {
+            return Err(self.invalid(
+                "admin.request_timeout",
+                "must be more than 0",
+                self.at.top(&["admin", "request_timeout"]),
+            ));
+        }
         Ok(admin)
+    }
+
+    fn check_listener(&self, section: &str, connections: usize, header: Duration) -> Checked<()> {
+        if connections == 0 {
+            return Err(self.invalid(
+                format!("{section}.max_connections"),
+                "must be at least 1",
+                self.at.top(&[section, "max_connections"]),
+            ));
+        }
+        if header.is_zero() {
+            return Err(self.invalid(
+                format!("{section}.header_timeout"),
+                "must be more than 0",
+                self.at.top(&[section, "header_timeout"]),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_decode(&self, d: &DecodeConfig) -> Checked<()> {
+        let fail = |key: &str, message: String| {
+            Err(self.invalid(
+                format!("decode.{key}"),
+                message,
+                self.at.top(&["decode", key]),
+            ))
+        };
+        if d.max_depth == 0 || d.max_depth > MAX_DECODE_DEPTH {
+            return fail("max_depth", format!("must be from 1 to {MAX_DECODE_DEPTH}"));
+        }
+        if d.max_bytes == 0 {
+            return fail("max_bytes", "must be more than 0 bytes".into());
+        }
+        if d.max_items == 0 {
+            return fail("max_items", "must be at least 1".into());
+        }
+        if d.max_batch_bytes == 0 {
+            return fail("max_batch_bytes", "must be more than 0 bytes".into());
+        }
+        Ok(())
     }
 
     fn non_empty(&self, keys: &[&str], value: &str) -> Checked<()> {
@@ -719,6 +1074,15 @@ impl Checker<'_> {
         }
         if r.max_memory == 0 {
             return fail("max_memory", "must be more than 0 bytes");
+        }
+        if r.compile_memory < MIN_COMPILE_MEMORY {
+            return fail(
+                "compile_memory",
+                "must be at least 256MiB (the compiler needs that much to start)",
+            );
+        }
+        if r.compile_timeout.is_zero() {
+            return fail("compile_timeout", "must be more than 0");
         }
         Ok(())
     }
@@ -866,8 +1230,98 @@ impl Checker<'_> {
             Some(tables) => tables,
             None => p.config.get("table").cloned().into_iter().collect(),
         };
+        if tables.is_empty() {
+            return Err(self.invalid(
+                key("tables"),
+                "lists no tables (and config.table is not set): list the tables the guest writes, as it names them; it may write those and no others",
+                line(&["tables"]).or_else(|| line(&[])),
+            ));
+        }
         if tables.iter().any(|t| t.trim().is_empty()) {
             return Err(self.invalid(key("tables"), "has an empty table name", line(&["tables"])));
+        }
+        if let Some(own) = tables.iter().find(|t| {
+            let last = t.rsplit('.').next().unwrap_or(t).trim_matches('"');
+            crate::sink::WEIR_TABLES
+                .iter()
+                .any(|w| w.eq_ignore_ascii_case(last))
+        }) {
+            return Err(self.invalid(
+                key("tables"),
+                format!("lists {own}, one of weir's own tables, which no pipeline may write"),
+                line(&["tables"]),
+            ));
+        }
+        for (name, size) in [
+            ("max_key", p.state.max_key),
+            ("max_value", p.state.max_value),
+            ("max_batch", p.state.max_batch),
+            ("max_partition", p.state.max_partition),
+        ] {
+            if size == 0 {
+                return Err(self.invalid(
+                    key(&format!("state.{name}")),
+                    "must be more than 0 bytes",
+                    line(&["state", name]),
+                ));
+            }
+        }
+        for (name, sql) in &p.lookups {
+            if name.trim().is_empty() {
+                return Err(self.invalid(
+                    key("lookups"),
+                    "has a lookup without a name",
+                    line(&["lookups"]),
+                ));
+            }
+            if sql.trim().is_empty() {
+                return Err(self.invalid(
+                    key(&format!("lookups.{name}")),
+                    "has no SQL",
+                    line(&["lookups", name]),
+                ));
+            }
+        }
+
+        let mut topics_out = BTreeMap::new();
+        for out in p.topics_out {
+            let (topic, subject) = match out {
+                TopicOut::Topic(t) => {
+                    let subject = format!("{t}-value");
+                    (t, subject)
+                }
+                TopicOut::WithSubject { topic, subject } => (topic, subject),
+            };
+            if topic.trim().is_empty() || subject.trim().is_empty() {
+                return Err(self.invalid(
+                    key("topics_out"),
+                    "has an empty topic or subject name",
+                    line(&["topics_out"]),
+                ));
+            }
+            if topics.contains(&topic) {
+                return Err(self.invalid(
+                    key("topics_out"),
+                    format!(
+                        "lists {topic}, which the pipeline consumes: its emits would feed it again"
+                    ),
+                    line(&["topics_out"]),
+                ));
+            }
+            if topics_out.insert(topic.clone(), subject).is_some() {
+                return Err(self.invalid(
+                    key("topics_out"),
+                    format!("lists {topic} twice"),
+                    line(&["topics_out"]),
+                ));
+            }
+        }
+        if p.outbox.max_pending == 0 {
+            return Err(self.invalid(
+                key("outbox.max_pending"),
+                "must be at least 1",
+                line(&["outbox", "max_pending"]),
+            ));
         }
 
         if let Some(column) = &p.version_column
@@ -912,6 +1366,16 @@ impl Checker<'_> {
             columns: p.columns,
             version_column: p.version_column,
             dedup: p.dedup,
+            subjects: p.subjects,
+            state: StateLimits {
+                max_key: p.state.max_key,
+                max_value: p.state.max_value,
+                max_batch: p.state.max_batch,
+                max_partition: p.state.max_partition,
+            },
+            lookups: p.lookups,
+            topics_out,
+            outbox_max_pending: p.outbox.max_pending,
         })
     }
 
@@ -1005,6 +1469,7 @@ pipelines:
   - name: stocks
     topic: tickers.stocks
     guest: g.wasm
+    tables: [ticks]
 ";
 
     fn parse_in(dir: &Path, text: &str) -> Result<Config, ConfigError> {
@@ -1024,7 +1489,9 @@ pipelines:
         assert_eq!(p.batch_size, 500);
         assert_eq!(p.linger, Duration::from_millis(100));
         assert_eq!(p.limits, GuestLimits::default());
-        assert!(p.tables.is_empty());
+        assert_eq!(p.tables, ["ticks"]);
+        assert_eq!(p.state, StateLimits::default());
+        assert!(p.lookups.is_empty());
         assert!(p.guest.is_absolute() && p.guest.ends_with("g.wasm"));
         assert_eq!(
             c.workers,
@@ -1046,7 +1513,38 @@ pipelines:
             .unwrap_err()
             .to_string();
         assert!(err.contains("workers: must be at least 1"), "{err}");
-        assert!(err.contains("(line 11)"), "{err}");
+        assert!(err.contains("(line 12)"), "{err}");
+    }
+
+    #[test]
+    fn topics_out_take_a_topic_or_a_topic_and_its_subject_and_refuse_the_input() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("g.wasm"), b"").unwrap();
+        let text = format!(
+            "{MINIMAL}    topics_out: [ticks.clean, {{topic: audit, subject: audit-events}}]\n    outbox: {{max_pending: 50}}\n"
+        );
+        let p = parse_in(dir.path(), &text).unwrap().pipelines.remove(0);
+        assert_eq!(
+            p.topics_out,
+            BTreeMap::from([
+                ("audit".to_string(), "audit-events".to_string()),
+                ("ticks.clean".to_string(), "ticks.clean-value".to_string()),
+            ])
+        );
+        assert_eq!(p.outbox_max_pending, 50);
+        let defaults = parse_in(dir.path(), MINIMAL).unwrap().pipelines.remove(0);
+        assert!(defaults.topics_out.is_empty());
+        assert_eq!(defaults.outbox_max_pending, DEFAULT_OUTBOX_MAX_PENDING);
+        let err = parse_in(
+            dir.path(),
+            &format!("{MINIMAL}    topics_out: [tickers.stocks]\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("lists tickers.stocks, which the pipeline consumes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -88,11 +88,36 @@ fn null_branch(u: &UnionSchema) -> Option<usize> {
     u.variants().iter().position(|v| matches!(v, Schema::Null))
 }
 
-fn number(v: &Json) -> Option<f64> {
-    match v {
+/// A finite float from a JSON number or numeric text. Text Rust reads as a float but not a
+/// finite one ("1e400", "inf", "NaN") is refused: it would be stored as infinity or NaN.
+fn number(v: &Json) -> Result<f64, String> {
+    let x = match v {
         Json::Number(n) => n.as_f64(),
-        Json::String(s) => s.trim().parse().ok(),
+        Json::String(s) => s.trim().parse::<f64>().ok(),
         _ => None,
+    };
+    match x {
+        Some(x) if x.is_finite() => Ok(x),
+        Some(_) => Err(format!("{} is not a finite number", shown(v))),
+        None => Err(format!("expected a number, found {v}")),
+    }
+}
+
+/// A 32-bit float; a number beyond its range would become infinity, and is refused.
+fn float(v: &Json) -> Result<f32, String> {
+    let x = number(v)? as f32;
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err(format!("{} is out of range for a 32-bit float", shown(v)))
+    }
+}
+
+/// A value as the input gave it: text unquoted and trimmed, anything else as JSON.
+fn shown(v: &Json) -> String {
+    match v {
+        Json::String(s) => s.trim().to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -119,7 +144,7 @@ fn millis(v: &Json) -> Option<i64> {
     })
 }
 
-fn convert(schema: &Schema, v: &Json) -> Result<Avro, String> {
+pub(crate) fn convert(schema: &Schema, v: &Json) -> Result<Avro, String> {
     let want = |what: &str| format!("expected {what}, found {v}");
     Ok(match schema {
         Schema::Null => {
@@ -141,8 +166,8 @@ fn convert(schema: &Schema, v: &Json) -> Result<Avro, String> {
                 .ok_or_else(|| want("a 32-bit integer"))?,
         ),
         Schema::Long => Avro::Long(integer(v).ok_or_else(|| want("an integer"))?),
-        Schema::Float => Avro::Float(number(v).ok_or_else(|| want("a number"))? as f32),
-        Schema::Double => Avro::Double(number(v).ok_or_else(|| want("a number"))?),
+        Schema::Float => Avro::Float(float(v)?),
+        Schema::Double => Avro::Double(number(v)?),
         Schema::String => Avro::String(match v {
             Json::String(s) => s.clone(),
             Json::Number(n) => n.to_string(),
@@ -204,7 +229,7 @@ fn convert(schema: &Schema, v: &Json) -> Result<Avro, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::types::Value;
+    use crate::model::Value;
     use crate::source::avro::AvroDecoder;
     use serde_json::json;
 
@@ -240,7 +265,8 @@ mod tests {
             })))
             .unwrap();
         assert_eq!(&framed[..5], &[0, 0, 0, 0, 7]);
-        let fields = AvroDecoder::new(&registered.schema)
+        let (fields, _) = AvroDecoder::new(&registered.schema, Default::default())
+            .unwrap()
             .decode(&framed[5..])
             .unwrap();
         let get = |n: &str| fields.iter().find(|f| f.name == n).unwrap().value.clone();
@@ -283,12 +309,67 @@ mod tests {
                 .unwrap_err()
                 .starts_with("field `quote_type`: \"BOND\" is not one of EQUITY")
         );
-        let mut r = record(base);
+        let mut r = record(base.clone());
         r.insert("event_time".into(), json!("yesterday"));
         assert!(
             enc.encode(&r)
                 .unwrap_err()
                 .starts_with("field `event_time`: expected epoch milliseconds")
         );
+    }
+
+    #[test]
+    fn numbers_that_are_not_finite_are_refused() {
+        let mut enc = Encoder::new(&stocks()).unwrap();
+        let base = record(json!({
+            "id": "AAPL", "quote_type": "EQUITY", "market_hours": "REGULAR_MARKET",
+            "price": 1.0, "event_time": 0, "event_id": "9f1c2a7e-0b1d-4a7e-8c55-0d3c1b6f2a01",
+            "ingestion_time": 0, "source": "t"
+        }));
+        // `price` is a double, `bid` a nullable double.
+        for (field, text) in [
+            ("price", "1e400"),
+            ("price", " inf "),
+            ("price", "NaN"),
+            ("price", "-Infinity"),
+            ("bid", "1e400"),
+        ] {
+            let mut r = base.clone();
+            r.insert(field.into(), json!(text));
+            assert_eq!(
+                enc.encode(&r).unwrap_err(),
+                format!("field `{field}`: {} is not a finite number", text.trim())
+            );
+        }
+        let mut r = base;
+        r.insert("price".into(), json!("1e300"));
+        assert!(enc.encode(&r).is_ok(), "large but finite");
+    }
+
+    #[test]
+    fn a_float_field_refuses_what_a_32_bit_float_cannot_hold() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"r","fields":[{"name":"x","type":"float"}]}"#,
+        )
+        .unwrap();
+        let registered = RegisteredSchema {
+            id: SchemaId(1),
+            text: String::new(),
+            schema,
+        };
+        let mut enc = Encoder::new(&registered).unwrap();
+        assert_eq!(
+            enc.encode(&record(json!({"x": 1e300}))).unwrap_err(),
+            "field `x`: 1e+300 is out of range for a 32-bit float"
+        );
+        assert_eq!(
+            enc.encode(&record(json!({"x": "1e300"}))).unwrap_err(),
+            "field `x`: 1e300 is out of range for a 32-bit float"
+        );
+        assert_eq!(
+            enc.encode(&record(json!({"x": "nan"}))).unwrap_err(),
+            "field `x`: nan is not a finite number"
+        );
+        assert!(enc.encode(&record(json!({"x": "3.5"}))).is_ok());
     }
 }

@@ -2,6 +2,12 @@
 //!
 //! A record may name its topic in a `topic` field or column; otherwise the replay's
 //! `--topic` applies. The other fields are the schema's, by name.
+//!
+//! Both formats are read strictly, so a file cannot mean one thing here and another to the
+//! next reader: a JSON line that gives a key twice (at any depth) or a number no 64-bit
+//! float holds (`1e400`), and a CSV header that names a column twice, are errors naming the
+//! file, the line and the field. CSV cells are text; [`super::encode`] refuses text that
+//! is not a finite number where the schema wants one.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -89,7 +95,15 @@ impl Reader {
                     })?
                     .iter()
                     .map(str::to_string)
-                    .collect();
+                    .collect::<Vec<_>>();
+                if let Some(message) = duplicate_column(&headers) {
+                    return Err(ReplayError {
+                        file: path.display().to_string(),
+                        line: 1,
+                        message,
+                    }
+                    .into());
+                }
                 Inner::Csv {
                     records: reader.into_records(),
                     headers,
@@ -102,7 +116,9 @@ impl Reader {
         })
     }
 
-    fn error(&self, line: u64, message: String) -> ReplayError {
+    /// An error at `line` of this file: one of the reader's own, or one found later in a
+    /// record read from it (a field that does not encode).
+    pub fn error(&self, line: u64, message: String) -> ReplayError {
         ReplayError {
             file: self.path.display().to_string(),
             line,
@@ -123,7 +139,7 @@ impl Reader {
                 if text.trim().is_empty() {
                     continue;
                 }
-                return Some(match serde_json::from_str::<Json>(&text) {
+                return Some(match crate::json::from_str(&text) {
                     Ok(Json::Object(mut fields)) => {
                         let topic = match fields.remove("topic") {
                             None | Some(Json::Null) => None,
@@ -144,7 +160,7 @@ impl Reader {
                     Ok(other) => {
                         Err(self.error(n, format!("expected a JSON object, found {other}")))
                     }
-                    Err(e) => Err(self.error(n, format!("invalid JSON: {e}"))),
+                    Err(e) => Err(self.error(n, format!("invalid JSON: {}", e.in_line()))),
                 });
             },
             Inner::Csv { records, headers } => {
@@ -187,6 +203,21 @@ impl Reader {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// A column the header names twice (names are trimmed and compared exactly), described.
+fn duplicate_column(headers: &[String]) -> Option<String> {
+    let mut seen = std::collections::HashMap::new();
+    for (i, name) in headers.iter().enumerate() {
+        if let Some(first) = seen.insert(name.as_str(), i) {
+            return Some(format!(
+                "the CSV header names the column `{name}` twice (columns {} and {}); each column must have a name of its own",
+                first + 1,
+                i + 1
+            ));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -233,6 +264,118 @@ mod tests {
             err.message.contains("2 columns, but the header has 3")
                 || err.message.contains("invalid CSV"),
             "{err}"
+        );
+    }
+
+    /// The first record's error from a JSON lines file holding `lines`.
+    fn jsonl_error(dir: &Path, lines: &str) -> String {
+        let file = dir.join("t.jsonl");
+        std::fs::write(&file, lines).unwrap();
+        let mut r = Reader::open(&file, Format::Jsonl).unwrap();
+        r.next_record().unwrap().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn jsonl_refuses_duplicate_keys_and_numbers_out_of_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.jsonl");
+        let at = |line: u64| format!("{}:{line}: invalid JSON: ", file.display());
+        assert_eq!(
+            jsonl_error(
+                dir.path(),
+                "\n{\"id\":\"AAPL\",\"price\":1.5,\"price\":2}\n"
+            ),
+            format!(
+                "{}the key \"price\" appears twice in one object (column 32)",
+                at(2)
+            )
+        );
+        assert_eq!(
+            jsonl_error(dir.path(), r#"{"id":"AAPL","quote":{"bid":1,"bid":2}}"#),
+            format!(
+                "{}field `quote`: the key \"bid\" appears twice in one object (column 35)",
+                at(1)
+            )
+        );
+        assert_eq!(
+            jsonl_error(dir.path(), r#"{"id":"AAPL","price":1e400}"#),
+            format!(
+                "{}field `price`: the number 1e400 is out of range for a 64-bit float (column 26)",
+                at(1)
+            )
+        );
+    }
+
+    #[test]
+    fn csv_refuses_a_column_named_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("t.csv");
+        std::fs::write(&csv, "topic,id, price ,bid,price\nt,AAPL,1,2,3\n").unwrap();
+        let err = Reader::open(&csv, Format::Csv).err().unwrap().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}:1: the CSV header names the column `price` twice (columns 3 and 5); each column must have a name of its own",
+                csv.display()
+            )
+        );
+        // Names differing in case are different columns.
+        std::fs::write(&csv, "id,price,Price\nAAPL,1,2\n").unwrap();
+        let mut r = Reader::open(&csv, Format::Csv).unwrap();
+        let record = r.next_record().unwrap().unwrap();
+        assert_eq!(
+            (
+                record.fields["price"].as_str(),
+                record.fields["Price"].as_str()
+            ),
+            (Some("1"), Some("2"))
+        );
+    }
+
+    #[test]
+    fn csv_cells_that_are_not_finite_numbers_are_refused_at_their_line() {
+        use crate::ingest::encode::Encoder;
+        use crate::registry::{RegisteredSchema, SchemaId};
+        let schema = apache_avro::Schema::parse_str(
+            r#"{"type":"record","name":"tick","fields":[
+                {"name":"id","type":"string"},{"name":"price","type":"double"}]}"#,
+        )
+        .unwrap();
+        let mut encoder = Encoder::new(&RegisteredSchema {
+            id: SchemaId(1),
+            text: String::new(),
+            schema,
+        })
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("t.csv");
+        std::fs::write(
+            &csv,
+            "id,price\nA,1.5\nB,1e400\nC, inf\nD,NaN\nE,-Infinity\n",
+        )
+        .unwrap();
+        let mut r = Reader::open(&csv, Format::Csv).unwrap();
+        let mut errors = Vec::new();
+        while let Some(record) = r.next_record() {
+            let record = record.unwrap();
+            if let Err(e) = encoder.encode(&record.fields) {
+                errors.push(r.error(record.line, e).to_string());
+            }
+        }
+        let at = |line: u64, text: &str| {
+            format!(
+                "{}:{line}: field `price`: {text} is not a finite number",
+                csv.display()
+            )
+        };
+        assert_eq!(
+            errors,
+            [
+                at(3, "1e400"),
+                at(4, "inf"),
+                at(5, "NaN"),
+                at(6, "-Infinity")
+            ]
         );
     }
 }

@@ -1,5 +1,6 @@
 //! `GET /metrics`, `/healthz` and `/readyz`.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +12,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use super::Metrics;
+use crate::serve::ListenerLimits;
 
 /// The content type of `/metrics`: OpenMetrics text, which Prometheus asks for first.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -27,6 +29,8 @@ struct HealthState {
     connected: bool,
     assigned: bool,
     reason: Option<String>,
+    /// Partitions whose decoding waits for the schema registry, and why.
+    waiting: BTreeMap<(String, i32), String>,
 }
 
 impl Health {
@@ -47,9 +51,32 @@ impl Health {
         self.lock().reason = reason;
     }
 
-    /// `Ok` when connected and assigned, else why not.
+    /// Whether `topic`/`partition` waits for the schema registry (`Some(why)`) or not.
+    pub fn set_waiting(&self, topic: &str, partition: i32, why: Option<&str>) {
+        let mut s = self.lock();
+        let key = (topic.to_string(), partition);
+        match why {
+            Some(why) => {
+                s.waiting.insert(key, why.to_string());
+            }
+            None => {
+                s.waiting.remove(&key);
+            }
+        }
+    }
+
+    /// `Ok` when connected, assigned and no partition waits for the registry, else why not.
     pub fn ready(&self) -> Result<(), String> {
         let s = self.lock();
+        if let Some(((topic, partition), why)) = s.waiting.iter().next() {
+            let others = match s.waiting.len() - 1 {
+                0 => String::new(),
+                n => format!(" (and {n} more partitions)"),
+            };
+            return Err(format!(
+                "partition {topic}[{partition}] is waiting for the schema registry{others}: {why}"
+            ));
+        }
         if s.connected && s.assigned {
             return Ok(());
         }
@@ -102,21 +129,28 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` completes.
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener`, under `limits`, until
+/// `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    limits: ListenerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr().ok();
-    axum::serve(listener, router(metrics, health))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .with_context(|| match addr {
-            Some(a) => format!("serving metrics and probes on {a}"),
-            None => "serving metrics and probes".into(),
-        })
+    crate::serve::serve(
+        "metrics",
+        listener,
+        router(metrics, health),
+        limits,
+        shutdown,
+    )
+    .await
+    .with_context(|| match addr {
+        Some(a) => format!("serving metrics and probes on {a}"),
+        None => "serving metrics and probes".into(),
+    })
 }
 
 #[cfg(test)]
@@ -135,6 +169,18 @@ mod tests {
         h.set_reason(Some("rebalancing".into()));
         assert_eq!(h.ready(), Err("rebalancing".into()));
         h.set_assigned(true);
+        assert_eq!(h.ready(), Ok(()));
+        h.set_waiting("t", 2, Some("registry down"));
+        h.set_waiting("t", 3, Some("registry down"));
+        assert_eq!(
+            h.ready(),
+            Err(
+                "partition t[2] is waiting for the schema registry (and 1 more partitions): registry down"
+                    .into()
+            )
+        );
+        h.set_waiting("t", 2, None);
+        h.set_waiting("t", 3, None);
         assert_eq!(h.ready(), Ok(()));
     }
 }

@@ -43,8 +43,13 @@ const GUEST_CALL_BUCKETS: [f64; 17] = [
 ];
 
 /// Guest counter names that would collide with the host's own `weir_guest_*` families.
-const RESERVED_GUEST_COUNTERS: [&str; 4] =
-    ["swaps", "swap_refusals", "errors", "call_duration_seconds"];
+const RESERVED_GUEST_COUNTERS: [&str; 5] = [
+    "swaps",
+    "swap_refusals",
+    "errors",
+    "call_duration_seconds",
+    "output_dropped",
+];
 
 /// The host's metrics. Cheap to update from many threads.
 #[derive(Debug)]
@@ -60,6 +65,12 @@ pub struct Metrics {
     consumer_lag: Family<Labels2, Gauge>,
     offsets_committed: Family<Labels1, Counter>,
     committed_offset: Family<Labels2, Gauge>,
+    registry_waits: Family<Labels2, Gauge>,
+    outbox_pending: Family<Labels2, Gauge>,
+    outbox_oldest: Family<Labels2, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    emitted: Family<Labels1, Counter>,
+    produced: Family<Labels1, Counter>,
+    produce_errors: Family<Labels1, Counter>,
     events: Arc<MetricsEvents>,
 }
 
@@ -94,6 +105,12 @@ impl Metrics {
             consumer_lag: Family::default(),
             offsets_committed: Family::default(),
             committed_offset: Family::default(),
+            registry_waits: Family::default(),
+            outbox_pending: Family::default(),
+            outbox_oldest: Family::default(),
+            emitted: Family::default(),
+            produced: Family::default(),
+            produce_errors: Family::default(),
             events: Arc::new(MetricsEvents::default()),
         };
         let mut registry = Registry::default();
@@ -135,6 +152,32 @@ impl Metrics {
             m.guest_errors.clone(),
         );
         registry.register(
+            "weir_outbox_pending",
+            "Emitted messages committed and not yet produced, by source topic and partition",
+            m.outbox_pending.clone(),
+        );
+        registry.register_with_unit(
+            "weir_outbox_oldest_age",
+            "Age of the oldest emitted message not yet produced, by source topic and partition (0 when none)",
+            Unit::Seconds,
+            m.outbox_oldest.clone(),
+        );
+        registry.register(
+            "weir_emitted",
+            "Messages guests emitted, committed to the outbox, by destination topic",
+            m.emitted.clone(),
+        );
+        registry.register(
+            "weir_produced",
+            "Outbox messages produced to Kafka and acknowledged, by destination topic",
+            m.produced.clone(),
+        );
+        registry.register(
+            "weir_produce_errors",
+            "Outbox messages Kafka refused to take (the relay retries them), by destination topic",
+            m.produce_errors.clone(),
+        );
+        registry.register(
             "weir_consumer_lag",
             "Messages between the consumer's position and the end of the partition",
             m.consumer_lag.clone(),
@@ -150,6 +193,11 @@ impl Metrics {
             m.committed_offset.clone(),
         );
         registry.register(
+            "weir_partition_waiting_for_registry",
+            "1 while a partition's decoding waits for the schema registry to answer, else 0",
+            m.registry_waits.clone(),
+        );
+        registry.register(
             "weir_guest_swaps",
             "Guest versions swapped in (or rolled back to) while running, by guest",
             m.events.guest_swaps.clone(),
@@ -158,6 +206,11 @@ impl Metrics {
             "weir_guest_swap_refusals",
             "New guest versions refused (did not compile or fit the world), by guest",
             m.events.guest_refusals.clone(),
+        );
+        registry.register(
+            "weir_guest_output_dropped",
+            "Guest log records (kind log) and counter increments (kind metric) dropped for passing the bounds on guest output, by guest",
+            m.events.output_dropped.clone(),
         );
         registry.register_collector(Box::new(GuestCollector(m.events.clone())));
         Arc::new(Metrics { registry, ..m })
@@ -212,6 +265,33 @@ impl Metrics {
             .inc();
     }
 
+    /// The outbox of source `topic`/`partition` holds `pending` messages, the oldest
+    /// `oldest_seconds` old.
+    pub fn outbox(&self, topic: &str, partition: i32, pending: u64, oldest_seconds: f64) {
+        let key = labels(("topic", topic), ("partition", &partition.to_string()));
+        self.outbox_pending.get_or_create(&key).set(pending as i64);
+        self.outbox_oldest.get_or_create(&key).set(oldest_seconds);
+    }
+
+    /// `n` messages emitted to `topic` were committed to the outbox.
+    pub fn emitted(&self, topic: &str, n: u64) {
+        self.emitted.get_or_create(&label("topic", topic)).inc_by(n);
+    }
+
+    /// `n` outbox messages were produced to `topic`.
+    pub fn produced(&self, topic: &str, n: u64) {
+        self.produced
+            .get_or_create(&label("topic", topic))
+            .inc_by(n);
+    }
+
+    /// Kafka refused `n` messages for `topic`.
+    pub fn produce_errors(&self, topic: &str, n: u64) {
+        self.produce_errors
+            .get_or_create(&label("topic", topic))
+            .inc_by(n);
+    }
+
     /// The consumer is `lag` messages behind the end of `topic`/`partition`.
     pub fn consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
         self.consumer_lag
@@ -234,6 +314,16 @@ impl Metrics {
                 ("partition", &partition.to_string()),
             ))
             .set(next_offset);
+    }
+
+    /// Whether `topic`/`partition` waits for the schema registry.
+    pub fn waiting_for_registry(&self, topic: &str, partition: i32, waiting: bool) {
+        self.registry_waits
+            .get_or_create(&labels(
+                ("topic", topic),
+                ("partition", &partition.to_string()),
+            ))
+            .set(i64::from(waiting));
     }
 
     /// Where guests' logs and counters go: hand it to
@@ -262,6 +352,7 @@ pub struct MetricsEvents {
     refused: Mutex<HashSet<(String, String)>>,
     guest_swaps: Family<Labels1, Counter>,
     guest_refusals: Family<Labels1, Counter>,
+    output_dropped: Family<Labels2, Counter>,
 }
 
 impl MetricsEvents {
@@ -297,6 +388,12 @@ impl HostEvents for MetricsEvents {
         self.guest_refusals
             .get_or_create(&label("guest", name))
             .inc();
+    }
+
+    fn output_dropped(&self, guest: &GuestId, kind: &'static str, n: u64) {
+        self.output_dropped
+            .get_or_create(&labels(("guest", &guest.name), ("kind", kind)))
+            .inc_by(n);
     }
 }
 

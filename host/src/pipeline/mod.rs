@@ -10,10 +10,11 @@
 //! Partitions are spread over a group's processes by leases in Postgres
 //! ([`membership`]), not by the broker's group coordinator.
 
+pub mod deploys;
 pub mod membership;
 mod worker;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,13 +24,16 @@ use tokio::sync::mpsc;
 
 use crate::config::{ColumnCheck, Config, DedupConfig, PipelineConfig};
 use crate::metrics::{Health, Metrics};
+use crate::model::{ConfigEntry, StateLimits, ValueKind};
 use crate::registry::RegistryClient;
-use crate::runtime::types::ConfigEntry;
+use crate::relay::{Destinations, REFRESH_INTERVAL, Relay, RelayConfig};
 use crate::runtime::{GuestSet, GuestSlot, Runtime};
-use crate::sink::{Sink, SinkConfig, TableExpectation, ValueKind};
-use crate::source::avro::field_kinds;
-use crate::source::{Decoder, KafkaSource, RawBatch, SourceConfig, StartFrom};
+use crate::sink::{LookupSet, PipelineScope, Sink, SinkConfig, TableExpectation};
+use crate::source::avro::{AvroDecoder, DecodeLimits};
+use crate::source::{DecodeEvents, Decoder, KafkaSource, RawBatch, SourceConfig, StartFrom};
+use deploys::GroupDeploys;
 use membership::{Membership, Partition};
+use tokio_util::sync::CancellationToken;
 use worker::{Job, Report, Shared, Worker};
 
 /// Batches waiting for each worker, beyond the one it is processing.
@@ -51,9 +55,21 @@ const DEFAULT_SESSION: Duration = Duration::from_secs(10);
 struct Route {
     name: String,
     guest: Arc<GuestSlot>,
-    guest_config: Vec<ConfigEntry>,
     version_column: Option<String>,
     dedup: Option<DedupConfig>,
+    /// The pipeline, and the tables its guest may write.
+    scope: Arc<PipelineScope>,
+    /// Bounds on its guest's state.
+    state: StateLimits,
+    /// Its lookups.
+    lookups: Arc<LookupSet>,
+    /// The topics its guest may emit to, with their subjects.
+    topics_out: BTreeMap<String, String>,
+    /// Emits of one partition waiting in the outbox before it pauses.
+    outbox_max_pending: u64,
+    /// The guest's name when the group deploys its versions: a batch commits only with
+    /// the group's live version.
+    barrier: Option<String>,
 }
 
 /// A running `weir run`: everything connected and checked.
@@ -93,6 +109,26 @@ pub struct Runner {
     /// broker resumed past it (see [`Runner::process`]).
     reread: HashMap<(String, i32), i64>,
     last_expiry: Instant,
+    /// Cancelled at shutdown: waits for the registry give up.
+    stop: CancellationToken,
+    deploys: Arc<GroupDeploys>,
+}
+
+/// How long shutdown waits for workers to finish their batches, and to leave the group.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Shows partitions waiting for the schema registry in `/readyz` and the metrics.
+struct RegistryWaits {
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+impl DecodeEvents for RegistryWaits {
+    fn waiting(&self, topic: &str, partition: i32, why: Option<&str>) {
+        self.health.set_waiting(topic, partition, why);
+        self.metrics
+            .waiting_for_registry(topic, partition, why.is_some());
+    }
 }
 
 impl Runner {
@@ -101,7 +137,7 @@ impl Runner {
     /// consumed. `guests` holds every pipeline's guest (see [`load_guests`]).
     pub async fn start(
         config: &Config,
-        guests: &GuestSet,
+        guests: &Arc<GuestSet>,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> anyhow::Result<Self> {
@@ -119,14 +155,18 @@ impl Runner {
                 guest,
                 version_column: p.version_column.clone(),
                 dedup: p.dedup.clone(),
-                guest_config: p
-                    .guest_config
-                    .iter()
-                    .map(|(k, v)| ConfigEntry {
-                        key: k.clone(),
-                        value: v.clone(),
-                    })
-                    .collect(),
+                scope: Arc::new(PipelineScope {
+                    pipeline: p.name.clone(),
+                    tables: p.tables.iter().cloned().collect(),
+                }),
+                state: p.state,
+                lookups: Arc::new(LookupSet {
+                    pipeline: p.name.clone(),
+                    queries: p.lookups.clone(),
+                }),
+                topics_out: p.topics_out.clone(),
+                outbox_max_pending: p.outbox_max_pending,
+                barrier: None,
             });
         }
 
@@ -145,11 +185,17 @@ impl Runner {
         };
         let sink = Sink::connect(sink_config.clone()).await?;
         let registry = Arc::new(RegistryClient::new(&config.registry.url)?);
+        let registry_client = registry.clone();
         let mut expectations = Vec::new();
         for p in &config.pipelines {
-            expectations.extend(table_expectations(p, &registry).await?);
+            expectations.extend(table_expectations(p, &registry, config.decode.limits()).await?);
         }
         sink.check_tables(&expectations).await?;
+        for route in &routes {
+            if !route.lookups.is_empty() {
+                sink.check_lookups(&route.lookups).await?;
+            }
+        }
         health.set_connected(true);
 
         let mut source = KafkaSource::new(&SourceConfig {
@@ -177,6 +223,21 @@ impl Runner {
             .unwrap_or(DEFAULT_SESSION);
         let membership =
             Membership::join(&config.database.url, &config.kafka.group_id, session).await?;
+        // Every guest at the group's live version before a batch is served.
+        let deploys = GroupDeploys::start(
+            &config.database.url,
+            &config.kafka.group_id,
+            membership.id(),
+            session,
+            guests.clone(),
+        )
+        .await?;
+        for route in &mut routes {
+            let name = route.guest.current().id().name.clone();
+            if deploys.manages(&name) {
+                route.barrier = Some(name);
+            }
+        }
         let mut topics: Vec<String> = by_topic.keys().cloned().collect();
         topics.sort();
         for p in &config.pipelines {
@@ -184,11 +245,58 @@ impl Runner {
                 source.set_topic_batching(t, p.batch_size, p.linger);
             }
         }
+        let stop = CancellationToken::new();
+        deploys.follow(stop.clone());
+        let mut decoder = Decoder::new(registry)
+            .with_limits(config.decode.limits(), config.decode.max_batch_bytes)
+            .with_stop(stop.clone())
+            .with_events(Arc::new(RegistryWaits {
+                health: health.clone(),
+                metrics: metrics.clone(),
+            }));
+        for p in &config.pipelines {
+            for t in &p.topics {
+                decoder = decoder.with_strategy(t, p.subjects.clone());
+            }
+        }
+        // What guests emit: their destinations' partitions and schemas, and the relay.
+        let emitted: BTreeMap<String, String> = config
+            .pipelines
+            .iter()
+            .flat_map(|p| p.topics_out.clone())
+            .collect();
+        let destinations = Arc::new(Destinations::default());
+        let relay = if emitted.is_empty() {
+            None
+        } else {
+            create_topics_out(&config.kafka.brokers, &config.pipelines).await?;
+            destinations
+                .refresh(&config.kafka.brokers, &registry_client, &emitted)
+                .await;
+            tokio::spawn(refresh_destinations(
+                destinations.clone(),
+                config.kafka.brokers.clone(),
+                registry_client.clone(),
+                emitted,
+                stop.clone(),
+            ));
+            Some(Arc::new(Relay::new(
+                RelayConfig {
+                    brokers: config.kafka.brokers.clone(),
+                    group: config.kafka.group_id.clone(),
+                    database_url: config.database.url.clone(),
+                },
+                metrics.clone(),
+            )?))
+        };
         let shared = Arc::new(Shared {
             routes,
-            decoder: Decoder::new(registry),
+            decoder,
             metrics: metrics.clone(),
             epochs: Mutex::new(HashMap::new()),
+            destinations,
+            relay,
+            deploys: deploys.clone(),
         });
         let (report_tx, reports) = mpsc::unbounded_channel();
         let mut workers = Vec::new();
@@ -203,6 +311,7 @@ impl Runner {
                 sink: Arc::new(Sink::connect(sink_config.clone()).await?),
                 lookup: Sink::connect(sink_config.clone()).await?,
                 reports: report_tx.clone(),
+                states: HashMap::new(),
             };
             workers.push(tx);
             worker_tasks.push(tokio::spawn(worker.run(rx)));
@@ -234,17 +343,62 @@ impl Runner {
             last_discovery: None,
             reread: HashMap::new(),
             last_expiry: Instant::now(),
+            stop,
+            deploys,
         })
     }
 
-    /// Consumes until `shutdown` resolves; the batch in flight is finished first.
+    /// How guest versions reach this process and the rest of its group.
+    pub fn deploys(&self) -> Arc<GroupDeploys> {
+        self.deploys.clone()
+    }
+
+    /// Consumes until `shutdown` resolves; the batches handed out are finished first, except
+    /// those still waiting for a dependency after [`SHUTDOWN_GRACE`]: they are left
+    /// uncommitted, to be read again.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        tokio::pin!(shutdown);
+        let stop = self.stop.clone();
+        // Shutdown is watched on its own, so that it is seen however the loop is waiting
+        // (for a busy worker's queue, say).
+        let result = tokio::select! {
+            biased;
+            _ = async {
+                shutdown.await;
+                stop.cancel();
+            } => Ok(()),
+            result = self.consume() => result,
+        };
+        self.stop.cancel();
+        tracing::info!("Shutting down: the batches handed out are committed; leaving the group");
+        self.workers.clear();
+        let workers = futures::future::join_all(std::mem::take(&mut self.worker_tasks));
+        if tokio::time::timeout(SHUTDOWN_GRACE, workers).await.is_err() {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "Workers still busy (waiting for Postgres?) after the shutdown grace; their batches are left uncommitted, to be read again");
+        }
+        while let Ok(report) = self.reports.try_recv() {
+            if let Err(e) = self.on_report(report) {
+                tracing::warn!(error = %e, "A worker failed while shutting down");
+            }
+        }
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.membership.leave())
+            .await
+            .is_err()
+        {
+            tracing::warn!("Could not leave the group in time; its leases lapse by themselves");
+        }
+        if let Some(relay) = &self.shared.relay {
+            tokio::task::block_in_place(|| relay.close(SHUTDOWN_GRACE));
+        }
+        tokio::task::block_in_place(|| self.source.close(SHUTDOWN_GRACE));
+        result
+    }
+
+    /// The consuming loop: runs until an error, or for ever.
+    async fn consume(&mut self) -> anyhow::Result<()> {
         loop {
             self.rebalance().await?;
             tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
                 Some(report) = self.reports.recv() => self.on_report(report)?,
                 next = tokio::time::timeout(self.session / 4, self.source.next_batch()) => {
                     if let Ok(batch) = next {
@@ -266,25 +420,6 @@ impl Runner {
                 self.expire_dedup_keys().await;
             }
         }
-        tracing::info!("Shutting down: the batches handed out are committed; leaving the group");
-        self.workers.clear();
-        for task in std::mem::take(&mut self.worker_tasks) {
-            let _ = task.await;
-        }
-        while let Ok(report) = self.reports.try_recv() {
-            if let Err(e) = self.on_report(report) {
-                tracing::warn!(error = %e, "A worker failed while shutting down");
-            }
-        }
-        self.membership.leave().await;
-        if let Err(e) = self
-            .source
-            .consumer()
-            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
-        {
-            tracing::debug!(error = %e, "No offsets to commit to Kafka on shutdown");
-        }
-        Ok(())
     }
 
     /// Heartbeats the group (every quarter session) and follows the partitions it gives
@@ -333,6 +468,9 @@ impl Runner {
                 self.positions.remove(p);
                 self.dispatched.remove(p);
                 self.new_epoch(p);
+                if let Some(relay) = &self.shared.relay {
+                    relay.revoke(p);
+                }
             }
         }
         let mut gained = Vec::new();
@@ -348,6 +486,12 @@ impl Runner {
             self.positions.insert(p.clone(), stored);
             self.dispatched.insert(p.clone(), stored);
             self.new_epoch(&p);
+            if let (Some(relay), Some(route)) = (&self.shared.relay, self.by_topic.get(topic)) {
+                let route = &self.shared.routes[*route];
+                if !route.topics_out.is_empty() {
+                    relay.assign(p.clone(), route.outbox_max_pending);
+                }
+            }
             gained.push((topic.clone(), *partition, stored));
         }
         if !gained.is_empty() {
@@ -468,24 +612,44 @@ impl Runner {
                 if self.epochs.get(&partition) != Some(&epoch) {
                     return Ok(());
                 }
-                let (topic, p) = (&partition.0, partition.1);
                 tracing::warn!(
-                    topic,
-                    partition = p,
+                    topic = %partition.0,
+                    partition = partition.1,
                     ?stored,
                     "Partition committed by another consumer; re-reading from the stored offset"
                 );
-                self.new_epoch(&partition);
-                self.positions.insert(partition.clone(), stored);
-                self.dispatched.insert(partition.clone(), stored);
-                if let Some(offset) = stored {
-                    // Harmless if the partition is no longer ours.
-                    let _ = self.source.seek(topic, p, offset);
+                self.reread(partition, stored);
+            }
+            Report::Superseded {
+                partition,
+                from,
+                epoch,
+            } => {
+                if self.epochs.get(&partition) != Some(&epoch) {
+                    return Ok(());
                 }
+                tracing::info!(
+                    topic = %partition.0,
+                    partition = partition.1,
+                    from,
+                    "The group switched the partition's guest version; re-reading with the new version"
+                );
+                self.reread(partition, Some(from));
             }
             Report::Failed(e) => return Err(e),
         }
         Ok(())
+    }
+
+    /// Drops what is queued or in flight for `partition` and reads it again from `stored`.
+    fn reread(&mut self, partition: Partition, stored: Option<i64>) {
+        self.new_epoch(&partition);
+        self.positions.insert(partition.clone(), stored);
+        self.dispatched.insert(partition.clone(), stored);
+        if let Some(offset) = stored {
+            // Harmless if the partition is no longer ours.
+            let _ = self.source.seek(&partition.0, partition.1, offset);
+        }
     }
 
     /// Forgets deduplication keys older than each pipeline's retention.
@@ -557,7 +721,7 @@ pub fn load_guests(config: &Config, runtime: Arc<Runtime>) -> anyhow::Result<Gue
     let mut guests = GuestSet::new(runtime);
     for p in &config.pipelines {
         let slot = guests
-            .add(&p.name, &p.topics, &p.guest, p.limits)
+            .add(&p.name, &p.topics, &p.guest, p.limits, guest_config(p))
             .with_context(|| format!("pipeline {}", p.name))?;
         let id = slot.current().id().clone();
         tracing::info!(pipeline = %p.name, guest = %id.name, version = %id.short_version, "Loaded guest");
@@ -565,11 +729,24 @@ pub fn load_guests(config: &Config, runtime: Arc<Runtime>) -> anyhow::Result<Gue
     Ok(guests)
 }
 
+/// A pipeline's `config:` as the guest takes it.
+pub fn guest_config(pipeline: &PipelineConfig) -> Vec<ConfigEntry> {
+    pipeline
+        .guest_config
+        .iter()
+        .map(|(k, v)| ConfigEntry {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
 /// What `weir run` expects of a pipeline's tables: that they exist and, with
 /// `columns: schema`, a compatible column for every field of its topics' value schemas.
 async fn table_expectations(
     pipeline: &PipelineConfig,
     registry: &RegistryClient,
+    limits: DecodeLimits,
 ) -> anyhow::Result<Vec<TableExpectation>> {
     let mut columns: Vec<(String, ValueKind)> = Vec::new();
     if pipeline.columns == ColumnCheck::Schema {
@@ -581,7 +758,16 @@ async fn table_expectations(
                     pipeline.name
                 )
             })?;
-            for field in field_kinds(&latest.schema) {
+            let kinds = AvroDecoder::new(&latest.schema, limits)
+                .and_then(|d| d.field_kinds())
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "pipeline {} has `columns: schema`, but the latest schema of {subject} (id {}) cannot be checked against its tables: {e}; use `columns: exist`",
+                        pipeline.name,
+                        latest.id
+                    )
+                })?;
+            for field in kinds {
                 if !columns.iter().any(|(n, _)| *n == field.0) {
                     columns.push(field);
                 }
@@ -604,6 +790,45 @@ async fn table_expectations(
 /// Kafka group settings that would make librdkafka join the broker's group; weir's group
 /// is kept in Postgres, so these are not passed to the consumer.
 const GROUP_PROPERTIES: &[&str] = &["session.timeout.ms", "heartbeat.interval.ms"];
+
+/// Creates the `topics_out:` topics that do not exist yet, as Kafka's topic auto-creation
+/// and Quix Streams do, each with as many partitions as its pipeline's first input topic.
+async fn create_topics_out(brokers: &str, pipelines: &[PipelineConfig]) -> anyhow::Result<()> {
+    let inputs: Vec<String> = pipelines
+        .iter()
+        .filter_map(|p| p.topics.first().cloned())
+        .collect();
+    let existing = discover(brokers, &inputs).await?;
+    for p in pipelines.iter().filter(|p| !p.topics_out.is_empty()) {
+        let partitions = existing
+            .iter()
+            .filter(|(t, _)| Some(t) == p.topics.first())
+            .count()
+            .max(1) as i32;
+        let topics: Vec<String> = p.topics_out.keys().cloned().collect();
+        crate::source::kafka::ensure_topics(brokers, &topics, partitions)
+            .await
+            .with_context(|| format!("creating the topics_out of pipeline {}", p.name))?;
+    }
+    Ok(())
+}
+
+/// Reads the destinations of emits again every [`REFRESH_INTERVAL`], until `stop`.
+async fn refresh_destinations(
+    destinations: Arc<Destinations>,
+    brokers: String,
+    registry: Arc<RegistryClient>,
+    topics: BTreeMap<String, String>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(REFRESH_INTERVAL) => {}
+        }
+        destinations.refresh(&brokers, &registry, &topics).await;
+    }
+}
 
 /// The partitions of `topics`, per the brokers' metadata.
 async fn discover(brokers: &str, topics: &[String]) -> anyhow::Result<Vec<Partition>> {

@@ -1,9 +1,12 @@
 //! A partition worker: decode, deduplicate, guest, and one Postgres transaction per batch
-//! (rows and the partition's next offset together), on its own connection.
+//! (rows, state writes and the partition's next offset together), on its own connection.
 //!
 //! The runner gives each partition to one worker, so a partition's batches commit in
-//! order; partitions on different workers run at once, and a worker's next batch is
-//! queued while its current one commits.
+//! order; partitions on different workers run at once. A stateless guest's next batch is
+//! decoded and run while the one before it commits. A guest that keeps state or runs
+//! lookups runs inside its batch's transaction instead ([`Sink::run_batch`]), after the
+//! batch before it committed: it reads the state that batch left, and its lookups read the
+//! transaction's snapshot.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -12,14 +15,18 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::Route;
+use super::deploys::GroupDeploys;
 use crate::metrics::Metrics;
+use crate::model::{
+    Batch, Lookups, Outcome, Output, Partition, Record, Stage, StateTxn, Value, batch_of,
+};
 use crate::registry::RegistryClient;
-use crate::runtime::types::{Batch, Message, Outcome};
-use crate::runtime::{Guest, GuestError};
-use crate::sink::{DedupKeys, Sink, SinkBatch, SinkError, SinkItem, WriteReport};
-use crate::source::{Decoded, Decoder, RawBatch, RawMessage, Stage};
-
-use super::membership::Partition;
+use crate::relay::{Destinations, Emitter, Lane, Relay};
+use crate::runtime::{CallContext, Contract, Guest};
+use crate::sink::{
+    DedupKeys, GuestCheck, RunBatch, Sink, SinkBatch, SinkError, SinkItem, StateSlot, WriteReport,
+};
+use crate::source::{Decoded, Decoder, RawBatch, RawMessage, Shape};
 
 /// What the workers share.
 pub(super) struct Shared {
@@ -29,6 +36,12 @@ pub(super) struct Shared {
     /// Each partition's current epoch: a job of an earlier one (queued before the
     /// partition was lost, or re-positioned) is skipped.
     pub epochs: Mutex<HashMap<Partition, u64>>,
+    /// The topics guests emit to.
+    pub destinations: Arc<Destinations>,
+    /// Produces what guests emit, when any pipeline may.
+    pub relay: Option<Arc<Relay>>,
+    /// The group's guest deploys.
+    pub deploys: Arc<GroupDeploys>,
 }
 
 impl Shared {
@@ -62,6 +75,13 @@ pub(super) enum Report {
         stored: Option<i64>,
         epoch: u64,
     },
+    /// The batch from `from` ran with a guest version the group has since replaced, and
+    /// the live one now runs here: re-read from `from`.
+    Superseded {
+        partition: Partition,
+        from: i64,
+        epoch: u64,
+    },
     /// Something the worker cannot go on from; `weir run` stops.
     Failed(anyhow::Error),
 }
@@ -74,6 +94,8 @@ pub(super) struct Worker {
     /// Looks up deduplication keys while a write is in flight on `sink`.
     pub lookup: Sink,
     pub reports: mpsc::UnboundedSender<Report>,
+    /// Each pipeline's state of the partitions this worker ran, with the epoch it is of.
+    pub states: HashMap<(usize, Partition), (u64, StateSlot)>,
 }
 
 /// A batch decoded and through its guest, ready to write.
@@ -84,16 +106,33 @@ struct Prepared {
     duplicates: usize,
 }
 
+/// A batch decoded, before its guest.
+struct Decoding {
+    records: Vec<Decoded>,
+    /// The rest of the job, past the decode budget.
+    rest: Option<Job>,
+}
+
 type Write = tokio::task::JoinHandle<Result<WriteReport, SinkError>>;
 
+/// How decoded values are shaped for `guest`.
+fn shape(guest: &Guest) -> Shape {
+    match guest.contract() {
+        Contract::V1 => Shape::Fields,
+        Contract::V2 => Shape::Values,
+    }
+}
+
 impl Worker {
-    /// Processes jobs until the runner drops the sender. The next batch is decoded and
-    /// run through its guest while the one before it commits.
-    pub async fn run(self, mut jobs: mpsc::Receiver<Job>) {
+    /// Processes jobs until the runner drops the sender. A batch whose decoded messages
+    /// pass the decode budget is written in parts, the rest going next.
+    pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         let mut writing: Option<(Write, Prepared)> = None;
+        let mut rest: Option<Job> = None;
         loop {
-            let job = match writing.as_mut() {
-                Some((write, _)) => tokio::select! {
+            let job = match (rest.take(), writing.as_mut()) {
+                (Some(job), _) => Some(job),
+                (None, Some((write, _))) => tokio::select! {
                     result = write => {
                         let (_, prepared) = writing.take().expect("a write in flight");
                         if !self.finish(result, prepared).await {
@@ -103,18 +142,47 @@ impl Worker {
                     }
                     job = jobs.recv() => job,
                 },
-                None => jobs.recv().await,
+                (None, None) => jobs.recv().await,
             };
             let Some(job) = job else { break };
             let partition = (job.batch.topic.clone(), job.batch.partition);
             if !self.shared.current(&partition, job.epoch) {
                 continue;
             }
+            // A full outbox pauses the partition until the relay catches up.
+            if let Some(lane) = self.lane(job.route, &partition)
+                && lane.full()
+            {
+                tracing::info!(topic = %partition.0, partition = partition.1, "The outbox is full; pausing the partition until the relay catches up");
+                lane.room().await;
+            }
+            // One version for the whole batch: a swap lands at the next batch.
+            let guest = self.shared.routes[job.route].guest.current();
+            if guest.uses_state() || guest.uses_lookups() {
+                // The batch before must commit first: this one reads what it left.
+                if let Some((write, previous)) = writing.take()
+                    && !self.finish(write.await, previous).await
+                {
+                    return;
+                }
+                match self.transact(job, &guest).await {
+                    Ok(Some(more)) => rest = more,
+                    Ok(None) => break,
+                    Err(()) => return,
+                }
+                continue;
+            }
             let in_flight = writing
                 .as_ref()
                 .and_then(|(_, p)| p.sink_batch.dedup.as_ref());
-            let prepared = match self.prepare(job, in_flight).await {
-                Ok(p) => p,
+            let prepared = match self.prepare(job, &guest, in_flight).await {
+                Ok(Some((p, more))) => {
+                    rest = more;
+                    p
+                }
+                // Shutting down while the registry is awaited: the batch is left
+                // uncommitted, to be read again.
+                Ok(None) => break,
                 Err(e) => {
                     let _ = self.reports.send(Report::Failed(e));
                     return;
@@ -132,38 +200,223 @@ impl Worker {
         }
     }
 
+    /// The relay lane of a partition whose pipeline emits.
+    fn lane(&self, route: usize, partition: &Partition) -> Option<Arc<Lane>> {
+        if self.shared.routes[route].topics_out.is_empty() {
+            return None;
+        }
+        self.shared.relay.as_ref()?.lane(partition)
+    }
+
     fn write(&self, prepared: &Prepared) -> Write {
         let (sink, batch) = (self.sink.clone(), prepared.sink_batch.clone());
         tokio::spawn(async move { sink.write_batch(&batch).await })
     }
 
+    /// Decodes as much of `job` as the decode budget takes, shaped for `guest`; the rest
+    /// comes back as a job of its own. `None` when shutting down stopped decoding.
+    async fn decode(&self, job: &mut Job, guest: &Guest) -> Option<Decoding> {
+        let records = self
+            .shared
+            .decoder
+            .decode_messages(
+                &job.batch.topic,
+                job.batch.partition,
+                &job.batch.messages,
+                shape(guest),
+            )
+            .await
+            .ok()?;
+        let rest = (records.len() < job.batch.messages.len()).then(|| Job {
+            batch: RawBatch {
+                topic: job.batch.topic.clone(),
+                partition: job.batch.partition,
+                messages: job.batch.messages.split_off(records.len()),
+            },
+            route: job.route,
+            epoch: job.epoch,
+        });
+        Some(Decoding { records, rest })
+    }
+
     /// Decodes, deduplicates (keys of the batch still being written count as seen) and
-    /// runs the guest.
-    async fn prepare(&self, job: Job, in_flight: Option<&DedupKeys>) -> anyhow::Result<Prepared> {
+    /// runs the guest. When the decoded messages pass the decode budget, only the first
+    /// part of the batch is prepared and the rest comes back as a job of its own. `None`
+    /// when shutting down stopped decoding.
+    async fn prepare(
+        &self,
+        mut job: Job,
+        guest: &Guest,
+        in_flight: Option<&DedupKeys>,
+    ) -> anyhow::Result<Option<(Prepared, Option<Job>)>> {
         let started = Instant::now();
-        let batch = &job.batch;
         let route = &self.shared.routes[job.route];
-        let decoded = self.shared.decoder.decode_batch(batch).await;
-        let (duplicates, dedup) = self.deduplicate(route, &decoded, in_flight).await?;
-        // One version for the whole batch: a swap lands at the next batch.
-        let guest = route.guest.current();
-        let items = self.run_guest(route, &guest, batch, decoded, &duplicates);
-        let sink_batch = SinkBatch {
+        let Some(Decoding { records, rest }) = self.decode(&mut job, guest).await else {
+            return Ok(None);
+        };
+        let (duplicates, dedup) = self.deduplicate(route, &records, in_flight).await?;
+        let (items, output, _) = self.run_guest(
+            job.route,
+            guest,
+            &job.batch,
+            records,
+            &duplicates,
+            CallContext::default(),
+        );
+        let sink_batch = self.sink_batch(route, guest, &job.batch, items, output, dedup, None);
+        Ok(Some((
+            Prepared {
+                job,
+                started,
+                sink_batch: Arc::new(sink_batch),
+                duplicates: duplicates.len(),
+            },
+            rest,
+        )))
+    }
+
+    /// The batch to write: the guest's output over the batch's items.
+    #[allow(clippy::too_many_arguments)]
+    fn sink_batch(
+        &self,
+        route: &Route,
+        guest: &Guest,
+        batch: &RawBatch,
+        items: Vec<SinkItem>,
+        output: Output,
+        dedup: Option<DedupKeys>,
+        state: Option<StateTxn>,
+    ) -> SinkBatch {
+        SinkBatch {
             topic: batch.topic.clone(),
             partition: batch.partition,
             start_offset: batch.messages[0].offset,
             next_offset: batch.next_offset().expect("non-empty batch"),
             guest_version: Some(guest.id().version.clone()),
             version_column: route.version_column.clone(),
+            scope: route.scope.clone(),
+            targets: output.tables,
             items,
             dedup,
+            state: state.map(|s| s.writes()),
+            barrier: route.barrier.clone(),
+        }
+    }
+
+    /// Runs a batch whose guest keeps state or runs lookups, inside its transaction, and
+    /// reports how it went. `Ok(rest)`: the part of the job past the decode budget, if
+    /// any; `Ok(None)` when shutting down stopped decoding; `Err` when the worker must
+    /// stop.
+    async fn transact(&mut self, mut job: Job, guest: &Guest) -> Result<Option<Option<Job>>, ()> {
+        let started = Instant::now();
+        let shared = self.shared.clone();
+        let route = &shared.routes[job.route];
+        let Some(Decoding { records, rest }) = self.decode(&mut job, guest).await else {
+            return Ok(None);
         };
-        Ok(Prepared {
-            job,
-            started,
-            sink_batch: Arc::new(sink_batch),
-            duplicates: duplicates.len(),
-        })
+        let partition = (job.batch.topic.clone(), job.batch.partition);
+        // State held for partitions this worker no longer runs, or from an earlier epoch,
+        // is stale: it is read again from Postgres.
+        self.states
+            .retain(|(_, p), (epoch, _)| shared.current(p, *epoch));
+        let mut slot =
+            guest.uses_state().then(
+                || match self.states.remove(&(job.route, partition.clone())) {
+                    Some((epoch, slot)) if epoch == job.epoch => slot,
+                    _ => StateSlot {
+                        pipeline: route.name.clone(),
+                        held: None,
+                    },
+                },
+            );
+        let lookups = guest.uses_lookups().then_some(&route.lookups);
+        loop {
+            let (duplicates, dedup) = match self.deduplicate(route, &records, None).await {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = self.reports.send(Report::Failed(e));
+                    return Err(());
+                }
+            };
+            let mut run = RunBatch {
+                topic: &job.batch.topic,
+                partition: job.batch.partition,
+                start_offset: job.batch.messages[0].offset,
+                next_offset: job.batch.next_offset().expect("non-empty batch"),
+                state: slot.as_mut(),
+                lookups,
+                guest: route.barrier.clone().map(|name| GuestCheck {
+                    name,
+                    version: guest.id().version.clone(),
+                }),
+            };
+            let made = self
+                .sink
+                .run_batch(&mut run, |store, lookups: Option<Arc<dyn Lookups>>| {
+                    let context = CallContext {
+                        state: store.map(|s| StateTxn::new(s, route.state)),
+                        lookups,
+                    };
+                    let (items, output, state) = self.run_guest(
+                        job.route,
+                        guest,
+                        &job.batch,
+                        records.clone(),
+                        &duplicates,
+                        context,
+                    );
+                    self.sink_batch(
+                        route,
+                        guest,
+                        &job.batch,
+                        items,
+                        output,
+                        dedup.clone(),
+                        state,
+                    )
+                })
+                .await;
+            let report = match made {
+                Ok((report, batch)) => {
+                    self.record(route, &batch, &report, duplicates.len(), started);
+                    if let Some(slot) = slot.take() {
+                        self.states
+                            .insert((job.route, partition.clone()), (job.epoch, slot));
+                    }
+                    Report::Committed {
+                        partition: partition.clone(),
+                        next_offset: batch.next_offset,
+                    }
+                }
+                Err(SinkError::SeenMeanwhile { .. }) => {
+                    tracing::info!(
+                        topic = %partition.0,
+                        partition = partition.1,
+                        "A deduplication key of this batch was committed by another batch meanwhile; redoing the batch"
+                    );
+                    continue;
+                }
+                Err(SinkError::Stale { stored, .. }) => Report::Stale {
+                    partition: partition.clone(),
+                    stored,
+                    epoch: job.epoch,
+                },
+                Err(SinkError::Superseded {
+                    guest,
+                    start_offset,
+                    ..
+                }) => {
+                    self.superseded(&guest, partition.clone(), start_offset, job.epoch)
+                        .await
+                }
+                Err(e) => Report::Failed(e.into()),
+            };
+            let failed = matches!(report, Report::Failed(_));
+            if self.reports.send(report).is_err() || failed {
+                return Err(());
+            }
+            return Ok(Some(rest));
+        }
     }
 
     /// Reports a write's result; a batch whose deduplication keys another batch committed
@@ -177,7 +430,15 @@ impl Worker {
             .unwrap_or_else(|e| Err(SinkError::Database(format!("the write task failed: {e}"))));
         loop {
             let report = match result {
-                Ok(report) => self.committed(&prepared, &report),
+                Ok(report) => {
+                    let route = &self.shared.routes[prepared.job.route];
+                    let batch = &prepared.sink_batch;
+                    self.record(route, batch, &report, prepared.duplicates, prepared.started);
+                    Report::Committed {
+                        partition: (batch.topic.clone(), batch.partition),
+                        next_offset: batch.next_offset,
+                    }
+                }
                 Err(SinkError::SeenMeanwhile { .. }) => {
                     let batch = &prepared.sink_batch;
                     tracing::info!(
@@ -185,8 +446,12 @@ impl Worker {
                         partition = batch.partition,
                         "A deduplication key of this batch was committed by another batch meanwhile; redoing the batch"
                     );
-                    prepared = match self.prepare(prepared.job, None).await {
-                        Ok(p) => p,
+                    // The same messages again (they decoded within the budget before), with
+                    // the guest version that made them.
+                    let guest = self.shared.routes[prepared.job.route].guest.current();
+                    prepared = match self.prepare(prepared.job, &guest, None).await {
+                        Ok(Some((p, _))) => p,
+                        Ok(None) => return false,
                         Err(e) => {
                             let _ = self.reports.send(Report::Failed(e));
                             return false;
@@ -203,6 +468,18 @@ impl Worker {
                     stored,
                     epoch: prepared.job.epoch,
                 },
+                Err(SinkError::Superseded {
+                    guest,
+                    start_offset,
+                    ..
+                }) => {
+                    let partition = (
+                        prepared.job.batch.topic.clone(),
+                        prepared.job.batch.partition,
+                    );
+                    self.superseded(&guest, partition, start_offset, prepared.job.epoch)
+                        .await
+                }
                 Err(e) => Report::Failed(e.into()),
             };
             let failed = matches!(report, Report::Failed(_));
@@ -210,11 +487,33 @@ impl Worker {
         }
     }
 
-    fn committed(&self, prepared: &Prepared, report: &WriteReport) -> Report {
+    /// A batch ran with a guest version the group replaced: the live version is brought in
+    /// here, and the partition read again from the batch's start. A member that cannot
+    /// run the live version stops rather than run an old one.
+    async fn superseded(&self, guest: &str, partition: Partition, from: i64, epoch: u64) -> Report {
+        match self.shared.deploys.catch_up(guest).await {
+            Ok(()) => Report::Superseded {
+                partition,
+                from,
+                epoch,
+            },
+            Err(e) => Report::Failed(e.context(format!(
+                "guest {guest}: cannot run the group's live version; stopping rather than run another"
+            ))),
+        }
+    }
+
+    /// Counts a committed batch in the metrics.
+    fn record(
+        &self,
+        route: &Route,
+        batch: &SinkBatch,
+        report: &WriteReport,
+        duplicates: usize,
+        started: Instant,
+    ) {
         let metrics = &self.shared.metrics;
-        let batch = &prepared.sink_batch;
-        let route = &self.shared.routes[prepared.job.route];
-        metrics.records_in(&batch.topic, prepared.job.batch.messages.len() as u64);
+        metrics.records_in(&batch.topic, batch.items.len() as u64);
         for (table, n) in &report.rows {
             metrics.records_out(table, *n);
         }
@@ -225,15 +524,21 @@ impl Worker {
         for (stage, n) in by_stage {
             metrics.dead_letters(stage, n);
         }
-        if prepared.duplicates > 0 {
-            metrics.duplicates(&route.name, prepared.duplicates as u64);
+        if duplicates > 0 {
+            metrics.duplicates(&route.name, duplicates as u64);
+        }
+        let emitted: u64 = report.emitted.values().sum();
+        for (topic, n) in &report.emitted {
+            metrics.emitted(topic, *n);
+        }
+        if emitted > 0
+            && let Some(relay) = &self.shared.relay
+            && let Some(lane) = relay.lane(&(batch.topic.clone(), batch.partition))
+        {
+            lane.committed(emitted);
         }
         metrics.offset_committed(&batch.topic, batch.partition, batch.next_offset);
-        metrics.batch_duration(&route.name, prepared.started.elapsed().as_secs_f64());
-        Report::Committed {
-            partition: (batch.topic.clone(), batch.partition),
-            next_offset: batch.next_offset,
-        }
+        metrics.batch_duration(&route.name, started.elapsed().as_secs_f64());
     }
 
     /// With `dedup:`, the offsets of messages whose key repeats one earlier in the batch or
@@ -286,36 +591,47 @@ impl Worker {
 
     /// Runs the guest over the decoded messages; messages that failed decoding, and any
     /// message the guest fails on, become dead letters. A failed call is split in halves
-    /// until the message(s) at fault are isolated.
+    /// until the message(s) at fault are isolated. Returns the items, the guest's output
+    /// (its targets; its outcomes are in the items) and the state handed in, with the
+    /// writes of the calls that succeeded.
     fn run_guest(
         &self,
-        route: &Route,
+        route: usize,
         guest: &Guest,
         batch: &RawBatch,
         decoded: Vec<Decoded>,
         duplicates: &HashSet<i64>,
-    ) -> Vec<SinkItem> {
+        context: CallContext,
+    ) -> (Vec<SinkItem>, Output, Option<StateTxn>) {
         let raws: HashMap<i64, &RawMessage> =
             batch.messages.iter().map(|m| (m.offset, m)).collect();
+        let raw = |offset: i64| {
+            let raw = raws.get(&offset);
+            (
+                raw.and_then(|r| r.key.clone()),
+                raw.and_then(|r| r.value.clone()),
+            )
+        };
         let mut items: Vec<Option<SinkItem>> = Vec::with_capacity(decoded.len());
-        let mut messages = Vec::new();
+        let mut records: Vec<Record> = Vec::new();
         let mut slots = Vec::new();
         for d in decoded {
             match d {
                 // Dropped: written as processed, with nothing to do.
                 Decoded::Message(m) if duplicates.contains(&m.offset) => {
-                    let raw = raws.get(&m.offset);
+                    let (key, value) = raw(m.offset);
                     items.push(Some(SinkItem::Actions {
                         offset: m.offset,
-                        key: raw.and_then(|r| r.key.clone()),
-                        value: raw.and_then(|r| r.value.clone()),
+                        key,
+                        value,
                         actions: Vec::new(),
+                        emits: Vec::new(),
                     }));
                 }
                 Decoded::Message(m) => {
                     slots.push(items.len());
                     items.push(None);
-                    messages.push(m);
+                    records.push(m);
                 }
                 Decoded::DeadLetter(d) => items.push(Some(SinkItem::DeadLetter {
                     offset: d.offset,
@@ -326,88 +642,117 @@ impl Worker {
                 })),
             }
         }
-        let outcomes = self.call_isolating(route, guest, messages.clone());
-        for ((slot, message), outcome) in slots.into_iter().zip(messages).zip(outcomes) {
-            let raw = raws.get(&message.offset);
-            let key = raw.and_then(|r| r.key.clone());
-            let value = raw.and_then(|r| r.value.clone());
+        let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+        let CallContext { mut state, lookups } = context;
+        let mut output = Output::empty();
+        if !records.is_empty() {
+            let batch = batch_of(&batch.topic, batch.partition, records);
+            self.call_isolating(guest, batch, &mut state, &lookups, &mut output);
+        }
+        let outcomes = std::mem::take(&mut output.outcomes);
+        let route = &self.shared.routes[route];
+        let emitter = Emitter {
+            pipeline: &route.name,
+            topics_out: &route.topics_out,
+            destinations: &self.shared.destinations,
+        };
+        for ((slot, offset), outcome) in slots.into_iter().zip(offsets).zip(outcomes) {
+            let (key, value) = raw(offset);
             items[slot] = Some(match outcome {
-                Ok(Outcome::Actions(actions)) => SinkItem::Actions {
-                    offset: message.offset,
-                    key,
-                    value,
-                    actions,
+                Outcome::Actions(actions) => match emitter.emits(offset, &actions, &output.layouts)
+                {
+                    Ok(emits) => SinkItem::Actions {
+                        offset,
+                        key,
+                        value,
+                        actions,
+                        emits,
+                    },
+                    Err(error) => SinkItem::DeadLetter {
+                        offset,
+                        key,
+                        value,
+                        stage: Stage::Encode.as_str().to_string(),
+                        error,
+                    },
                 },
-                Ok(Outcome::DeadLetter(reason)) => SinkItem::DeadLetter {
-                    offset: message.offset,
+                Outcome::DeadLetter(reason) => SinkItem::DeadLetter {
+                    offset,
                     key,
                     value,
                     stage: Stage::Guest.as_str().to_string(),
                     error: reason,
                 },
-                Err(e) => SinkItem::DeadLetter {
-                    offset: message.offset,
-                    key,
-                    value,
-                    stage: Stage::Guest.as_str().to_string(),
-                    error: e.to_string(),
-                },
             });
         }
-        items
+        let items = items
             .into_iter()
             .map(|i| i.expect("every slot filled"))
-            .collect()
+            .collect();
+        (items, output, state)
     }
 
-    /// One outcome (or the guest's error) per message, bisecting failed calls.
+    /// Appends one outcome per message of `batch` to `output` (a failed message's is its
+    /// dead letter, the guest's error), bisecting failed calls.
     fn call_isolating(
         &self,
-        route: &Route,
         guest: &Guest,
-        messages: Vec<Message>,
-    ) -> Vec<Result<Outcome, GuestError>> {
-        if messages.is_empty() {
-            return Vec::new();
+        batch: Batch,
+        state: &mut Option<StateTxn>,
+        lookups: &Option<Arc<dyn Lookups>>,
+        output: &mut Output,
+    ) {
+        let n = batch.messages.len();
+        if n == 0 {
+            return;
         }
-        let n = messages.len();
-        let batch = Batch {
-            config: route.guest_config.clone(),
-            messages,
-        };
         let started = Instant::now();
+        let context = CallContext {
+            state: state.take(),
+            lookups: lookups.clone(),
+        };
         // A guest call is CPU work that may run to its deadline: keep the runtime's other
         // tasks (metrics, signals) going while it runs.
-        let result = tokio::task::block_in_place(|| guest.process(&batch));
+        let call = tokio::task::block_in_place(|| guest.process(&batch, context));
+        *state = call.state;
         self.shared
             .metrics
             .guest_call(&guest.id().name, started.elapsed().as_secs_f64());
-        match result {
-            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        match call.output {
+            Ok(out) => output.append(out),
             Err(e) => {
                 self.shared
                     .metrics
                     .guest_error(&guest.id().name, e.kind.name());
                 if n == 1 {
                     tracing::warn!(guest = %e.guest, offset = batch.messages[0].offset, error = %e, "Guest failed on a message; dead-lettering it");
-                    return vec![Err(e)];
+                    output.outcomes.push(Outcome::DeadLetter(e.to_string()));
+                    return;
                 }
                 tracing::info!(guest = %e.guest, messages = n, error = %e, "Guest call failed; splitting the batch to isolate the message at fault");
-                let mut messages = batch.messages;
+                let Batch {
+                    topic,
+                    partition,
+                    schemas,
+                    mut messages,
+                } = batch;
                 let right = messages.split_off(n / 2);
-                let mut out = self.call_isolating(route, guest, messages);
-                out.extend(self.call_isolating(route, guest, right));
-                out
+                let half = |messages| Batch {
+                    topic: topic.clone(),
+                    partition,
+                    schemas: schemas.clone(),
+                    messages,
+                };
+                self.call_isolating(guest, half(messages), state, lookups, output);
+                self.call_isolating(guest, half(right), state, lookups, output);
             }
         }
     }
 }
 
 /// The text of a message's deduplication key field; `None` when absent or null.
-fn dedup_key(message: &Message, field: &str) -> Option<String> {
-    use crate::runtime::types::Value;
-    let value = &message.fields.iter().find(|f| f.name == field)?.value;
-    Some(match value {
+fn dedup_key(message: &Record, field: &str) -> Option<String> {
+    Some(match message.get(field)? {
         Value::Null => return None,
         Value::Text(s) => s.clone(),
         Value::Int(i) => i.to_string(),

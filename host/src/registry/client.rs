@@ -34,6 +34,20 @@ pub enum RegistryError {
         /// The registry.
         url: String,
     },
+    /// The registry gave a definite answer about the id that is not what was asked for: a
+    /// 4xx other than 404, 408 and 429, or an answer that is not what the API returns.
+    /// Retrying will not change it.
+    #[error("schema registry {url} answered {request} with {status}: {detail}")]
+    Rejected {
+        /// The registry.
+        url: String,
+        /// The request (`GET /schemas/ids/7`).
+        request: String,
+        /// The HTTP status.
+        status: u16,
+        /// The registry's message, if any.
+        detail: String,
+    },
     /// The registry could not be reached or failed; worth retrying.
     #[error("schema registry {url} unavailable: {detail}")]
     Unavailable {
@@ -90,6 +104,12 @@ pub trait SchemaSource: Send + Sync {
         &self,
         id: SchemaId,
     ) -> impl Future<Output = Result<Arc<RegisteredSchema>, RegistryError>> + Send;
+
+    /// The subjects with a version (soft-deleted ones included) that uses this id.
+    fn subjects_of(
+        &self,
+        id: SchemaId,
+    ) -> impl Future<Output = Result<Vec<String>, RegistryError>> + Send;
 }
 
 /// An HTTP client of a Confluent-compatible registry, with a cache of schemas by id (ids
@@ -121,6 +141,14 @@ struct ErrorBody {
     error_code: i64,
     message: String,
 }
+
+#[derive(serde::Deserialize)]
+struct SubjectVersion {
+    subject: String,
+}
+
+/// Longest registry message kept in an error: a registry's answer is not ours to trust.
+const MAX_DETAIL: usize = 512;
 
 impl RegistryClient {
     /// A client of the registry at `url` (`http://host:8081`).
@@ -217,44 +245,69 @@ impl RegistryClient {
         Ok(Arc::new(RegisteredSchema { id, text, schema }))
     }
 
-    async fn fetch(&self, id: SchemaId) -> Result<Arc<RegisteredSchema>, RegistryError> {
+    /// `GET path` about schema id `id`, with the body of a successful answer. A definite
+    /// answer (any 4xx other than 408 and 429) is final: 404 is [`RegistryError::UnknownId`],
+    /// others [`RegistryError::Rejected`]. Transport failures, 5xx, 408 and 429 mean the
+    /// registry cannot answer now: [`RegistryError::Unavailable`].
+    async fn get_about(&self, id: SchemaId, path: &str) -> Result<bytes::Bytes, RegistryError> {
         let unavailable = |detail: String| RegistryError::Unavailable {
             url: self.url.clone(),
             detail,
         };
         let response = self
             .http
-            .get(format!("{}/schemas/ids/{id}", self.url))
+            .get(format!("{}{path}", self.url))
             .header("Accept", "application/vnd.schemaregistry.v1+json")
             .send()
             .await
-            .map_err(|e| unavailable(format!("GET /schemas/ids/{id}: {e}")))?;
+            .map_err(|e| unavailable(format!("GET {path}: {e}")))?;
         let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| unavailable(format!("GET {path}: {status}, unreadable answer: {e}")))?;
         if status.is_success() {
-            let body: SchemaById = response.json().await.map_err(|e| {
-                unavailable(format!("GET /schemas/ids/{id}: unreadable answer: {e}"))
-            })?;
-            if let Some(t) = body.schema_type.filter(|t| t != "AVRO") {
-                return Err(RegistryError::BadSchema {
-                    id,
-                    url: self.url.clone(),
-                    detail: format!("it is a {t} schema; weir decodes Avro"),
-                });
-            }
-            return self.parse(id, body.schema);
+            return Ok(body);
         }
-        let body = response.json::<ErrorBody>().await.ok();
-        match (status.as_u16(), body) {
-            (404, Some(b)) if b.error_code == 40403 => Err(RegistryError::UnknownId {
+        let detail = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(b) => format!("{} (error code {})", b.message, b.error_code),
+            Err(_) => String::from_utf8_lossy(&body).into_owned(),
+        };
+        let detail = crate::text::truncate(detail.trim(), MAX_DETAIL);
+        let code = status.as_u16();
+        match code {
+            404 => Err(RegistryError::UnknownId {
                 id,
                 url: self.url.clone(),
             }),
-            (_, Some(b)) => Err(unavailable(format!(
-                "GET /schemas/ids/{id}: {status}: {} (error code {})",
-                b.message, b.error_code
-            ))),
-            (_, None) => Err(unavailable(format!("GET /schemas/ids/{id}: {status}"))),
+            408 | 429 => Err(unavailable(format!("GET {path}: {status}: {detail}"))),
+            400..=499 => Err(RegistryError::Rejected {
+                url: self.url.clone(),
+                request: format!("GET {path}"),
+                status: code,
+                detail,
+            }),
+            _ => Err(unavailable(format!("GET {path}: {status}: {detail}"))),
         }
+    }
+
+    async fn fetch(&self, id: SchemaId) -> Result<Arc<RegisteredSchema>, RegistryError> {
+        let path = format!("/schemas/ids/{id}");
+        let body = self.get_about(id, &path).await?;
+        let body: SchemaById =
+            serde_json::from_slice(&body).map_err(|e| RegistryError::BadSchema {
+                id,
+                url: self.url.clone(),
+                detail: format!("GET {path} answered something other than a schema: {e}"),
+            })?;
+        if let Some(t) = body.schema_type.filter(|t| t != "AVRO") {
+            return Err(RegistryError::BadSchema {
+                id,
+                url: self.url.clone(),
+                detail: format!("it is a {t} schema; weir decodes Avro"),
+            });
+        }
+        self.parse(id, body.schema)
     }
 }
 
@@ -274,5 +327,94 @@ impl SchemaSource for RegistryClient {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, fetched.clone());
         Ok(fetched)
+    }
+
+    async fn subjects_of(&self, id: SchemaId) -> Result<Vec<String>, RegistryError> {
+        let path = format!("/schemas/ids/{id}/versions?deleted=true");
+        let body = self.get_about(id, &path).await?;
+        let versions: Vec<SubjectVersion> =
+            serde_json::from_slice(&body).map_err(|e| RegistryError::Rejected {
+                url: self.url.clone(),
+                request: format!("GET {path}"),
+                status: 200,
+                detail: format!("not a list of subject versions: {e}"),
+            })?;
+        let mut subjects: Vec<String> = versions.into_iter().map(|v| v.subject).collect();
+        subjects.dedup();
+        Ok(subjects)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+
+    /// A registry that answers `GET /schemas/ids/{id}` with the status the id names.
+    async fn answering() -> String {
+        let app = axum::Router::new()
+            .route(
+                "/schemas/ids/{id}",
+                get(
+                    |axum::extract::Path(id): axum::extract::Path<u16>| async move {
+                        let body = match id {
+                            404 => String::from("<html>Not Found</html>"),
+                            40403 => {
+                                return (
+                                    StatusCode::NOT_FOUND,
+                                    r#"{"error_code":40403,"message":"Schema not found"}"#
+                                        .to_string(),
+                                );
+                            }
+                            code => format!(r#"{{"error_code":{code},"message":"status {code}"}}"#),
+                        };
+                        (StatusCode::from_u16(id).unwrap_or(StatusCode::OK), body)
+                    },
+                ),
+            )
+            .route("/schemas/ids/{id}/versions", get(|| async { "not a list" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn definite_answers_are_final_and_outages_are_retried() {
+        let client = RegistryClient::new(&answering().await).unwrap();
+        let answer = |id: u32| {
+            let client = &client;
+            async move { client.schema_by_id(SchemaId(id)).await.unwrap_err() }
+        };
+        // Any 404, with Confluent's code or without (a route the registry lacks): the id
+        // is unknown.
+        for id in [404, 40403] {
+            let e = answer(id).await;
+            assert!(matches!(e, RegistryError::UnknownId { .. }), "{id}: {e}");
+            assert!(!e.is_retryable());
+        }
+        // Other definite answers: final too, with the registry's message.
+        for id in [400, 401, 403, 422] {
+            let e = answer(id).await;
+            assert!(
+                matches!(e, RegistryError::Rejected { status, .. } if status == id as u16),
+                "{id}: {e}"
+            );
+            assert!(!e.is_retryable());
+            assert!(e.to_string().contains(&format!("status {id}")), "{e}");
+        }
+        // Timeouts, throttling and server errors: the registry cannot answer now.
+        for id in [408, 429, 500, 503] {
+            let e = answer(id).await;
+            assert!(e.is_retryable(), "{id}: {e}");
+        }
+        // An answer that is not the API's is not a reason to wait for ever.
+        let e = client.subjects_of(SchemaId(1)).await.unwrap_err();
+        assert!(!e.is_retryable(), "{e}");
+        assert!(
+            e.to_string().contains("not a list of subject versions"),
+            "{e}"
+        );
     }
 }

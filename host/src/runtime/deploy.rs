@@ -1,9 +1,10 @@
 //! The guests a process runs, by name, and how new versions replace them.
 //!
 //! A guest name (the file stem: `ticks.wasm` is `ticks`) may serve several pipelines, each
-//! with its own [`GuestSlot`] and limits. A new version, from the watched directory
-//! ([`super::watch`]) or the admin API, is compiled and checked once, off the hot path,
-//! then swapped into every slot of that name together; a version that fails is refused
+//! with its own [`GuestSlot`], limits and config. A new version, from the watched directory
+//! ([`super::watch`]) or the admin API, is compiled and checked once, off the hot path, and
+//! set up for every pipeline (a 0.2.0 guest's `init` takes each pipeline's config), then
+//! swapped into every slot of that name together; a version that fails anywhere is refused
 //! with the reason and the running one stays.
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use super::{Guest, GuestLimits, GuestSlot, LoadError, Runtime, Swapped};
+use crate::model::{ConfigEntry, Deployment};
 
 /// Every guest of a process, by name.
 pub struct GuestSet {
@@ -34,6 +36,8 @@ impl std::fmt::Debug for GuestSet {
 #[derive(Debug)]
 struct Named {
     file: PathBuf,
+    /// sha256 of the file as it was loaded.
+    loaded: String,
     uses: Vec<Use>,
 }
 
@@ -81,6 +85,58 @@ pub struct PipelineUse {
     pub errors: u64,
 }
 
+/// A version compiled, checked and set up for every pipeline of its guest in this
+/// process, ready to swap in ([`GuestSet::install`]).
+#[derive(Clone)]
+pub struct Prepared {
+    name: String,
+    guests: Vec<Guest>,
+}
+
+impl Prepared {
+    /// sha256 of the version.
+    pub fn version(&self) -> &str {
+        self.guests.first().map_or("", |g| g.id().version.as_str())
+    }
+}
+
+/// How new guest versions reach the pipelines: in this process only ([`GuestSet`]), or
+/// through the group's deployment store, to every member at one switch (`weir run`).
+pub trait Deployer: Send + Sync {
+    /// Deploys `bytes` as a new version of `name`; `origin` says who or what for logs and
+    /// history (`file PATH` for a guest file). `Ok(None)`: that version is already
+    /// running. Blocks until it is live.
+    fn deploy(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        origin: &str,
+    ) -> Result<Option<Swapped>, DeployError>;
+    /// Goes back to the version the last deploy of `name` replaced.
+    fn rollback(&self, name: &str, origin: &str) -> Result<Swapped, DeployError>;
+    /// Every version of `name` deployed, oldest first.
+    fn history(&self, name: &str) -> Result<Vec<Deployment>, DeployError>;
+}
+
+impl Deployer for GuestSet {
+    fn deploy(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        origin: &str,
+    ) -> Result<Option<Swapped>, DeployError> {
+        GuestSet::deploy(self, name, bytes, origin)
+    }
+
+    fn rollback(&self, name: &str, origin: &str) -> Result<Swapped, DeployError> {
+        GuestSet::rollback(self, name, origin)
+    }
+
+    fn history(&self, name: &str) -> Result<Vec<Deployment>, DeployError> {
+        Err(DeployError::NoHistory(name.to_string()))
+    }
+}
+
 /// A new version was not swapped in.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -93,6 +149,32 @@ pub enum DeployError {
     /// A rollback with nothing to go back to.
     #[error("guest {0:?} has no previous version to roll back to")]
     NoPrevious(String),
+    /// A member of the group refused the version (it does not compile or set up there).
+    #[error("member {member} of the group refused the new version of {guest}: {reason}")]
+    RefusedByMember {
+        /// Guest name.
+        guest: String,
+        /// The member.
+        member: String,
+        /// Why.
+        reason: String,
+    },
+    /// Deploys reach this process only: no history is kept.
+    #[error(
+        "guest {0:?}: this process keeps no deploy history (`weir run` records deploys in Postgres)"
+    )]
+    NoHistory(String),
+    /// Another deploy of the guest is under way.
+    #[error("another deploy of guest {0:?} is under way; try again when it is done")]
+    Busy(String),
+    /// The group's deployment store could not be reached or did not answer in time.
+    #[error("the deploy of {guest} did not complete: {reason}")]
+    Unavailable {
+        /// Guest name.
+        guest: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl GuestSet {
@@ -105,15 +187,17 @@ impl GuestSet {
         }
     }
 
-    /// Loads the guest at `file` for `pipeline` (compiling it once per name) and returns
-    /// the slot the pipeline takes each batch's version from. Two different files with
-    /// the same name are refused: a name must mean one guest.
+    /// Loads the guest at `file` for `pipeline` (compiling it once per name), sets it up
+    /// with the pipeline's limits and config (refused when its `init` refuses the config),
+    /// and returns the slot the pipeline takes each batch's version from. Two different
+    /// files with the same name are refused: a name must mean one guest.
     pub fn add(
         &mut self,
         pipeline: &str,
         topics: &[String],
         file: &Path,
         limits: GuestLimits,
+        config: Vec<ConfigEntry>,
     ) -> Result<Arc<GuestSlot>, LoadError> {
         let name = super::guest_name(file);
         let guest = match self.guests.get(&name) {
@@ -127,11 +211,10 @@ impl GuestSet {
                     ),
                 });
             }
-            Some(named) => self
-                .runtime
-                .with_limits(&named.uses[0].slot.current(), limits)?,
+            Some(named) => named.uses[0].slot.current(),
             None => self.runtime.load_file(file, limits)?,
         };
+        let guest = self.runtime.setup(&guest, pipeline, limits, config)?;
         Ok(self.add_use(file, pipeline, topics, guest))
     }
 
@@ -155,11 +238,13 @@ impl GuestSet {
         guest: super::Guest,
     ) -> Arc<GuestSlot> {
         let name = guest.id().name.clone();
+        let loaded = guest.id().version.clone();
         let slot = GuestSlot::new(&name, guest);
         self.guests
             .entry(name)
             .or_insert_with(|| Named {
                 file: file.to_path_buf(),
+                loaded,
                 uses: Vec::new(),
             })
             .uses
@@ -188,6 +273,11 @@ impl GuestSet {
             .collect()
     }
 
+    /// sha256 of `name`'s file as it was loaded at start.
+    pub fn file_version(&self, name: &str) -> Option<String> {
+        Some(self.guests.get(name)?.loaded.clone())
+    }
+
     /// sha256 of the running version of `name`.
     pub fn version(&self, name: &str) -> Option<String> {
         let named = self.guests.get(name)?;
@@ -195,8 +285,8 @@ impl GuestSet {
     }
 
     /// Compiles and checks `bytes` as a new version of `name` and swaps it into every
-    /// pipeline using it, at each one's next batch. `origin` says where it came from, for
-    /// logs. `Ok(None)`: that version is already running.
+    /// pipeline using it, at each one's next batch, in this process only. `origin` says
+    /// where it came from, for logs. `Ok(None)`: that version is already running.
     ///
     /// Slow (compilation): call it off the pipeline's thread.
     pub fn deploy(
@@ -205,44 +295,78 @@ impl GuestSet {
         bytes: &[u8],
         origin: &str,
     ) -> Result<Option<Swapped>, DeployError> {
+        let prepared = self.prepare(name, bytes, origin)?;
+        Ok(self.install(prepared, origin))
+    }
+
+    /// Compiles and checks `bytes` as a new version of `name` and sets it up for every
+    /// pipeline using it, without swapping it in. A refusal is logged and reported with
+    /// `origin`.
+    ///
+    /// Slow (compilation): call it off the pipeline's thread.
+    pub fn prepare(&self, name: &str, bytes: &[u8], origin: &str) -> Result<Prepared, DeployError> {
         let named = self
             .guests
             .get(name)
             .ok_or_else(|| DeployError::Unknown(name.to_string()))?;
-        let result = self.compile(named, name, bytes);
-        let guests = match result {
-            Ok(guests) => guests,
+        match self.compile(named, name, bytes) {
+            Ok(guests) => Ok(Prepared {
+                name: name.to_string(),
+                guests,
+            }),
             Err(e) => {
                 tracing::warn!(guest = name, origin, reason = %e, "Refused a new guest version; the running version stays");
                 self.runtime
                     .events()
                     .guest_refused(name, origin, &e.to_string());
-                return Err(e.into());
+                Err(e.into())
             }
-        };
+        }
+    }
+
+    /// Swaps a prepared version into every pipeline using it, at each one's next batch.
+    /// `None`: that version was already running.
+    pub fn install(&self, prepared: Prepared, origin: &str) -> Option<Swapped> {
+        let name = prepared.name.as_str();
+        let named = self.guests.get(name)?;
         let _swapping = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
         let mut swapped = None;
-        for (u, guest) in named.uses.iter().zip(guests) {
+        for (u, guest) in named.uses.iter().zip(prepared.guests) {
             swapped = u.slot.swap(guest).or(swapped);
         }
         if let Some(s) = &swapped {
             tracing::info!(guest = name, origin, old = %s.old_version, new = %s.new_version, "Swapped in a new guest version; it runs from each pipeline's next batch");
             self.runtime.events().guest_swapped(s, origin);
         }
-        Ok(swapped)
+        swapped
     }
 
-    /// One guest per use, compiled once.
+    /// The topics of every pipeline using `name`.
+    pub fn topics(&self, name: &str) -> Vec<String> {
+        self.guests
+            .get(name)
+            .map(|n| n.uses.iter().flat_map(|u| u.topics.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// One guest per use, compiled once and set up with each use's limits and config.
     fn compile(&self, named: &Named, name: &str, bytes: &[u8]) -> Result<Vec<Guest>, LoadError> {
-        let first = self
+        let compiled = self
             .runtime
             .load(name, bytes, named.uses[0].slot.limits())?;
-        let mut guests = Vec::with_capacity(named.uses.len());
-        for u in &named.uses[1..] {
-            guests.push(self.runtime.with_limits(&first, u.slot.limits())?);
-        }
-        guests.insert(0, first);
-        Ok(guests)
+        named
+            .uses
+            .iter()
+            .map(|u| {
+                let running = u.slot.current();
+                self.runtime.setup(
+                    &compiled,
+                    &u.pipeline,
+                    running.limits(),
+                    running.config().to_vec(),
+                )
+            })
+            .collect()
     }
 
     /// Goes back to the version the last swap of `name` replaced, in every pipeline.

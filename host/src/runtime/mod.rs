@@ -1,17 +1,24 @@
 //! The guest runtime: one wasmtime [`Engine`] for the process, guests compiled once and
-//! kept as pre-instantiated components, and every `process` call run on a fresh instance
-//! under a CPU deadline, a memory cap and a stack limit.
+//! kept as pre-instantiated components, and every batch run on a fresh instance under a
+//! CPU deadline, a memory cap and a stack limit.
+//!
+//! Guests of both released contracts run side by side ([`Contract`]): a 0.2.0 guest is
+//! given its pipeline's config by `init` on each fresh instance (and once when it is set up
+//! for a pipeline, [`Runtime::setup`], where a refused config refuses the guest), then the
+//! batch; a 0.1.0 guest is given both in the batch, through an adapter ([`v1`]).
 //!
 //! A guest that traps, overruns its deadline or its memory fails only that call, with a
 //! [`GuestError`] naming the guest and the [`GuestErrorKind`]; the next call starts from a
-//! clean instance. A component that does not fit the `weir:processor` world is refused at
-//! [`Runtime::load`] with a [`LoadError`] saying which import or export is wrong.
+//! clean instance, and the call's state writes are dropped. A component that fits neither
+//! world is refused at [`Runtime::load`] with a [`LoadError`] saying which import or
+//! export is wrong.
 
-mod bindings;
 mod check;
+mod compile;
 mod deploy;
 mod host;
 mod slot;
+mod v1;
 pub mod watch;
 
 use std::fmt;
@@ -22,20 +29,22 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
-pub use bindings::types;
-pub use check::{ALLOWED_IMPORTS, GuestInfo, Item, WORLD};
-pub use deploy::{DeployError, GuestSet, GuestStatus, PipelineUse};
-pub use host::{GuestCounters, HostEvents, Level, TracingEvents};
+pub use check::{Contract, GuestInfo, Item, LOOKUP_IMPORT, STATE_IMPORT, WORLD};
+pub use compile::{Compiler, Isolation, compile_isolated};
+pub use deploy::{DeployError, Deployer, GuestSet, GuestStatus, PipelineUse, Prepared};
+pub use host::{GuestCounters, HostEvents, Level, TracingEvents, output};
 pub use slot::{GuestSlot, Swapped};
 
-use bindings::{Processor, ProcessorPre};
+use crate::model::{Batch, ConfigEntry, Lookups, Output, StateTxn, v1 as old, v2 as new};
 use host::CallState;
-use types::{Batch, Outcome};
 
 /// Bytes of each pooled memory and table kept resident between calls.
 const KEEP_RESIDENT: usize = 2 << 20;
+
+/// Longest compiler message a refusal carries.
+const MAX_DETAIL: usize = 4096;
 
 /// Engine-wide settings, fixed when the [`Runtime`] is built.
 #[derive(Debug, Clone)]
@@ -48,6 +57,8 @@ pub struct RuntimeConfig {
     /// Instances kept ready in the pooling allocator, or `None` to allocate on demand.
     /// Pooling makes a fresh instance per call cheap (copy-on-write memory images).
     pub pooling: Option<PoolingConfig>,
+    /// Where components are compiled (one at a time, whichever).
+    pub compiler: Compiler,
 }
 
 /// Sizes of the pooling allocator.
@@ -66,6 +77,7 @@ impl Default for RuntimeConfig {
             max_wasm_stack: 512 * 1024,
             epoch_tick: Duration::from_millis(10),
             pooling: Some(PoolingConfig::default()),
+            compiler: Compiler::InProcess,
         }
     }
 }
@@ -120,21 +132,35 @@ pub enum LoadError {
     )]
     CoreModule { guest: String },
     /// The component did not validate or compile.
-    #[error("guest {guest}: invalid component: {detail}")]
+    #[error(
+        "guest {guest}: invalid component: {}",
+        crate::text::truncate(detail, MAX_DETAIL)
+    )]
     Compile { guest: String, detail: String },
     /// The component imports interfaces the world does not grant.
     #[error(
-        "guest {guest}: imports {}, which the {WORLD} world does not grant (a guest may import only {})",
-        imports.join(", "),
-        ALLOWED_IMPORTS.join(", ")
+        "guest {guest}: imports {}, which the {contract} world does not grant (a guest of it may import only {})",
+        check::listed(imports),
+        contract.allowed_imports().join(", ")
     )]
-    ForbiddenImports { guest: String, imports: Vec<String> },
+    ForbiddenImports {
+        guest: String,
+        contract: Contract,
+        imports: Vec<String>,
+    },
     /// The component's exports do not match the world.
     #[error("guest {guest}: does not fit the {WORLD} world: {detail}")]
     WrongWorld { guest: String, detail: String },
     /// The guest's limits exceed what the runtime was built for.
     #[error("guest {guest}: {detail}")]
     Limits { guest: String, detail: String },
+    /// The guest's `init` refused the pipeline's config, or failed.
+    #[error("guest {guest} refused the config of pipeline {pipeline}: {reason}")]
+    Config {
+        guest: String,
+        pipeline: String,
+        reason: String,
+    },
 }
 
 /// What went wrong in a guest call.
@@ -156,6 +182,8 @@ pub enum GuestErrorKind {
     BadOutput { expected: usize, got: usize },
     /// The instance could not be created (pool exhausted, initial memory over the cap…).
     Instantiate { message: String },
+    /// The guest's `init` refused its config (which it took when it was set up).
+    Config { message: String },
 }
 
 impl GuestErrorKind {
@@ -169,6 +197,7 @@ impl GuestErrorKind {
             GuestErrorKind::Trap { .. } => "trap",
             GuestErrorKind::BadOutput { .. } => "bad_output",
             GuestErrorKind::Instantiate { .. } => "instantiate",
+            GuestErrorKind::Config { .. } => "config",
         }
     }
 }
@@ -193,6 +222,7 @@ impl fmt::Display for GuestErrorKind {
             GuestErrorKind::Instantiate { message } => {
                 write!(f, "could not be instantiated: {message}")
             }
+            GuestErrorKind::Config { message } => write!(f, "refused its config: {message}"),
         }
     }
 }
@@ -215,6 +245,9 @@ pub struct Runtime {
     linker: Linker<CallState>,
     config: RuntimeConfig,
     events: Arc<dyn HostEvents>,
+    /// Held while a component compiles: one compilation at a time, so concurrent deploys
+    /// cannot add up their compilers' memory.
+    compiling: std::sync::Mutex<()>,
     _ticker: EpochTicker,
 }
 
@@ -229,11 +262,7 @@ impl fmt::Debug for Runtime {
 impl Runtime {
     /// Builds the engine, with guests' logs and counters going to `events`.
     pub fn new(config: RuntimeConfig, events: Arc<dyn HostEvents>) -> anyhow::Result<Self> {
-        let mut wasm = Config::new();
-        wasm.wasm_component_model(true)
-            .epoch_interruption(true)
-            .max_wasm_stack(config.max_wasm_stack)
-            .parallel_compilation(true);
+        let mut wasm = compile::engine_config(config.max_wasm_stack);
         if let Some(pool) = &config.pooling {
             let mut p = PoolingAllocationConfig::default();
             p.total_component_instances(pool.instances)
@@ -250,13 +279,15 @@ impl Runtime {
         }
         let engine = Engine::new(&wasm)?;
         let mut linker = Linker::new(&engine);
-        Processor::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |s| s)?;
+        old::Processor::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |s| s)?;
+        new::Processor::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |s| s)?;
         let ticker = EpochTicker::start(&engine, config.epoch_tick);
         Ok(Self {
             engine,
             linker,
             config,
             events,
+            compiling: std::sync::Mutex::new(()),
             _ticker: ticker,
         })
     }
@@ -272,49 +303,79 @@ impl Runtime {
         self.load(&name, &bytes, limits)
     }
 
-    /// Compiles and checks a guest against the world. Slow (compilation): keep the
-    /// returned [`Guest`] and call it many times.
+    /// Checks a guest against the world, then compiles it (one compilation at a time, with
+    /// the runtime's [`Compiler`]). Slow (compilation): keep the returned [`Guest`] and
+    /// call it many times. A component whose imports or exports do not fit is refused
+    /// before it is compiled.
     pub fn load(&self, name: &str, bytes: &[u8], limits: GuestLimits) -> Result<Guest, LoadError> {
         self.check_limits(name, limits)?;
-        let (component, info) = check::compile(&self.engine, name, bytes)?;
+        check::fits(name, &check::scan(name, bytes)?)?;
+        let component = {
+            let _one = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
+            self.config
+                .compiler
+                .compile(&self.engine, name, bytes, self.config.max_wasm_stack)?
+        };
+        let info = check::describe(&self.engine, &component, bytes);
         check::fits(name, &info)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::WrongWorld {
-                guest: name.into(),
-                detail: format!("{e:#}"),
-            })?;
-        let pre = ProcessorPre::new(pre).map_err(|e| LoadError::WrongWorld {
+        let wrong = |e: wasmtime::Error| LoadError::WrongWorld {
             guest: name.into(),
             detail: format!("{e:#}"),
-        })?;
+        };
+        let pre = self.linker.instantiate_pre(&component).map_err(wrong)?;
+        let pre = match info.contract {
+            Contract::V1 => Pre::V1(old::ProcessorPre::new(pre).map_err(wrong)?),
+            Contract::V2 => Pre::V2(new::ProcessorPre::new(pre).map_err(wrong)?),
+        };
         let version = hex::encode(Sha256::digest(bytes));
         let id = Arc::new(GuestId {
             name: name.into(),
             short_version: version[..12].into(),
             version,
         });
-        Ok(self.guest(id, pre, limits, info, bytes.len(), SystemTime::now()))
+        Ok(self.guest(
+            id,
+            pre,
+            limits,
+            Arc::new([]),
+            info,
+            bytes.len(),
+            SystemTime::now(),
+        ))
     }
 
-    /// The same compiled guest under other limits (pipelines sharing a guest may limit it
-    /// differently), with call counters of its own. No compilation.
-    pub fn with_limits(&self, guest: &Guest, limits: GuestLimits) -> Result<Guest, LoadError> {
+    /// The same compiled guest set up for `pipeline`: under its limits, with its config
+    /// values, and counters of its own. No compilation. A guest of 0.2.0 is given the
+    /// config by `init` on a fresh instance first, and a refusal (or a failing `init`)
+    /// refuses the guest with its message, before it serves a batch.
+    pub fn setup(
+        &self,
+        guest: &Guest,
+        pipeline: &str,
+        limits: GuestLimits,
+        config: Vec<ConfigEntry>,
+    ) -> Result<Guest, LoadError> {
         let g = &*guest.inner;
         let Code::Wasm { pre, .. } = &g.code else {
             // A native processor runs under no limits.
             return Ok(guest.clone());
         };
         self.check_limits(&g.id.name, limits)?;
-        Ok(self.guest(
+        let set = self.guest(
             g.id.clone(),
             pre.clone(),
             limits,
+            config.into(),
             g.info.clone(),
             g.size,
             g.loaded_at,
-        ))
+        );
+        set.check_config().map_err(|reason| LoadError::Config {
+            guest: g.id.name.clone(),
+            pipeline: pipeline.to_string(),
+            reason,
+        })?;
+        Ok(set)
     }
 
     fn check_limits(&self, name: &str, limits: GuestLimits) -> Result<(), LoadError> {
@@ -332,11 +393,13 @@ impl Runtime {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn guest(
         &self,
         id: Arc<GuestId>,
-        pre: ProcessorPre<CallState>,
+        pre: Pre,
         limits: GuestLimits,
+        config: Arc<[ConfigEntry]>,
         info: GuestInfo,
         size: usize,
         loaded_at: SystemTime,
@@ -351,6 +414,7 @@ impl Runtime {
                     events: self.events.clone(),
                 },
                 limits,
+                config,
                 info,
                 loaded_at,
                 size,
@@ -412,6 +476,8 @@ struct GuestInner {
     id: Arc<GuestId>,
     code: Code,
     limits: GuestLimits,
+    /// The pipeline's config values: given to `init` (0.2.0), or in every batch (0.1.0).
+    config: Arc<[ConfigEntry]>,
     info: GuestInfo,
     loaded_at: SystemTime,
     size: usize,
@@ -424,7 +490,7 @@ enum Code {
     /// A component, on a fresh sandboxed instance per call.
     Wasm {
         engine: Engine,
-        pre: ProcessorPre<CallState>,
+        pre: Pre,
         deadline_ticks: u64,
         events: Arc<dyn HostEvents>,
     },
@@ -432,13 +498,45 @@ enum Code {
     Native(Arc<dyn NativeProcessor>),
 }
 
-/// A transform compiled into the host process instead of loaded as a component: the same
-/// contract as a guest's `process`, without the sandbox (no memory cap, no deadline, no
-/// isolation). For measuring what the sandbox costs, and for embedding weir as a library.
+/// A component ready to instantiate, by the contract it targets.
+#[derive(Clone)]
+enum Pre {
+    V1(old::ProcessorPre<CallState>),
+    V2(new::ProcessorPre<CallState>),
+}
+
+/// A transform compiled into the host process instead of loaded as a component: the
+/// contract of a 0.2.0 guest's `init` and `process`, without the sandbox (no memory cap, no
+/// deadline, no isolation) and without state or lookups. For measuring what the sandbox
+/// costs, and for embedding weir as a library.
 pub trait NativeProcessor: Send + Sync {
+    /// Checks the config, as a guest's `init` does.
+    fn init(&self, config: &[ConfigEntry]) -> Result<(), String> {
+        let _ = config;
+        Ok(())
+    }
+
     /// One outcome per message of `batch`, in order; `Err` fails the whole call, like a
     /// guest's trap.
-    fn process(&self, batch: &Batch) -> Result<Vec<Outcome>, String>;
+    fn process(&self, config: &[ConfigEntry], batch: &Batch) -> Result<Output, String>;
+}
+
+/// What a batch's guest call may reach besides its batch.
+#[derive(Default)]
+pub struct CallContext {
+    /// The batch's view of its partition's state, for guests that import `state`.
+    pub state: Option<StateTxn>,
+    /// The pipeline's lookups, for guests that import `lookup`.
+    pub lookups: Option<Arc<dyn Lookups>>,
+}
+
+/// What a guest call gave back.
+pub struct Call {
+    /// The output, or why the call failed.
+    pub output: Result<Output, GuestError>,
+    /// The state handed in, with the call's writes kept if it succeeded and dropped if it
+    /// failed.
+    pub state: Option<StateTxn>,
 }
 
 impl fmt::Debug for Guest {
@@ -452,50 +550,151 @@ impl fmt::Debug for Guest {
 
 impl Guest {
     /// Runs one batch on a fresh instance: one outcome per message, in order.
-    pub fn process(&self, batch: &Batch) -> Result<Vec<Outcome>, GuestError> {
+    pub fn process(&self, batch: &Batch, context: CallContext) -> Call {
         let inner = &*self.inner;
         inner.calls.fetch_add(1, Ordering::Relaxed);
-        let result = self.call(batch);
-        if result.is_err() {
+        let mut state = context.state;
+        let output = self.call(batch, &mut state, context.lookups);
+        if let Some(state) = &mut state {
+            if output.is_ok() {
+                state.keep_call();
+            } else {
+                state.drop_call();
+            }
+        }
+        if output.is_err() {
             inner.errors.fetch_add(1, Ordering::Relaxed);
         }
-        result
+        Call { output, state }
     }
 
-    fn call(&self, batch: &Batch) -> Result<Vec<Outcome>, GuestError> {
+    /// A fresh instance's store, holding what the call may reach.
+    fn store(
+        &self,
+        engine: &Engine,
+        deadline_ticks: u64,
+        events: &Arc<dyn HostEvents>,
+    ) -> Store<CallState> {
         let inner = &*self.inner;
-        let outcomes = match &inner.code {
+        let mut store = Store::new(
+            engine,
+            CallState::new(inner.id.clone(), events.clone(), inner.limits.max_memory),
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(deadline_ticks);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    fn call(
+        &self,
+        batch: &Batch,
+        state: &mut Option<StateTxn>,
+        lookups: Option<Arc<dyn Lookups>>,
+    ) -> Result<Output, GuestError> {
+        let inner = &*self.inner;
+        let output = match &inner.code {
             Code::Wasm {
                 engine,
                 pre,
                 deadline_ticks,
                 events,
             } => {
-                let mut store = Store::new(
-                    engine,
-                    CallState::new(inner.id.clone(), events.clone(), inner.limits.max_memory),
-                );
-                store.limiter(|s| &mut s.limiter);
-                store.set_epoch_deadline(*deadline_ticks);
-                store.epoch_deadline_trap();
-                let processor = pre
-                    .instantiate(&mut store)
-                    .map_err(|e| self.classify(&store, e, true))?;
-                processor
-                    .call_process(&mut store, batch)
-                    .map_err(|e| self.classify(&store, e, false))?
+                let mut store = self.store(engine, *deadline_ticks, events);
+                let result = self.run(pre, &mut store, batch, state, lookups);
+                store.data_mut().finish();
+                if let Some(given) = store.data_mut().state.take() {
+                    *state = Some(given);
+                }
+                result?
             }
             Code::Native(native) => native
-                .process(batch)
+                .process(&inner.config, batch)
                 .map_err(|message| self.error(GuestErrorKind::Trap { message }))?,
         };
-        if outcomes.len() != batch.messages.len() {
+        if output.outcomes.len() != batch.messages.len() {
             return Err(self.error(GuestErrorKind::BadOutput {
                 expected: batch.messages.len(),
-                got: outcomes.len(),
+                got: output.outcomes.len(),
             }));
         }
-        Ok(outcomes)
+        Ok(output)
+    }
+
+    /// Instantiates and calls the guest in `store`: `init` then `process` (0.2.0), or
+    /// `process` with the config in the batch (0.1.0). The state and lookups are the
+    /// batch's: `process` reaches them, `init` does not.
+    fn run(
+        &self,
+        pre: &Pre,
+        store: &mut Store<CallState>,
+        batch: &Batch,
+        state: &mut Option<StateTxn>,
+        lookups: Option<Arc<dyn Lookups>>,
+    ) -> Result<Output, GuestError> {
+        let config = &self.inner.config;
+        match pre {
+            Pre::V1(pre) => {
+                let _ = (state, lookups); // 0.1.0 has neither.
+                let processor = pre
+                    .instantiate(&mut *store)
+                    .map_err(|e| self.classify(store, e, true))?;
+                let old = v1::batch(batch, config);
+                let outcomes = processor
+                    .call_process(&mut *store, &old)
+                    .map_err(|e| self.classify(store, e, false))?;
+                Ok(v1::output(outcomes))
+            }
+            Pre::V2(pre) => {
+                let processor = pre
+                    .instantiate(&mut *store)
+                    .map_err(|e| self.classify(store, e, true))?;
+                processor
+                    .call_init(&mut *store, config)
+                    .map_err(|e| self.classify(store, e, false))?
+                    .map_err(|message| self.error(GuestErrorKind::Config { message }))?;
+                store.data_mut().state = state.take();
+                store.data_mut().lookups = lookups;
+                processor
+                    .call_process(&mut *store, batch)
+                    .map_err(|e| self.classify(store, e, false))
+            }
+        }
+    }
+
+    /// Gives the guest its config as a batch would, on a fresh instance, without a batch:
+    /// `Err` with the guest's refusal, or with how `init` failed.
+    fn check_config(&self) -> Result<(), String> {
+        let inner = &*self.inner;
+        match &inner.code {
+            Code::Wasm {
+                engine,
+                pre: Pre::V2(pre),
+                deadline_ticks,
+                events,
+            } => {
+                let mut store = self.store(engine, *deadline_ticks, events);
+                let result = pre
+                    .instantiate(&mut store)
+                    .map_err(|e| self.classify(&store, e, true))
+                    .and_then(|processor| {
+                        processor
+                            .call_init(&mut store, &inner.config)
+                            .map_err(|e| self.classify(&store, e, false))
+                    });
+                store.data_mut().finish();
+                match result {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(refusal)) => Err(refusal),
+                    Err(e) => Err(format!("its init {}", e.kind)),
+                }
+            }
+            // 0.1.0 takes its config in every batch: nothing to check before one.
+            Code::Wasm {
+                pre: Pre::V1(_), ..
+            } => Ok(()),
+            Code::Native(native) => native.init(&inner.config),
+        }
     }
 
     fn classify(
@@ -551,8 +750,13 @@ impl Guest {
         }
     }
 
-    /// `processor` as a guest named `name`. Its version is the sha256 of `native:<name>`.
-    pub fn native(name: &str, processor: Arc<dyn NativeProcessor>) -> Self {
+    /// `processor` as a guest named `name`, with these config values. Its version is the
+    /// sha256 of `native:<name>`.
+    pub fn native(
+        name: &str,
+        processor: Arc<dyn NativeProcessor>,
+        config: Vec<ConfigEntry>,
+    ) -> Self {
         let version = hex::encode(Sha256::digest(format!("native:{name}")));
         Guest {
             inner: Arc::new(GuestInner {
@@ -563,7 +767,9 @@ impl Guest {
                 }),
                 code: Code::Native(processor),
                 limits: GuestLimits::default(),
+                config: config.into(),
                 info: GuestInfo {
+                    contract: Contract::V2,
                     wit: None,
                     imports: Vec::new(),
                     exports: Vec::new(),
@@ -589,6 +795,26 @@ impl Guest {
     /// What the component imports and exports.
     pub fn info(&self) -> &GuestInfo {
         &self.inner.info
+    }
+
+    /// The version of the contract it targets.
+    pub fn contract(&self) -> Contract {
+        self.inner.info.contract
+    }
+
+    /// Whether it imports keyed state (its batches need their partition's state).
+    pub fn uses_state(&self) -> bool {
+        self.inner.info.imports(STATE_IMPORT)
+    }
+
+    /// Whether it imports lookups (its batches need their pipeline's lookups).
+    pub fn uses_lookups(&self) -> bool {
+        self.inner.info.imports(LOOKUP_IMPORT)
+    }
+
+    /// The config values it is set up with.
+    pub fn config(&self) -> &[ConfigEntry] {
+        &self.inner.config
     }
 
     /// When it was loaded.

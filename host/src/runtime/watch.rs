@@ -8,7 +8,8 @@
 //! new directory atomically.
 //!
 //! A changed file is read once it has stopped changing, compiled and checked on the
-//! watcher's own thread, and swapped in by [`GuestSet::deploy`]. A file that does not load
+//! watcher's own thread, and deployed by the [`Deployer`] given (in `weir run`, to the
+//! whole group). A file that does not load
 //! is refused (logged with the reason, counted) and not tried again until it changes; a
 //! file that disappears leaves the running version in place.
 
@@ -23,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use notify::Watcher as _;
 use sha2::{Digest, Sha256};
 
-use super::GuestSet;
+use super::{Deployer, GuestSet};
 
 /// How long a file must be left alone before it is read: writers that copy in place are
 /// done by then.
@@ -49,9 +50,14 @@ enum Wake {
 }
 
 impl Watcher {
-    /// Starts watching every guest file of `set`, rescanning at least every `rescan`.
-    /// Files that changed since the set loaded them are picked up at once.
-    pub fn start(set: Arc<GuestSet>, rescan: Duration) -> std::io::Result<Self> {
+    /// Starts watching every guest file of `set`, deploying new versions with `deployer`
+    /// and rescanning at least every `rescan`. Files that changed since the set loaded
+    /// them are picked up at once.
+    pub fn start(
+        set: Arc<GuestSet>,
+        deployer: Arc<dyn Deployer>,
+        rescan: Duration,
+    ) -> std::io::Result<Self> {
         let (wake, woken) = mpsc::channel();
         let files = set.files();
         let dirs: BTreeSet<PathBuf> = files
@@ -83,6 +89,7 @@ impl Watcher {
         tracing::info!(dirs = ?dirs, guests = files.len(), "Watching guest files for new versions");
         let mut scanner = Scanner {
             set,
+            deployer,
             seen: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
@@ -151,6 +158,7 @@ struct Seen {
 
 struct Scanner {
     set: Arc<GuestSet>,
+    deployer: Arc<dyn Deployer>,
     seen: HashMap<String, Seen>,
 }
 
@@ -209,13 +217,16 @@ impl Scanner {
             seen.sha = Some(sha.clone());
             // At the first look, the file is what was loaded at start unless it changed
             // in between.
-            if first_look && self.set.version(&name).as_deref() == Some(sha.as_str()) {
+            if first_look && self.set.file_version(&name).as_deref() == Some(sha.as_str()) {
                 continue;
             }
-            // Refusals are logged and counted by the set.
-            let _ = self
-                .set
-                .deploy(&name, &bytes, &format!("file {}", file.display()));
+            // Refusals are logged and counted where they happen.
+            if let Err(e) = self
+                .deployer
+                .deploy(&name, &bytes, &format!("file {}", file.display()))
+            {
+                tracing::debug!(guest = %name, error = %e, "The new file version was not deployed");
+            }
         }
         settling
     }

@@ -1,6 +1,13 @@
 //! The Postgres sink: one transaction per batch holding the batch's rows, merge-upserts,
-//! dead letters and the partition's next offset (compare-and-set), so a batch is written
-//! exactly once or not at all. Also `weir migrate`.
+//! dead letters, state writes and the partition's next offset (compare-and-set), so a batch
+//! is written exactly once or not at all. Also `weir migrate`.
+//!
+//! A batch is written ready-made ([`Sink::write_batch`]), or, for guests that keep state
+//! or run lookups, made inside its own transaction ([`Sink::run_batch`]): the partition's
+//! state is read there (unless the caller holds it as of the batch's start), the guest runs
+//! with lookups reading the transaction's snapshot, and what it returns is written in the
+//! same transaction. A pipeline writes only the tables it declares: a row for any other
+//! dead-letters its message, naming the table and the pipeline.
 //!
 //! How a batch is written (see DESIGN.md, "Delivery"):
 //! - Values are converted to their columns' types first ([`value`]); a message with a value
@@ -20,28 +27,33 @@
 //!   deadlock, admin shutdown…) are retried with backoff until the batch commits; anything
 //!   else is returned.
 
+pub mod deployments;
+mod lookup;
 mod migrate;
+mod outbox;
 mod plan;
+mod state;
 mod tables;
 mod value;
 mod write;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
-use crate::runtime::types::{Action, Value};
+use crate::model::{Action, Lookups, StateStore, StateWrites, Target, Value};
 
+pub use lookup::{LookupSet, MAX_ROWS as MAX_LOOKUP_ROWS};
 pub use migrate::{MigrateReport, migrate};
-pub use tables::TableExpectation;
-pub use value::ValueKind;
+pub use outbox::{InFlight, OutboxMessage, OutboxReader, Pending, decode_headers, encode_headers};
+pub use tables::{TableExpectation, WEIR_TABLES};
 
-use plan::Plan;
+use plan::{Plan, Scope};
 use tables::TableInfo;
-use write::Conn;
+use write::{Conn, NotBegun};
 
 /// How to reach Postgres, and whose offsets these are.
 #[derive(Debug, Clone)]
@@ -64,8 +76,12 @@ pub enum SinkItem {
         key: Option<Vec<u8>>,
         /// Raw value, kept for dead-lettering.
         value: Option<Vec<u8>>,
-        /// What to write (`Emit` actions are ignored by the sink).
+        /// What to write. Rows name the batch's targets by position; the sink writes
+        /// `emits` for the `Emit` actions.
         actions: Vec<Action>,
+        /// The messages its `Emit` actions make, encoded, stored in the outbox if its
+        /// rows commit.
+        emits: Vec<OutboxMessage>,
     },
     /// A message that failed before the sink (framing, schema, decode, guest).
     DeadLetter {
@@ -80,6 +96,15 @@ pub enum SinkItem {
         /// Why.
         error: String,
     },
+}
+
+/// The pipeline a batch belongs to, and the tables it may write (as its guest names them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineScope {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The tables it declares.
+    pub tables: BTreeSet<String>,
 }
 
 /// A batch of one partition, to write in one transaction.
@@ -100,10 +125,58 @@ pub struct SinkBatch {
     /// policy replace, and over any value the guest gave it); a table without it refuses
     /// the row.
     pub version_column: Option<String>,
+    /// The pipeline, and the tables it may write.
+    pub scope: Arc<PipelineScope>,
+    /// The tables and columns the items' rows are written to, by position.
+    pub targets: Vec<Target>,
     /// One item per message, in offset order.
     pub items: Vec<SinkItem>,
     /// Deduplication keys of this batch's messages, remembered in its transaction.
     pub dedup: Option<DedupKeys>,
+    /// What the batch's guest calls wrote to the pipeline's state of this partition.
+    pub state: Option<StateWrites>,
+    /// The guest's name when its versions are deployed through the group's store: the
+    /// batch commits only if `guest_version` is the group's live version of it.
+    pub barrier: Option<String>,
+}
+
+/// A guest version a batch runs with, checked against the group's live version of that
+/// guest when the batch's transaction begins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestCheck {
+    /// Guest name.
+    pub name: String,
+    /// sha256 of the version the batch runs with.
+    pub version: String,
+}
+
+/// A batch made inside its own transaction by [`Sink::run_batch`].
+#[derive(Debug)]
+pub struct RunBatch<'r> {
+    /// Topic.
+    pub topic: &'r str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset of the first message (as [`SinkBatch::start_offset`]).
+    pub start_offset: i64,
+    /// The partition's next offset once committed.
+    pub next_offset: i64,
+    /// The pipeline's state of the partition, for a guest that keeps state.
+    pub state: Option<&'r mut StateSlot>,
+    /// The pipeline's lookups, for a guest that runs them.
+    pub lookups: Option<&'r Arc<LookupSet>>,
+    /// The guest version `make` runs, when checked against the group's live version.
+    pub guest: Option<GuestCheck>,
+}
+
+/// A pipeline's state of one partition, held between its batches.
+#[derive(Debug)]
+pub struct StateSlot {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The state as committed up to an offset (exclusive), when held. A batch starting
+    /// anywhere else reads it again, inside its transaction.
+    pub held: Option<(i64, Arc<StateStore>)>,
 }
 
 /// Keys that mark messages as seen, so that a later message with the same key is
@@ -126,6 +199,8 @@ pub struct WriteReport {
     pub dead_letters: Vec<(i64, String)>,
     /// Transactions tried before one committed (1 when nothing went wrong).
     pub attempts: u32,
+    /// Messages stored in the outbox, per destination topic.
+    pub emitted: BTreeMap<String, u64>,
 }
 
 /// The sink failed in a way the caller must act on.
@@ -156,6 +231,23 @@ pub enum SinkError {
     /// A migration was refused or failed.
     #[error("{0}")]
     Migration(String),
+    /// The group switched the batch's guest to another version after the batch ran:
+    /// nothing was written; run the batch again with the live version.
+    #[error(
+        "{topic}[{partition}] at offset {start_offset}: guest {guest} is now at version {live} in the group"
+    )]
+    Superseded {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The batch's start offset.
+        start_offset: i64,
+        /// Guest name.
+        guest: String,
+        /// sha256 of the group's live version.
+        live: String,
+    },
     /// Another batch remembered one of this batch's deduplication keys after this batch
     /// looked them up: nothing was written; look them up again and redo the batch.
     #[error(
@@ -206,11 +298,45 @@ impl std::fmt::Debug for Sink {
 }
 
 /// Why one try at a batch failed.
+#[derive(Debug)]
 enum Failure {
     Stale(Option<i64>),
     SeenMeanwhile,
+    /// The group's live version of the batch's guest is this one (sha256), not the one
+    /// the batch ran with.
+    Superseded(String),
     Retry(tokio_postgres::Error),
+    /// Something outside the batch is not right yet (a lookup that no longer prepares):
+    /// wait and try again, as for a transient error.
+    Pause(String),
     Fatal(tokio_postgres::Error),
+}
+
+/// Which batch a try is of.
+#[derive(Debug, Clone)]
+pub(crate) struct Head {
+    pub topic: String,
+    pub partition: i32,
+    pub start_offset: i64,
+    pub next_offset: i64,
+    /// The guest version the batch runs with, when the group deploys its guest.
+    pub guest: Option<GuestCheck>,
+}
+
+impl Head {
+    fn of(batch: &SinkBatch) -> Self {
+        Self {
+            topic: batch.topic.clone(),
+            partition: batch.partition,
+            start_offset: batch.start_offset,
+            next_offset: batch.next_offset,
+            guest: batch
+                .barrier
+                .clone()
+                .zip(batch.guest_version.clone())
+                .map(|(name, version)| GuestCheck { name, version }),
+        }
+    }
 }
 
 impl From<tokio_postgres::Error> for Failure {
@@ -283,10 +409,22 @@ impl Sink {
         } = &mut *state;
         let conn = self.ready(conn).await.map_err(|e| self.database(&e))?;
         let mut problems = Vec::new();
+        let own = tables::weir_tables(&conn.client)
+            .await
+            .map_err(|e| self.database(&e))?;
         for expected in tables {
             let info = tables::load(&conn.client, &expected.table)
                 .await
                 .map_err(|e| self.database(&e))?;
+            if let Some(info) = &info
+                && own.contains(&info.sql_name)
+            {
+                problems.push(format!(
+                    "table {} is weir's own ({}): no pipeline may write it",
+                    expected.table, info.sql_name
+                ));
+                continue;
+            }
             tables::check(expected, info.as_ref(), &mut problems);
             match info {
                 Some(info) => cache.insert(expected.table.clone(), Arc::new(info)),
@@ -364,55 +502,142 @@ impl Sink {
                 }
                 outcome
             };
+            let head = Head::of(batch);
             match outcome {
                 Ok(mut report) => {
                     report.attempts = attempts;
                     return Ok(report);
                 }
-                Err(Failure::Stale(stored)) => {
-                    return Err(SinkError::Stale {
-                        topic: batch.topic.clone(),
-                        partition: batch.partition,
-                        expected: batch.start_offset,
-                        stored,
-                    });
-                }
-                Err(Failure::SeenMeanwhile) => {
-                    return Err(SinkError::SeenMeanwhile {
-                        topic: batch.topic.clone(),
-                        partition: batch.partition,
-                        start_offset: batch.start_offset,
-                    });
-                }
-                Err(Failure::Retry(e)) => {
-                    tracing::warn!(
-                        database = %self.target,
-                        topic = %batch.topic,
-                        partition = batch.partition,
-                        start_offset = batch.start_offset,
-                        attempt = attempts,
-                        retry_in = ?delay,
-                        error = %error_text(&e),
-                        "Writing the batch failed; retrying"
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_RETRY);
-                }
-                Err(Failure::Fatal(e)) => {
-                    return Err(SinkError::Database(format!(
-                        "{}[{}] at offset {}: {} (in {})",
-                        batch.topic,
-                        batch.partition,
-                        batch.start_offset,
-                        error_text(&e),
-                        self.target
-                    )));
-                }
+                Err(failure) => self.after(failure, &head, attempts, &mut delay).await?,
             }
         }
     }
 
-    /// One try at a batch.
+    /// Makes a batch inside its own transaction and writes it there: reads the
+    /// partition's state (unless `run.state` holds it as of the batch's start), calls
+    /// `make` with it and with the pipeline's lookups (which read the transaction's
+    /// snapshot, read-only), and writes the batch `make` returns with the partition's next
+    /// offset. `make` runs again on every retry, from the committed state. On commit,
+    /// `run.state` holds the state as of the batch's end.
+    ///
+    /// Returns what [`Sink::write_batch`] returns, and the batch that was written.
+    pub async fn run_batch<F>(
+        &self,
+        run: &mut RunBatch<'_>,
+        mut make: F,
+    ) -> Result<(WriteReport, SinkBatch), SinkError>
+    where
+        F: FnMut(Option<Arc<StateStore>>, Option<Arc<dyn Lookups>>) -> SinkBatch,
+    {
+        let mut delay = FIRST_RETRY;
+        let mut attempts = 0;
+        let mut in_doubt = None;
+        let head = Head {
+            topic: run.topic.to_string(),
+            partition: run.partition,
+            start_offset: run.start_offset,
+            next_offset: run.next_offset,
+            guest: run.guest.clone(),
+        };
+        loop {
+            attempts += 1;
+            let outcome = {
+                let mut state = self.state.lock().await;
+                let outcome = self
+                    .attempt_run(&mut state, &head, run, &mut make, &mut in_doubt)
+                    .await;
+                if outcome.is_err() {
+                    settle(&mut state.conn).await;
+                }
+                outcome
+            };
+            match outcome {
+                Ok((mut report, batch)) => {
+                    report.attempts = attempts;
+                    if let Some(slot) = run.state.as_deref_mut() {
+                        let mut store = match slot.held.take() {
+                            Some((at, store)) if at == head.start_offset => store,
+                            _ => Arc::new(StateStore::default()),
+                        };
+                        if let Some(writes) = &batch.state {
+                            Arc::make_mut(&mut store).apply(writes);
+                        }
+                        slot.held = Some((head.next_offset, store));
+                    }
+                    return Ok((report, batch));
+                }
+                Err(failure) => self.after(failure, &head, attempts, &mut delay).await?,
+            }
+        }
+    }
+
+    /// After a failed try: waits before the next (a transient failure), or says why there
+    /// is none.
+    async fn after(
+        &self,
+        failure: Failure,
+        head: &Head,
+        attempts: u32,
+        delay: &mut Duration,
+    ) -> Result<(), SinkError> {
+        match failure {
+            Failure::Stale(stored) => Err(SinkError::Stale {
+                topic: head.topic.clone(),
+                partition: head.partition,
+                expected: head.start_offset,
+                stored,
+            }),
+            Failure::SeenMeanwhile => Err(SinkError::SeenMeanwhile {
+                topic: head.topic.clone(),
+                partition: head.partition,
+                start_offset: head.start_offset,
+            }),
+            Failure::Superseded(live) => Err(SinkError::Superseded {
+                topic: head.topic.clone(),
+                partition: head.partition,
+                start_offset: head.start_offset,
+                guest: head
+                    .guest
+                    .as_ref()
+                    .map(|g| g.name.clone())
+                    .unwrap_or_default(),
+                live,
+            }),
+            Failure::Retry(e) => {
+                self.wait(head, attempts, delay, &error_text(&e)).await;
+                Ok(())
+            }
+            Failure::Pause(why) => {
+                self.wait(head, attempts, delay, &why).await;
+                Ok(())
+            }
+            Failure::Fatal(e) => Err(SinkError::Database(format!(
+                "{}[{}] at offset {}: {} (in {})",
+                head.topic,
+                head.partition,
+                head.start_offset,
+                error_text(&e),
+                self.target
+            ))),
+        }
+    }
+
+    async fn wait(&self, head: &Head, attempts: u32, delay: &mut Duration, error: &str) {
+        tracing::warn!(
+            database = %self.target,
+            topic = %head.topic,
+            partition = head.partition,
+            start_offset = head.start_offset,
+            attempt = attempts,
+            retry_in = ?*delay,
+            error,
+            "Writing the batch failed; retrying"
+        );
+        tokio::time::sleep(*delay).await;
+        *delay = (*delay * 2).min(MAX_RETRY);
+    }
+
+    /// One try at a ready-made batch.
     async fn attempt(
         &self,
         state: &mut State,
@@ -421,16 +646,15 @@ impl Sink {
     ) -> Result<WriteReport, Failure> {
         let State { conn, tables } = state;
         let conn = self.ready(conn).await?;
-        let mut fresh = HashSet::new();
-        for name in table_names(batch) {
-            if !tables.contains_key(name) {
-                load_table(conn, tables, name).await?;
-                fresh.insert(name);
-            }
-        }
+        let head = Head::of(batch);
+        let scope = Scope {
+            pipeline: &batch.scope.pipeline,
+            tables: &batch.scope.tables,
+        };
+        let fresh = load_tables(conn, tables, batch, &scope).await?;
         let version = batch.guest_version.clone().map_or(Value::Null, Value::Text);
         let stamp = batch.version_column.as_deref().map(|c| (c, &version));
-        let mut plan = Plan::build(&batch.items, stamp, tables);
+        let mut plan = Plan::build(&batch.items, &batch.targets, stamp, tables, &scope);
         // A row named a column a cached table lacks: maybe it was added since.
         let suspects: Vec<String> = plan
             .suspects
@@ -442,13 +666,13 @@ impl Sink {
             for name in &suspects {
                 load_table(conn, tables, name).await?;
             }
-            plan = Plan::build(&batch.items, stamp, tables);
+            plan = Plan::build(&batch.items, &batch.targets, stamp, tables, &scope);
         }
 
         conn.dirty = true;
-        if let Err(stored) = conn.begin(&self.group_id, batch).await? {
+        if let Err(why) = conn.begin(&self.group_id, &head, false).await? {
             conn.dirty = false;
-            return stale_or_done(stored, batch, in_doubt);
+            return not_begun(why, &head, in_doubt);
         }
         let (rows, rejected) = match conn.apply(&plan, &plan.messages).await {
             Ok(rows) => (rows, Vec::new()),
@@ -461,23 +685,163 @@ impl Sink {
                 );
                 conn.client.batch_execute("ROLLBACK").await?;
                 // The rejection may come from a table changed since its columns were read.
-                let names: Vec<String> = plan
-                    .tables
-                    .iter()
-                    .map(|(name, _)| name.to_string())
-                    .collect();
-                for name in &names {
-                    load_table(conn, tables, name).await?;
-                }
-                plan = Plan::build(&batch.items, stamp, tables);
-                if let Err(stored) = conn.begin(&self.group_id, batch).await? {
+                reload_tables(conn, tables, &plan).await?;
+                plan = Plan::build(&batch.items, &batch.targets, stamp, tables, &scope);
+                if let Err(why) = conn.begin(&self.group_id, &head, false).await? {
                     conn.dirty = false;
-                    return stale_or_done(stored, batch, in_doubt);
+                    return not_begun(why, &head, in_doubt);
                 }
                 conn.isolate(&plan).await?
             }
             Err(e) => return Err(e.error.into()),
         };
+        self.finish_batch(conn, batch, &plan, rows, rejected, in_doubt)
+            .await
+    }
+
+    /// One try at a batch made in its transaction (see [`Sink::run_batch`]).
+    async fn attempt_run<F>(
+        &self,
+        state: &mut State,
+        head: &Head,
+        run: &mut RunBatch<'_>,
+        make: &mut F,
+        in_doubt: &mut Option<(WriteReport, SinkBatch)>,
+    ) -> Result<(WriteReport, SinkBatch), Failure>
+    where
+        F: FnMut(Option<Arc<StateStore>>, Option<Arc<dyn Lookups>>) -> SinkBatch,
+    {
+        let State { conn, tables } = state;
+        let conn = self.ready(conn).await?;
+        conn.dirty = true;
+        // Lookups read one snapshot: the transaction's.
+        if let Err(why) = conn
+            .begin(&self.group_id, head, run.lookups.is_some())
+            .await?
+        {
+            conn.dirty = false;
+            return match why {
+                NotBegun::Stale(stored) => match in_doubt.take() {
+                    Some(done) if stored == Some(head.next_offset) => Ok(done),
+                    _ => Err(Failure::Stale(stored)),
+                },
+                NotBegun::Superseded(live) => Err(Failure::Superseded(live)),
+            };
+        }
+        let store = match run.state.as_deref() {
+            None => None,
+            Some(StateSlot {
+                held: Some((at, store)),
+                ..
+            }) if *at == head.start_offset => Some(store.clone()),
+            Some(slot) => {
+                let owner = state::Owner {
+                    group: &self.group_id,
+                    pipeline: &slot.pipeline,
+                    topic: &head.topic,
+                    partition: head.partition,
+                };
+                Some(Arc::new(conn.load_state(owner).await?))
+            }
+        };
+        let lookups = match run.lookups {
+            None => None,
+            Some(set) => {
+                let mut prepared = HashMap::new();
+                for (name, sql) in &set.queries {
+                    let statement = conn.prepare(sql).await?;
+                    match lookup::describe(set, name, sql, statement) {
+                        Ok(p) => prepared.insert(name.clone(), p),
+                        Err(why) => return Err(Failure::Pause(why)),
+                    };
+                }
+                conn.client
+                    .batch_execute("SAVEPOINT weir_guest; SET LOCAL transaction_read_only = on")
+                    .await?;
+                Some(Arc::new(lookup::PgLookups::new(
+                    conn.client.clone(),
+                    set.clone(),
+                    prepared,
+                )))
+            }
+        };
+        let batch = make(store, lookups.clone().map(|l| l as Arc<dyn Lookups>));
+        let mut rows_savepoint = "SAVEPOINT weir_rows";
+        if let Some(lookups) = lookups {
+            if let Some(e) = lookups.broken() {
+                return Err(e.into());
+            }
+            rows_savepoint = "ROLLBACK TO SAVEPOINT weir_guest; RELEASE SAVEPOINT weir_guest; SAVEPOINT weir_rows";
+        }
+        conn.client.batch_execute(rows_savepoint).await?;
+        let scope = Scope {
+            pipeline: &batch.scope.pipeline,
+            tables: &batch.scope.tables,
+        };
+        let fresh = load_tables(conn, tables, &batch, &scope).await?;
+        let version = batch.guest_version.clone().map_or(Value::Null, Value::Text);
+        let stamp = batch.version_column.as_deref().map(|c| (c, &version));
+        let mut plan = Plan::build(&batch.items, &batch.targets, stamp, tables, &scope);
+        let suspects: Vec<String> = plan
+            .suspects
+            .iter()
+            .filter(|name| !fresh.contains(name.as_str()))
+            .cloned()
+            .collect();
+        if !suspects.is_empty() {
+            for name in &suspects {
+                load_table(conn, tables, name).await?;
+            }
+            plan = Plan::build(&batch.items, &batch.targets, stamp, tables, &scope);
+        }
+        let (rows, rejected) = match conn.apply(&plan, &plan.messages).await {
+            Ok(rows) => (rows, Vec::new()),
+            Err(e) if classify(&e.error) == Class::Data => {
+                tracing::debug!(
+                    topic = %batch.topic,
+                    partition = batch.partition,
+                    error = %write::describe(&e),
+                    "Postgres rejected a row; isolating the messages at fault"
+                );
+                // Back to before the rows, in the same transaction: the guest's lookups
+                // and state stay those of this transaction.
+                conn.client
+                    .batch_execute("ROLLBACK TO SAVEPOINT weir_rows")
+                    .await?;
+                reload_tables(conn, tables, &plan).await?;
+                plan = Plan::build(&batch.items, &batch.targets, stamp, tables, &scope);
+                conn.isolate(&plan).await?
+            }
+            Err(e) => return Err(e.error.into()),
+        };
+        let mut doubt = None;
+        let result = self
+            .finish_batch(conn, &batch, &plan, rows, rejected, &mut doubt)
+            .await;
+        drop(plan);
+        match result {
+            Ok(report) => Ok((report, batch)),
+            Err(failure) => {
+                if let Some(report) = doubt {
+                    *in_doubt = Some((report, batch));
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    /// The end of a batch's transaction: its dead letters (those before the sink and
+    /// `rejected`), deduplication keys, state writes, the partition's next offset, and
+    /// the commit. A commit that got no answer leaves its report in `in_doubt`.
+    async fn finish_batch(
+        &self,
+        conn: &mut Conn,
+        batch: &SinkBatch,
+        plan: &Plan<'_>,
+        rows: BTreeMap<String, u64>,
+        rejected: Vec<(usize, String)>,
+        in_doubt: &mut Option<WriteReport>,
+    ) -> Result<WriteReport, Failure> {
         let mut all_rejected = plan.rejected.clone();
         all_rejected.extend(rejected);
         let dead_letters = conn
@@ -503,12 +867,47 @@ impl Sink {
                 return Err(Failure::SeenMeanwhile);
             }
         }
+        let rejected: HashSet<usize> = all_rejected.iter().map(|(i, _)| *i).collect();
+        let emits: Vec<(i64, &OutboxMessage)> = batch
+            .items
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !rejected.contains(i))
+            .flat_map(|(_, item)| match item {
+                SinkItem::Actions { offset, emits, .. } => {
+                    emits.iter().map(|m| (*offset, m)).collect::<Vec<_>>()
+                }
+                SinkItem::DeadLetter { .. } => Vec::new(),
+            })
+            .collect();
+        let mut emitted: BTreeMap<String, u64> = BTreeMap::new();
+        for (_, m) in &emits {
+            *emitted.entry(m.topic.clone()).or_default() += 1;
+        }
+        conn.write_outbox(
+            &self.group_id,
+            &batch.scope.pipeline,
+            &batch.topic,
+            batch.partition,
+            &emits,
+        )
+        .await?;
+        if let Some(writes) = &batch.state {
+            let owner = state::Owner {
+                group: &self.group_id,
+                pipeline: &batch.scope.pipeline,
+                topic: &batch.topic,
+                partition: batch.partition,
+            };
+            conn.write_state(owner, writes).await?;
+        }
         let report = WriteReport {
             rows,
             dead_letters,
             attempts: 0,
+            emitted,
         };
-        match conn.commit(&self.group_id, batch).await {
+        match conn.commit(&self.group_id, &Head::of(batch)).await {
             Ok(()) => {
                 conn.dirty = false;
                 Ok(report)
@@ -519,6 +918,45 @@ impl Sink {
                 }
                 Err(e.into())
             }
+        }
+    }
+
+    /// Checks a pipeline's lookups: each must be one query Postgres accepts, whose
+    /// parameters and columns weir can convert. One message lists every problem.
+    pub async fn check_lookups(&self, set: &LookupSet) -> Result<(), SinkError> {
+        let mut state = self.state.lock().await;
+        let conn = self
+            .ready(&mut state.conn)
+            .await
+            .map_err(|e| self.database(&e))?;
+        let mut problems = Vec::new();
+        for (name, sql) in &set.queries {
+            if let Some(why) = lookup::refuse_sql(sql) {
+                problems.push(format!("pipeline {}, lookup {name}: {why}", set.pipeline));
+                continue;
+            }
+            match conn.prepare(sql).await {
+                Ok(statement) => {
+                    if let Err(why) = lookup::describe(set, name, sql, statement) {
+                        problems.push(why);
+                    }
+                }
+                Err(e) if classify(&e) == Class::Retry => return Err(self.database(&e)),
+                Err(e) => problems.push(format!(
+                    "pipeline {}, lookup {name}: Postgres refuses it: {}",
+                    set.pipeline,
+                    error_text(&e)
+                )),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SinkError::Tables(format!(
+                "lookups in {} do not work: {}",
+                self.target,
+                problems.join("; ")
+            )))
         }
     }
 
@@ -614,14 +1052,19 @@ impl Sink {
 }
 
 /// The batch is stale, unless a commit of this very batch got no answer and did happen.
-fn stale_or_done(
-    stored: Option<i64>,
-    batch: &SinkBatch,
+/// A batch whose transaction did not begin: done already (a commit that got no answer
+/// did commit), stale, or run with a superseded guest version.
+fn not_begun(
+    why: NotBegun,
+    head: &Head,
     in_doubt: &mut Option<WriteReport>,
 ) -> Result<WriteReport, Failure> {
-    match in_doubt.take() {
-        Some(report) if stored == Some(batch.next_offset) => Ok(report),
-        _ => Err(Failure::Stale(stored)),
+    match why {
+        NotBegun::Stale(stored) => match in_doubt.take() {
+            Some(report) if stored == Some(head.next_offset) => Ok(report),
+            _ => Err(Failure::Stale(stored)),
+        },
+        NotBegun::Superseded(live) => Err(Failure::Superseded(live)),
     }
 }
 
@@ -654,21 +1097,39 @@ async fn load_table(
     Ok(())
 }
 
-/// The tables a batch writes.
-fn table_names(batch: &SinkBatch) -> HashSet<&str> {
-    let mut names = HashSet::new();
-    for item in &batch.items {
-        if let SinkItem::Actions { actions, .. } = item {
-            for action in actions {
-                match action {
-                    Action::Insert(row) => names.insert(row.table.as_str()),
-                    Action::Upsert(row) => names.insert(row.table.as_str()),
-                    Action::Emit(_) => false,
-                };
-            }
+/// Loads the columns of the tables the batch's targets name that its pipeline may write
+/// and that are not cached yet; returns those names.
+async fn load_tables<'b>(
+    conn: &Conn,
+    tables: &mut HashMap<String, Arc<TableInfo>>,
+    batch: &'b SinkBatch,
+    scope: &Scope<'_>,
+) -> Result<HashSet<&'b str>, tokio_postgres::Error> {
+    let mut fresh = HashSet::new();
+    for target in &batch.targets {
+        let name = target.table.as_str();
+        if scope.refuses(name).is_none() && !tables.contains_key(name) && fresh.insert(name) {
+            load_table(conn, tables, name).await?;
         }
     }
-    names
+    Ok(fresh)
+}
+
+/// Reads the columns of every table of `plan` again.
+async fn reload_tables(
+    conn: &Conn,
+    tables: &mut HashMap<String, Arc<TableInfo>>,
+    plan: &Plan<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    let names: Vec<String> = plan
+        .tables
+        .iter()
+        .map(|(name, _)| name.to_string())
+        .collect();
+    for name in &names {
+        load_table(conn, tables, name).await?;
+    }
+    Ok(())
 }
 
 /// What to do about a Postgres error.

@@ -1,16 +1,17 @@
-//! Turning a batch's actions into rows ready to write: each value converted to its
-//! column's type, rows grouped by *shape* (table and column set; for upserts also key and
-//! policies) so that each shape is one statement. A message whose values do not convert
-//! (or that names a table or column that does not exist) is rejected here, whole, before
-//! anything is sent.
+//! Turning a batch's actions into rows ready to write: each of the guest's targets
+//! resolved once against its table, each value converted to its column's type, rows
+//! grouped by *shape* (table and column set; for upserts also key and policies) so that
+//! each shape is one statement. A message whose values do not convert, that writes a table
+//! its pipeline may not write, or that names a table or column that does not exist, is
+//! rejected here, whole, before anything is sent.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::SinkItem;
 use super::tables::TableInfo;
 use super::value::{Cell, Refusal, convert};
-use crate::runtime::types::{Action, Field, MergePolicy, UpsertRow, Value};
+use crate::model::{Action, MergePolicy, Row, Target, Upsert, Value, Write};
 
 /// How an upsert combines one column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,6 +112,48 @@ pub(crate) struct Plan<'a> {
     pub suspects: Vec<String>,
 }
 
+/// A target of the batch, resolved against its table once for all its rows.
+#[derive(Debug)]
+struct Resolved {
+    /// Whether rows are upserts.
+    upsert: bool,
+    /// The shape its rows take.
+    shape: u32,
+    /// For each column of the shape, in the shape's (table) order: where its value is,
+    /// a position in the row's values or [`STAMPED`].
+    order: Vec<usize>,
+    /// Positions of the key columns in the row's values (upserts).
+    key: Vec<usize>,
+}
+
+/// Where in a row's values the version stamp is: not in them, the batch's.
+const STAMPED: usize = usize::MAX;
+
+/// What rows may go where: the tables a pipeline may write.
+pub(crate) struct Scope<'s> {
+    pub pipeline: &'s str,
+    pub tables: &'s BTreeSet<String>,
+}
+
+impl Scope<'_> {
+    /// Why the pipeline may not write `table`, if it may not.
+    pub fn refuses(&self, table: &str) -> Option<String> {
+        (!self.tables.contains(table)).then(|| {
+            let listed: Vec<&str> = self.tables.iter().map(String::as_str).collect();
+            format!(
+                "pipeline {} may not write table {}: it is not among the pipeline's tables ({})",
+                self.pipeline,
+                crate::text::escape_control(&crate::text::truncate(table, 200)),
+                if listed.is_empty() {
+                    "none".to_string()
+                } else {
+                    listed.join(", ")
+                }
+            )
+        })
+    }
+}
+
 /// Builds a [`Plan`], interning shapes as it goes.
 struct Builder<'a, 'c> {
     catalog: &'c HashMap<String, Arc<TableInfo>>,
@@ -119,21 +162,26 @@ struct Builder<'a, 'c> {
     insert_ids: HashMap<Vec<u32>, u32>,
     upsert_ids: HashMap<Vec<u32>, u32>,
     family_ids: HashMap<Vec<u32>, usize>,
-    /// Scratch: the row's (column index, value), sorted by column.
-    fields: Vec<(u16, &'a Value)>,
-    key: Vec<u32>,
+    /// The batch's targets, each resolved on first use.
+    targets: &'a [Target],
+    resolved: Vec<Option<Result<Resolved, String>>>,
     /// A column every row gets, and its value.
     stamp: Option<(&'a str, &'a Value)>,
+    scope: &'c Scope<'c>,
+    key: Vec<u32>,
 }
 
 impl<'a> Plan<'a> {
-    /// Converts the `Actions` items of `items` for the tables in `catalog` (tables missing
-    /// from it do not exist). With `stamp`, every row also gets that column and value
+    /// Converts the `Actions` items of `items` (rows naming `targets` by position) for
+    /// the tables in `catalog` (tables missing from it do not exist), refusing rows for
+    /// tables outside `scope`. With `stamp`, every row also gets that column and value
     /// (replacing the guest's value for it, if any).
     pub fn build(
         items: &'a [SinkItem],
+        targets: &'a [Target],
         stamp: Option<(&'a str, &'a Value)>,
         catalog: &HashMap<String, Arc<TableInfo>>,
+        scope: &Scope<'_>,
     ) -> Self {
         let mut b = Builder {
             catalog,
@@ -142,9 +190,11 @@ impl<'a> Plan<'a> {
             insert_ids: HashMap::new(),
             upsert_ids: HashMap::new(),
             family_ids: HashMap::new(),
-            fields: Vec::new(),
-            key: Vec::new(),
+            targets,
+            resolved: (0..targets.len()).map(|_| None).collect(),
             stamp,
+            scope,
+            key: Vec::new(),
         };
         for (item, sink_item) in items.iter().enumerate() {
             let SinkItem::Actions { actions, .. } = sink_item else {
@@ -183,10 +233,8 @@ impl<'a> Plan<'a> {
 impl<'a> Builder<'a, '_> {
     fn message(&mut self, actions: &'a [Action]) -> Result<(), String> {
         for action in actions {
-            match action {
-                Action::Insert(row) => self.insert(&row.table, &row.row)?,
-                Action::Upsert(row) => self.upsert(row)?,
-                Action::Emit(_) => {}
+            if let Action::Write(row) = action {
+                self.row(row)?;
             }
         }
         Ok(())
@@ -204,50 +252,49 @@ impl<'a> Builder<'a, '_> {
         slot.ok_or_else(|| format!("table {table} does not exist"))
     }
 
-    /// Resolves a row's fields into `self.fields`, sorted by column.
-    fn resolve(&mut self, slot: usize, row: &'a [Field]) -> Result<(), String> {
-        let (name, info) = &self.plan.tables[slot];
-        self.fields.clear();
-        for field in row {
-            match info.column(&field.name) {
-                Some(i) => self.fields.push((i, &field.value)),
-                None => {
-                    self.plan.suspects.push((*name).to_string());
-                    return Err(format!("{name}.{} does not exist", field.name));
-                }
-            }
-        }
-        if let Some((column, value)) = self.stamp {
-            match info.column(column) {
-                // The recorded version is the host's to say, even over the guest's value.
-                Some(i) => match self.fields.iter_mut().find(|(c, _)| *c == i) {
-                    Some(field) => field.1 = value,
-                    None => self.fields.push((i, value)),
-                },
-                None => {
-                    self.plan.suspects.push((*name).to_string());
-                    return Err(format!(
-                        "{name}.{column} does not exist (the pipeline's version_column)"
-                    ));
-                }
-            }
-        }
-        self.fields.sort_unstable_by_key(|(i, _)| *i);
-        if let Some(w) = self.fields.windows(2).find(|w| w[0].0 == w[1].0) {
+    /// Converts one row onto the end of `cells`.
+    fn row(&mut self, row: &'a Row) -> Result<(), String> {
+        let index = row.target as usize;
+        let Some(target) = self.targets.get(index) else {
             return Err(format!(
-                "{name}.{} is named twice in one row",
-                info.columns[w[0].0 as usize].name
+                "a row names target {index}, but the guest declared {} targets",
+                self.targets.len()
+            ));
+        };
+        if self.resolved[index].is_none() {
+            self.resolved[index] = Some(self.resolve(target));
+        }
+        let resolved = match self.resolved[index].as_ref().expect("resolved above") {
+            Ok(r) => r,
+            Err(e) => return Err(e.clone()),
+        };
+        let (name, info) = &self.plan.tables[match resolved.upsert {
+            true => self.plan.upsert_shapes[resolved.shape as usize].table,
+            false => self.plan.insert_shapes[resolved.shape as usize].table,
+        }];
+        if row.values.len() != target.columns.len() {
+            return Err(format!(
+                "a row for {name} has {} values for the target's {} columns",
+                row.values.len(),
+                target.columns.len()
             ));
         }
-        Ok(())
-    }
-
-    /// Converts the resolved fields onto the end of `cells`.
-    fn push_cells(&mut self, slot: usize) -> Result<u32, String> {
-        let (name, info) = &self.plan.tables[slot];
+        for &k in &resolved.key {
+            if matches!(row.values[k], Value::Null) {
+                return Err(format!("key column {name}.{} is null", target.columns[k]));
+            }
+        }
         let start = self.plan.cells.len() as u32;
-        for (i, value) in &self.fields {
-            let column = &info.columns[*i as usize];
+        let columns = match resolved.upsert {
+            true => &self.plan.upsert_shapes[resolved.shape as usize].columns,
+            false => &self.plan.insert_shapes[resolved.shape as usize].columns,
+        };
+        for (column, &from) in columns.iter().zip(&resolved.order) {
+            let value = match from {
+                STAMPED => self.stamp.expect("a stamped column has a stamp").1,
+                i => &row.values[i],
+            };
+            let column = &info.columns[*column as usize];
             match convert(value, column.ty) {
                 Ok(cell) => self.plan.cells.push(cell),
                 Err(Refusal::Kind(kind)) => {
@@ -264,104 +311,167 @@ impl<'a> Builder<'a, '_> {
                 }
             }
         }
-        Ok(start)
-    }
-
-    fn insert(&mut self, table: &'a str, row: &'a [Field]) -> Result<(), String> {
-        let slot = self.slot(table)?;
-        self.resolve(slot, row)?;
-        self.key.clear();
-        self.key.push(slot as u32);
-        self.key
-            .extend(self.fields.iter().map(|(i, _)| u32::from(*i)));
-        let shape = match self.insert_ids.get(self.key.as_slice()) {
-            Some(id) => *id,
-            None => {
-                let id = self.plan.insert_shapes.len() as u32;
-                self.plan.insert_shapes.push(InsertShape {
-                    table: slot,
-                    columns: self.fields.iter().map(|(i, _)| *i).collect(),
-                });
-                self.insert_ids.insert(self.key.clone(), id);
-                id
-            }
+        let row_ref = RowRef {
+            shape: resolved.shape,
+            start,
         };
-        let start = self.push_cells(slot)?;
-        self.plan.inserts.push(RowRef { shape, start });
+        if resolved.upsert {
+            self.plan.upserts.push(row_ref);
+        } else {
+            self.plan.inserts.push(row_ref);
+        }
         Ok(())
     }
 
-    fn upsert(&mut self, row: &'a UpsertRow) -> Result<(), String> {
-        let slot = self.slot(&row.table)?;
-        self.resolve(slot, &row.row)?;
+    /// Resolves a target: its table (which the pipeline must be allowed to write), its
+    /// columns, and its shape.
+    fn resolve(&mut self, target: &'a Target) -> Result<Resolved, String> {
+        if let Some(refusal) = self.scope.refuses(&target.table) {
+            return Err(refusal);
+        }
+        let slot = self.slot(&target.table)?;
         let (name, info) = &self.plan.tables[slot];
-        let position =
-            |fields: &[(u16, &Value)], column: u16| fields.iter().position(|(i, _)| *i == column);
-        let mut policies = vec![Policy::Replace; self.fields.len()];
-        if row.key.is_empty() {
+        let name = *name;
+        let info = info.clone();
+        // (column index in the table, where its value is), sorted by column.
+        let mut fields: Vec<(u16, usize)> = Vec::with_capacity(target.columns.len() + 1);
+        for (pos, column) in target.columns.iter().enumerate() {
+            match info.column(column) {
+                Some(i) => fields.push((i, pos)),
+                None => {
+                    self.plan.suspects.push(name.to_string());
+                    return Err(format!("{name}.{column} does not exist"));
+                }
+            }
+        }
+        if let Some((column, _)) = self.stamp {
+            match info.column(column) {
+                // The recorded version is the host's to say, even over the guest's value.
+                Some(i) => match fields.iter_mut().find(|(c, _)| *c == i) {
+                    Some(field) => field.1 = STAMPED,
+                    None => fields.push((i, STAMPED)),
+                },
+                None => {
+                    self.plan.suspects.push(name.to_string());
+                    return Err(format!(
+                        "{name}.{column} does not exist (the pipeline's version_column)"
+                    ));
+                }
+            }
+        }
+        fields.sort_unstable_by_key(|(i, _)| *i);
+        if let Some(w) = fields.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(format!(
+                "{name}.{} is named twice in one target",
+                info.columns[w[0].0 as usize].name
+            ));
+        }
+        let columns: Vec<u16> = fields.iter().map(|(i, _)| *i).collect();
+        let order: Vec<usize> = fields.iter().map(|(_, from)| *from).collect();
+        match &target.write {
+            Write::Insert => {
+                self.key.clear();
+                self.key.push(slot as u32);
+                self.key.extend(columns.iter().map(|i| u32::from(*i)));
+                let shape = match self.insert_ids.get(self.key.as_slice()) {
+                    Some(id) => *id,
+                    None => {
+                        let id = self.plan.insert_shapes.len() as u32;
+                        self.plan.insert_shapes.push(InsertShape {
+                            table: slot,
+                            columns,
+                        });
+                        self.insert_ids.insert(self.key.clone(), id);
+                        id
+                    }
+                };
+                Ok(Resolved {
+                    upsert: false,
+                    shape,
+                    order,
+                    key: Vec::new(),
+                })
+            }
+            Write::Upsert(upsert) => {
+                let shape =
+                    self.upsert_shape(name, &info, slot, target, upsert, columns, &order)?;
+                Ok(Resolved {
+                    upsert: true,
+                    shape,
+                    order,
+                    key: upsert.key.iter().map(|k| *k as usize).collect(),
+                })
+            }
+        }
+    }
+
+    /// The shape of an upsert target: its key and per-column policies, by position in
+    /// the shape's columns.
+    #[allow(clippy::too_many_arguments)]
+    fn upsert_shape(
+        &mut self,
+        name: &str,
+        info: &TableInfo,
+        slot: usize,
+        target: &Target,
+        upsert: &Upsert,
+        columns: Vec<u16>,
+        order: &[usize],
+    ) -> Result<u32, String> {
+        let width = target.columns.len();
+        // Where each of the target's positions went in the shape.
+        let mut at = vec![usize::MAX; width];
+        for (shape_pos, from) in order.iter().enumerate() {
+            if *from != STAMPED {
+                at[*from] = shape_pos;
+            }
+        }
+        let position = |p: u32, what: &str| -> Result<usize, String> {
+            at.get(p as usize).copied().filter(|s| *s != usize::MAX).ok_or_else(|| {
+                format!(
+                    "upsert into {name}: {what} names column position {p}, but the target has {width} columns"
+                )
+            })
+        };
+        let mut policies = vec![Policy::Replace; columns.len()];
+        if upsert.key.is_empty() {
             return Err(format!("upsert into {name} names no key columns"));
         }
-        for key in &row.key {
-            let Some(column) = info.column(key) else {
-                return Err(format!("key column {name}.{key} does not exist"));
-            };
-            let Some(pos) = position(&self.fields, column) else {
-                return Err(format!("key column {name}.{key} is not in the row"));
-            };
-            if matches!(self.fields[pos].1, Value::Null) {
-                return Err(format!("key column {name}.{key} is null"));
-            }
-            policies[pos] = Policy::Key;
+        for k in &upsert.key {
+            policies[position(*k, "its key")?] = Policy::Key;
         }
-        for p in &row.policies {
-            let Some(column) = info.column(&p.column) else {
-                return Err(format!(
-                    "{name}.{} (in a merge policy) does not exist",
-                    p.column
-                ));
-            };
-            // A policy for a column this row does not carry does not apply to it.
-            let Some(pos) = position(&self.fields, column) else {
-                continue;
-            };
+        for p in &upsert.policies {
+            let pos = position(p.column, "a merge policy")?;
             if policies[pos] == Policy::Key {
                 continue;
             }
-            let by_time = |time: &str| -> Result<u16, String> {
-                info.column(time)
-                    .and_then(|c| position(&self.fields, c))
-                    .map(|p| p as u16)
-                    .ok_or_else(|| {
-                        format!(
-                            "{name}.{}: its time column {time} is not in the row",
-                            p.column
-                        )
-                    })
-            };
+            let column = &info.columns[columns[pos] as usize];
             policies[pos] = match &p.policy {
                 MergePolicy::Replace => Policy::Replace,
                 MergePolicy::Min => Policy::Min,
                 MergePolicy::Max => Policy::Max,
                 MergePolicy::Sum => {
-                    let col = &info.columns[column as usize];
-                    if !col.ty.is_number() {
+                    if !column.ty.is_number() {
                         return Err(format!(
                             "{name}.{}: sum needs a number column, not {}",
-                            col.name, col.declared
+                            column.name, column.declared
                         ));
                     }
                     Policy::Sum
                 }
-                MergePolicy::FirstByTime(time) => Policy::FirstBy(by_time(time)?),
-                MergePolicy::LastByTime(time) => Policy::LastBy(by_time(time)?),
+                MergePolicy::FirstByTime(t) => {
+                    Policy::FirstBy(position(*t, &format!("{}'s time column", column.name))? as u16)
+                }
+                MergePolicy::LastByTime(t) => {
+                    Policy::LastBy(position(*t, &format!("{}'s time column", column.name))? as u16)
+                }
             };
         }
         // Shape key: table, columns, policies.
         self.key.clear();
         self.key.push(slot as u32);
-        self.key.push(self.fields.len() as u32);
-        self.key
-            .extend(self.fields.iter().map(|(i, _)| u32::from(*i)));
+        self.key.push(columns.len() as u32);
+        self.key.extend(columns.iter().map(|i| u32::from(*i)));
         self.key.extend(policies.iter().map(|p| match *p {
             Policy::Key => 0,
             Policy::Replace => 1,
@@ -371,35 +481,29 @@ impl<'a> Builder<'a, '_> {
             Policy::FirstBy(t) => 8 + 2 * u32::from(t),
             Policy::LastBy(t) => 9 + 2 * u32::from(t),
         }));
-        let shape = match self.upsert_ids.get(self.key.as_slice()) {
-            Some(id) => *id,
-            None => {
-                let columns: Vec<u16> = self.fields.iter().map(|(i, _)| *i).collect();
-                let mut family_key = vec![slot as u32];
-                family_key.extend(
-                    columns
-                        .iter()
-                        .zip(&policies)
-                        .filter(|(_, p)| **p == Policy::Key)
-                        .map(|(c, _)| u32::from(*c)),
-                );
-                let next = self.family_ids.len();
-                let family = *self.family_ids.entry(family_key).or_insert(next);
-                let id = self.plan.upsert_shapes.len() as u32;
-                self.plan.upsert_shapes.push(UpsertShape {
-                    table: slot,
-                    columns,
-                    associative: UpsertShape::is_associative(&policies),
-                    policies,
-                    family,
-                });
-                self.upsert_ids.insert(self.key.clone(), id);
-                id
-            }
-        };
-        let start = self.push_cells(slot)?;
-        self.plan.upserts.push(RowRef { shape, start });
-        Ok(())
+        if let Some(id) = self.upsert_ids.get(self.key.as_slice()) {
+            return Ok(*id);
+        }
+        let mut family_key = vec![slot as u32];
+        family_key.extend(
+            columns
+                .iter()
+                .zip(&policies)
+                .filter(|(_, p)| **p == Policy::Key)
+                .map(|(c, _)| u32::from(*c)),
+        );
+        let next = self.family_ids.len();
+        let family = *self.family_ids.entry(family_key).or_insert(next);
+        let id = self.plan.upsert_shapes.len() as u32;
+        self.plan.upsert_shapes.push(UpsertShape {
+            table: slot,
+            columns,
+            associative: UpsertShape::is_associative(&policies),
+            policies,
+            family,
+        });
+        self.upsert_ids.insert(self.key.clone(), id);
+        Ok(id)
     }
 }
 

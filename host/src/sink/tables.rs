@@ -1,5 +1,5 @@
-//! The tables the sink writes: weir's own (`weir_offsets`, `dead_letters`), created at
-//! connect, and the pipeline's, whose column types are read from the catalog once and
+//! The tables the sink writes: weir's own (`weir_offsets`, `dead_letters`, `weir_dedup`,
+//! `weir_state`, `weir_outbox`, `weir_relay`), created at connect, and the pipeline's, whose column types are read from the catalog once and
 //! cached, and checked against what the guests will write.
 
 use std::collections::HashMap;
@@ -7,13 +7,15 @@ use std::fmt::Write as _;
 
 use tokio_postgres::Client;
 
-use super::value::{PgType, ValueKind};
+use super::value::PgType;
+use crate::model::ValueKind;
 
 /// weir's own tables, unqualified so the connection's `search_path` decides where they
 /// live. Created under an advisory lock: concurrent `CREATE TABLE IF NOT EXISTS` can
 /// otherwise fail on the catalog's unique indexes.
 pub(crate) const SYSTEM_TABLES: &str = r#"
 BEGIN;
+SET LOCAL client_min_messages = warning;
 SELECT pg_advisory_xact_lock(hashtext('weir.sink'), hashtext(coalesce(current_schema(), '')));
 CREATE TABLE IF NOT EXISTS weir_offsets (
     group_id    text NOT NULL,
@@ -48,8 +50,130 @@ CREATE TABLE IF NOT EXISTS weir_dedup (
     seen_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (group_id, scope, key)
 );
+-- Guests' keyed state, per pipeline and partition (see sink::state).
+CREATE TABLE IF NOT EXISTS weir_state (
+    group_id   text NOT NULL,
+    pipeline   text NOT NULL,
+    topic      text NOT NULL,
+    partition  int NOT NULL,
+    key        bytea NOT NULL,
+    value      bytea NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_id, pipeline, topic, partition, key)
+);
+-- Messages guests emitted, committed with their batch, until the relay has produced them
+-- (see sink::outbox); and the batch the relay of each source partition is producing.
+CREATE TABLE IF NOT EXISTS weir_outbox (
+    id           bigserial PRIMARY KEY,
+    group_id     text NOT NULL,
+    pipeline     text NOT NULL,
+    topic        text NOT NULL,
+    partition    int NOT NULL,
+    "offset"     bigint NOT NULL,
+    to_topic     text NOT NULL,
+    to_partition int NOT NULL,
+    key          bytea,
+    headers      bytea NOT NULL,
+    value        bytea,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS weir_outbox_source ON weir_outbox (group_id, topic, partition, id);
+CREATE TABLE IF NOT EXISTS weir_relay (
+    group_id      text NOT NULL,
+    topic         text NOT NULL,
+    partition     int NOT NULL,
+    ids           bigint[] NOT NULL,
+    to_topics     text[] NOT NULL,
+    to_partitions int[] NOT NULL,
+    from_offsets  bigint[] NOT NULL,
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_id, topic, partition)
+);
+-- Guest versions deployed to the group, the live one of each guest, members' answers to
+-- a staged version, and the offsets each version went live at (see sink::deployments).
+CREATE TABLE IF NOT EXISTS weir_deployments (
+    group_id    text NOT NULL,
+    guest       text NOT NULL,
+    version     int NOT NULL,
+    sha256      text NOT NULL,
+    module      bytea NOT NULL,
+    kind        text NOT NULL,
+    origin      text NOT NULL,
+    previous    int,
+    status      text NOT NULL,
+    detail      text,
+    deployed_at timestamptz NOT NULL DEFAULT now(),
+    live_from   timestamptz,
+    live_until  timestamptz,
+    PRIMARY KEY (group_id, guest, version)
+);
+CREATE TABLE IF NOT EXISTS weir_live_guests (
+    group_id text NOT NULL,
+    guest    text NOT NULL,
+    version  int NOT NULL,
+    sha256   text NOT NULL,
+    PRIMARY KEY (group_id, guest)
+);
+CREATE TABLE IF NOT EXISTS weir_deploy_answers (
+    group_id    text NOT NULL,
+    guest       text NOT NULL,
+    version     int NOT NULL,
+    member_id   text NOT NULL,
+    refusal     text,
+    answered_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_id, guest, version, member_id)
+);
+CREATE TABLE IF NOT EXISTS weir_switches (
+    group_id    text NOT NULL,
+    guest       text NOT NULL,
+    version     int NOT NULL,
+    topic       text NOT NULL,
+    partition   int NOT NULL,
+    from_offset bigint NOT NULL,
+    PRIMARY KEY (group_id, guest, version, topic, partition)
+);
 COMMIT;
 "#;
+
+/// weir's own tables (the sink's, the group's, migrations' and the registry's): no
+/// pipeline may write them, whatever its config lists.
+pub const WEIR_TABLES: &[&str] = &[
+    "weir_offsets",
+    "dead_letters",
+    "weir_dedup",
+    "weir_state",
+    "weir_outbox",
+    "weir_relay",
+    "weir_deployments",
+    "weir_live_guests",
+    "weir_deploy_answers",
+    "weir_switches",
+    "weir_members",
+    "weir_leases",
+    "weir_migrations",
+    "schema_registry_schemas",
+    "schema_registry_subject_versions",
+];
+
+/// The quoted names (as [`TableInfo::sql_name`]) of weir's own tables that exist here.
+pub(crate) async fn weir_tables(
+    client: &Client,
+) -> Result<std::collections::HashSet<String>, tokio_postgres::Error> {
+    const QUERY: &str = "SELECT n.nspname::text, c.relname::text
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = ANY (ARRAY(SELECT to_regclass(t) FROM unnest($1::text[]) AS t))";
+    let rows = client.query(QUERY, &[&WEIR_TABLES]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}.{}",
+                quote(r.get::<_, &str>(0)),
+                quote(r.get::<_, &str>(1))
+            )
+        })
+        .collect())
+}
 
 /// A table's columns, as the catalog has them.
 #[derive(Debug)]

@@ -4,62 +4,11 @@
 //! and the array parameters of the upsert statements.
 
 use std::error::Error;
-use std::fmt;
 
 use bytes::{BufMut, BytesMut};
 use postgres_types::{IsNull, Kind, ToSql, Type, to_sql_checked};
 
-use crate::runtime::types::{Decimal, Value};
-
-/// The kind of a WIT `value` (its cases, except `null`, which every column accepts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ValueKind {
-    /// `boolean`: `bool` columns.
-    Boolean,
-    /// `int`: `int2`, `int4`, `int8`, `numeric`, `float4`, `float8`, and `date` (days since
-    /// the epoch, as Avro's `date` arrives).
-    Int,
-    /// `float`: `float4`, `float8`, `numeric`.
-    Float,
-    /// `text`: `text`, `varchar`, `char`, `name`, `citext`, enums, `json`, `jsonb`, `uuid`.
-    Text,
-    /// `bytes`: `bytea`.
-    Bytes,
-    /// `timestamp`: `timestamptz`, `timestamp` (UTC wall time), `date` (the UTC day).
-    Timestamp,
-    /// `decimal`: `numeric` (exactly), `float4`, `float8`.
-    Decimal,
-}
-
-impl ValueKind {
-    /// The kind of `value`, or `None` for null.
-    pub fn of(value: &Value) -> Option<Self> {
-        Some(match value {
-            Value::Null => return None,
-            Value::Boolean(_) => Self::Boolean,
-            Value::Int(_) => Self::Int,
-            Value::Float(_) => Self::Float,
-            Value::Text(_) => Self::Text,
-            Value::Bytes(_) => Self::Bytes,
-            Value::Timestamp(_) => Self::Timestamp,
-            Value::Decimal(_) => Self::Decimal,
-        })
-    }
-}
-
-impl fmt::Display for ValueKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Boolean => "boolean",
-            Self::Int => "int",
-            Self::Float => "float",
-            Self::Text => "text",
-            Self::Bytes => "bytes",
-            Self::Timestamp => "timestamp",
-            Self::Decimal => "decimal",
-        })
-    }
-}
+use crate::model::{Decimal, Value, ValueKind};
 
 /// A column's type as conversion sees it: domains are resolved to their base type, and
 /// every type whose binary form is UTF-8 text (varchar, char, name, citext, enums) is
@@ -139,9 +88,9 @@ impl PgType {
 }
 
 /// Microseconds from the Unix epoch to Postgres's (2000-01-01).
-const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+pub(crate) const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 /// Days from the Unix epoch to Postgres's.
-const PG_EPOCH_DAYS: i64 = 10_957;
+pub(crate) const PG_EPOCH_DAYS: i64 = 10_957;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// Postgres's timestamp range, in microseconds since its epoch: 4714-11-24 BC up to (not
 /// including) 294277-01-01.
@@ -306,7 +255,7 @@ impl Cell<'_> {
         out[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
 
-    fn write_value(&self, out: &mut BytesMut) {
+    pub(crate) fn write_value(&self, out: &mut BytesMut) {
         match *self {
             Cell::Null => {}
             Cell::Bool(b) => out.put_u8(u8::from(b)),

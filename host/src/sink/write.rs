@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::pin::pin;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::SinkExt;
@@ -15,16 +16,27 @@ use tokio_postgres::{Client, Statement};
 
 use super::plan::{MessagePlan, Plan, Policy, UpsertShape};
 use super::value::{CellArray, copy_header, copy_trailer};
-use super::{SinkBatch, SinkItem};
+use super::{Head, SinkBatch, SinkItem};
 
 /// How many prepared statements a connection keeps before it starts over.
 const MAX_STATEMENTS: usize = 512;
 /// How much COPY data to buffer before sending it.
 const COPY_CHUNK: usize = 256 * 1024;
 
+/// Why a batch's transaction did not begin.
+#[derive(Debug)]
+pub(crate) enum NotBegun {
+    /// Another commit moved the partition to this stored offset; rolled back.
+    Stale(Option<i64>),
+    /// The batch ran with a guest version the group has replaced by this one (sha256);
+    /// rolled back.
+    Superseded(String),
+}
+
 /// One connection to Postgres with its prepared statements and a reusable buffer.
 pub(crate) struct Conn {
-    pub client: Client,
+    /// Shared with the lookups of the batch in its transaction.
+    pub client: Arc<Client>,
     statements: HashMap<String, Statement>,
     buf: BytesMut,
     /// A write was under way (and may have been abandoned mid-transaction): the connection
@@ -143,7 +155,7 @@ impl Conn {
 
     pub fn new(client: Client) -> Self {
         Self {
-            client,
+            client: Arc::new(client),
             statements: HashMap::new(),
             buf: BytesMut::with_capacity(COPY_CHUNK + 64 * 1024),
             dirty: false,
@@ -151,7 +163,7 @@ impl Conn {
     }
 
     /// The prepared statement for `sql`, prepared on first use.
-    async fn prepare(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+    pub(crate) async fn prepare(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
@@ -163,47 +175,73 @@ impl Conn {
         Ok(statement)
     }
 
-    /// Begins the transaction and takes the partition's offset row: returns whether the
-    /// stored next offset is absent or equals the batch's start (else the transaction is
-    /// rolled back and the stored offset returned).
+    /// Begins the transaction (`repeatable`: one snapshot for all of it) and takes the
+    /// partition's offset row: `Ok` when the stored next offset is absent or equals the
+    /// batch's start (else the transaction is rolled back and the stored offset
+    /// returned). With a guest in the head, also takes a share lock on that guest's
+    /// live version in the group (see [`super::deployments`]) and checks the batch ran
+    /// with it: a deploy's switch waits for every batch holding the lock, and every batch
+    /// after it sees the new version, so no batch commits with a superseded one.
     pub async fn begin(
         &mut self,
         group: &str,
-        batch: &SinkBatch,
-    ) -> Result<Result<(), Option<i64>>, tokio_postgres::Error> {
+        head: &Head,
+        repeatable: bool,
+    ) -> Result<Result<(), NotBegun>, tokio_postgres::Error> {
         let cas = self.prepare(CAS).await?;
-        // Sent together: one round trip. The statement is prepared, so it goes out right
+        let live = match &head.guest {
+            Some(_) => Some(self.prepare(super::deployments::LIVE_FOR_SHARE).await?),
+            None => None,
+        };
+        // Sent together: one round trip. The statements are prepared, so they go out right
         // behind BEGIN.
         let params: [&(dyn ToSql + Sync); 4] =
-            [&group, &batch.topic, &batch.partition, &batch.start_offset];
-        let (_, row) = futures::try_join!(
-            // Deferred constraints are checked per statement, where a rejected row can be
-            // told from the others, not at COMMIT.
-            self.client
-                .batch_execute("BEGIN; SET CONSTRAINTS ALL IMMEDIATE"),
-            self.client.query_opt(&cas, &params)
+            [&group, &head.topic, &head.partition, &head.start_offset];
+        // Deferred constraints are checked per statement, where a rejected row can be
+        // told from the others, not at COMMIT.
+        let begin = if repeatable {
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET CONSTRAINTS ALL IMMEDIATE"
+        } else {
+            "BEGIN; SET CONSTRAINTS ALL IMMEDIATE"
+        };
+        let barrier = async {
+            match (&live, &head.guest) {
+                (Some(statement), Some(guest)) => self
+                    .client
+                    .query_opt(statement, &[&group, &guest.name])
+                    .await
+                    .map(|row| row.map(|r| r.get::<_, String>(0))),
+                _ => Ok(None),
+            }
+        };
+        let (_, row, live) = futures::try_join!(
+            self.client.batch_execute(begin),
+            self.client.query_opt(&cas, &params),
+            barrier
         )?;
         if row.is_some() {
-            return Ok(Ok(()));
+            return match (live, &head.guest) {
+                (Some(live), Some(guest)) if live != guest.version => {
+                    self.client.batch_execute("ROLLBACK").await?;
+                    Ok(Err(NotBegun::Superseded(live)))
+                }
+                _ => Ok(Ok(())),
+            };
         }
         let stored = self
             .client
-            .query_opt(STORED, &[&group, &batch.topic, &batch.partition])
+            .query_opt(STORED, &[&group, &head.topic, &head.partition])
             .await?
             .map(|r| r.get::<_, i64>(0));
         self.client.batch_execute("ROLLBACK").await?;
-        Ok(Err(stored))
+        Ok(Err(NotBegun::Stale(stored)))
     }
 
     /// Stores the batch's next offset and commits.
-    pub async fn commit(
-        &mut self,
-        group: &str,
-        batch: &SinkBatch,
-    ) -> Result<(), tokio_postgres::Error> {
+    pub async fn commit(&mut self, group: &str, head: &Head) -> Result<(), tokio_postgres::Error> {
         let advance = self.prepare(ADVANCE).await?;
         let params: [&(dyn ToSql + Sync); 4] =
-            [&group, &batch.topic, &batch.partition, &batch.next_offset];
+            [&group, &head.topic, &head.partition, &head.next_offset];
         futures::try_join!(
             self.client.execute(&advance, &params),
             self.client.batch_execute("COMMIT")

@@ -8,6 +8,8 @@
 //! the [`Stage`]; a registry that cannot answer is waited for, with backoff.
 
 pub mod avro;
+#[cfg(test)]
+mod avro_props;
 mod decode;
 pub mod kafka;
 
@@ -22,7 +24,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio::time::Instant;
 
-pub use decode::{DeadLetter, Decoded, Decoder, Stage};
+use crate::model::Header;
+
+pub use decode::{DecodeEvents, Decoded, Decoder, Shape, Stopped, SubjectStrategy};
 
 /// Where a consumer starts when its group has no committed offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +60,7 @@ pub struct SourceConfig {
 }
 
 /// One message as read from Kafka, not yet decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RawMessage {
     /// Offset in its partition.
     pub offset: i64,
@@ -66,10 +70,12 @@ pub struct RawMessage {
     pub key: Option<Vec<u8>>,
     /// Value bytes (`None` for a tombstone).
     pub value: Option<Vec<u8>>,
+    /// Record headers, in order.
+    pub headers: Vec<Header>,
 }
 
 /// Consecutive messages of one partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RawBatch {
     /// Topic.
     pub topic: String,
@@ -396,6 +402,36 @@ impl KafkaSource {
     pub fn consumer(&self) -> &StreamConsumer<SourceContext> {
         &self.consumer
     }
+
+    /// Commits the stored offsets to Kafka and closes the consumer, waiting at most
+    /// `timeout`. librdkafka's commit and close wait for the brokers, which can take for
+    /// ever (a broker gone, a fetch that never ends); a process that is stopping does not
+    /// wait that long: past the timeout they are left to finish on a thread of their own.
+    pub fn close(self, timeout: Duration) {
+        let closing = std::thread::Builder::new()
+            .name("weir-kafka-close".into())
+            .spawn(move || {
+                if let Err(e) = self
+                    .consumer
+                    .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+                {
+                    tracing::debug!(error = %e, "No offsets to commit to Kafka on close");
+                }
+                drop(self)
+            });
+        let Ok(closing) = closing else { return };
+        let deadline = std::time::Instant::now() + timeout;
+        while !closing.is_finished() {
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    ?timeout,
+                    "The Kafka consumer did not close in time; going on without waiting for it"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// Adds a message to its partition's pending batch; the index of that batch when it
@@ -448,8 +484,47 @@ fn add(
         timestamp_ms: m.timestamp().to_millis().unwrap_or(-1),
         key: m.key().map(<[u8]>::to_vec),
         value: m.payload().map(<[u8]>::to_vec),
+        headers: headers_of(m),
     });
     (batch.messages.len() >= batch.batch_size).then_some(i)
+}
+
+/// A message's headers. Read through librdkafka's own calls: the client library's reader
+/// panics on a header name that is not UTF-8, which any producer can send. Such a name is
+/// kept with its invalid bytes replaced (U+FFFD).
+fn headers_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Vec<Header> {
+    use rdkafka::bindings as rd;
+    let mut headers: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
+    // SAFETY: `m.ptr()` is the live message this borrow holds; the headers it hands out
+    // belong to it and are only read while it is borrowed.
+    unsafe {
+        if rd::rd_kafka_message_headers(m.ptr(), &mut headers)
+            != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            || headers.is_null()
+        {
+            return Vec::new();
+        }
+        let count = rd::rd_kafka_header_cnt(headers);
+        let mut out = Vec::with_capacity(count);
+        for idx in 0..count {
+            let mut name: *const std::ffi::c_char = std::ptr::null();
+            let mut value: *const std::ffi::c_void = std::ptr::null();
+            let mut size = 0usize;
+            if rd::rd_kafka_header_get_all(headers, idx, &mut name, &mut value, &mut size)
+                != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                || name.is_null()
+            {
+                continue;
+            }
+            let key = std::ffi::CStr::from_ptr(name)
+                .to_string_lossy()
+                .into_owned();
+            let value = (!value.is_null())
+                .then(|| std::slice::from_raw_parts(value.cast::<u8>(), size).to_vec());
+            out.push(Header { key, value });
+        }
+        out
+    }
 }
 
 fn is_fatal(e: &rdkafka::error::KafkaError) -> bool {

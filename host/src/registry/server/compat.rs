@@ -113,7 +113,14 @@ pub(crate) struct Previous<'a> {
 /// Checks `new` against the earlier versions `previous` (oldest first) as `level` asks:
 /// the latest only, or all of them for the transitive levels. Returns Confluent's messages
 /// about the newest version that fails, or nothing when `new` is compatible.
-pub(crate) fn check(level: Level, new: &Schema, previous: &[Previous<'_>]) -> Vec<String> {
+///
+/// A check bounded by [`MAX_STEPS`]: a pair of schemas that takes more is refused with the
+/// reason, rather than let one request take the CPU for as long as it likes.
+pub(crate) fn check(
+    level: Level,
+    new: &Schema,
+    previous: &[Previous<'_>],
+) -> Result<Vec<String>, String> {
     let against = if level.transitive() {
         previous
     } else {
@@ -124,12 +131,18 @@ pub(crate) fn check(level: Level, new: &Schema, previous: &[Previous<'_>]) -> Ve
     };
     for old in against.iter().rev() {
         let mut messages = Vec::new();
+        let too_complex = |e: TooComplex| {
+            format!(
+                "checking it against version {} takes more than {} steps or nests deeper than {MAX_CHECK_DEPTH} types: the schemas are too complex to check for compatibility",
+                old.version, e.0
+            )
+        };
         if level.backward() {
-            let problems = can_read(old.schema, new);
+            let problems = can_read(old.schema, new).map_err(too_complex)?;
             messages.extend(problems.iter().map(|p| p.describe("new", "old")));
         }
         if level.forward() {
-            let problems = can_read(new, old.schema);
+            let problems = can_read(new, old.schema).map_err(too_complex)?;
             messages.extend(problems.iter().map(|p| p.describe("old", "new")));
         }
         if !messages.is_empty() {
@@ -139,11 +152,22 @@ pub(crate) fn check(level: Level, new: &Schema, previous: &[Previous<'_>]) -> Ve
                 "{{validateFields: 'false', compatibility: '{}'}}",
                 level.as_str()
             ));
-            return messages;
+            return Ok(messages);
         }
     }
-    Vec::new()
+    Ok(Vec::new())
 }
+
+/// Most type pairs one reader/writer check may compare.
+pub(crate) const MAX_STEPS: usize = 200_000;
+
+/// Deepest a check may nest (records within records, through their fields): the check
+/// recurses once per level, and this keeps it well inside a thread's stack.
+pub(crate) const MAX_CHECK_DEPTH: usize = 200;
+
+/// A check passed [`MAX_STEPS`] (the number it passed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TooComplex(pub usize);
 
 /// What kind of problem keeps a reader from reading a writer's data (Avro's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,16 +246,25 @@ impl Incompatibility {
 
 /// Every reason why data written with `writer` cannot be read with `reader`; empty when it
 /// can.
-pub(crate) fn can_read(writer: &Schema, reader: &Schema) -> Vec<Incompatibility> {
+pub(crate) fn can_read(
+    writer: &Schema,
+    reader: &Schema,
+) -> Result<Vec<Incompatibility>, TooComplex> {
     let mut checker = Checker {
         reader_names: named_types(reader),
         writer_names: named_types(writer),
         in_progress: HashSet::new(),
         location: Vec::new(),
+        steps: 0,
+        depth: 0,
+        unions: HashMap::new(),
     };
     let mut problems = Vec::new();
     checker.check(reader, writer, &mut problems);
-    problems
+    if checker.steps > MAX_STEPS {
+        return Err(TooComplex(MAX_STEPS));
+    }
+    Ok(problems)
 }
 
 /// The named types a schema defines, by full name, so references can be followed.
@@ -363,10 +396,81 @@ struct Checker<'a> {
     in_progress: HashSet<(String, String)>,
     /// The path in the reader schema, for messages.
     location: Vec<String>,
+    /// Type pairs compared so far; past [`MAX_STEPS`] the check stops.
+    steps: usize,
+    /// How deep the check is nested now.
+    depth: usize,
+    /// Reader unions indexed by what their branches can read, by address.
+    unions: HashMap<usize, HashMap<String, Vec<usize>>>,
+}
+
+/// What a reader type of this shape is found by in a union's index.
+fn reader_keys(shape: Shape<'_>) -> Vec<String> {
+    let named = |name: &Name, aliases: Option<&[Alias]>| {
+        let mut keys = vec![format!("name:{}", name.name())];
+        keys.extend(
+            aliases
+                .unwrap_or_default()
+                .iter()
+                .map(|a| format!("alias:{}", a.fullname(name.namespace()))),
+        );
+        keys
+    };
+    match shape {
+        Shape::Record(r) => named(&r.name, r.aliases.as_deref()),
+        Shape::Enum(e) => named(&e.name, e.aliases.as_deref()),
+        Shape::Fixed(f) => named(&f.name, f.aliases.as_deref()),
+        other => vec![format!("type:{}", other.type_name())],
+    }
+}
+
+/// The index keys of the reader types that might read a writer type of this shape: its
+/// name (or an alias of it), or its type and the types it promotes to.
+fn writer_keys(shape: Shape<'_>) -> Vec<String> {
+    let named = |name: &Name| {
+        vec![
+            format!("name:{}", name.name()),
+            format!("alias:{}", name.fullname(None)),
+        ]
+    };
+    let promotions: &[&str] = match shape {
+        Shape::Record(r) => return named(&r.name),
+        Shape::Enum(e) => return named(&e.name),
+        Shape::Fixed(f) => return named(&f.name),
+        Shape::Int => &["LONG", "FLOAT", "DOUBLE"],
+        Shape::Long => &["FLOAT", "DOUBLE"],
+        Shape::Float => &["DOUBLE"],
+        Shape::String => &["BYTES"],
+        Shape::Bytes => &["STRING"],
+        _ => &[],
+    };
+    std::iter::once(shape.type_name())
+        .chain(promotions.iter().copied())
+        .map(|t| format!("type:{t}"))
+        .collect()
 }
 
 impl<'a> Checker<'a> {
     fn check(&mut self, reader: &'a Schema, writer: &'a Schema, out: &mut Vec<Incompatibility>) {
+        self.steps += 1;
+        if self.depth >= MAX_CHECK_DEPTH {
+            // Too deep is too complex: stop the whole check.
+            self.steps = MAX_STEPS + 1;
+        }
+        if self.steps > MAX_STEPS {
+            return;
+        }
+        self.depth += 1;
+        self.check_types(reader, writer, out);
+        self.depth -= 1;
+    }
+
+    fn check_types(
+        &mut self,
+        reader: &'a Schema,
+        writer: &'a Schema,
+        out: &mut Vec<Incompatibility>,
+    ) {
         let reader = resolve(reader, &self.reader_names);
         let writer = resolve(writer, &self.writer_names);
         if let (Schema::Decimal(r), Schema::Decimal(w)) = (reader, writer)
@@ -451,9 +555,11 @@ impl<'a> Checker<'a> {
                 }
             }
             (Shape::Union(r_branches), _) => {
-                if !r_branches
-                    .iter()
-                    .any(|branch| self.readable(branch, writer))
+                // Only a branch of the writer's kind (and name) can read it.
+                if !self
+                    .candidates(r_branches, writer)
+                    .into_iter()
+                    .any(|i| self.readable(&r_branches[i], writer))
                 {
                     let info = format!("reader union lacking writer type: {}", w.type_name());
                     self.report(Kind::MissingUnionBranch, info, out);
@@ -474,6 +580,34 @@ impl<'a> Checker<'a> {
                 self.report(Kind::TypeMismatch, info, out);
             }
         }
+    }
+
+    /// The branches of the reader union `branches` that might read `writer` at all: of its
+    /// kind (or one it promotes to) and, for named types, of its name or with it as an
+    /// alias. What [`Checker::check`] would refuse first, found through an index of the
+    /// union, so a wide union costs a lookup per writer type rather than a scan.
+    fn candidates(&mut self, branches: &'a [Schema], writer: &'a Schema) -> Vec<usize> {
+        let index = self
+            .unions
+            .entry(branches.as_ptr() as usize)
+            .or_insert_with(|| {
+                let mut index: HashMap<String, Vec<usize>> = HashMap::new();
+                for (i, branch) in branches.iter().enumerate() {
+                    for key in reader_keys(Shape::of(resolve(branch, &self.reader_names))) {
+                        index.entry(key).or_default().push(i);
+                    }
+                }
+                index
+            });
+        let mut found: Vec<usize> = writer_keys(Shape::of(resolve(writer, &self.writer_names)))
+            .iter()
+            .filter_map(|k| index.get(k))
+            .flatten()
+            .copied()
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found
     }
 
     /// Whether `reader` reads everything `writer` writes (the problems are not kept).
@@ -604,13 +738,57 @@ mod tests {
 
     fn kinds(writer: &Schema, reader: &Schema) -> Vec<(Kind, String)> {
         can_read(writer, reader)
+            .unwrap()
             .into_iter()
             .map(|p| (p.kind, p.location))
             .collect()
     }
 
     fn readable(writer: &Schema, reader: &Schema) -> bool {
-        can_read(writer, reader).is_empty()
+        can_read(writer, reader).unwrap().is_empty()
+    }
+
+    /// `n` records, each with a field holding a union of itself and the records before it:
+    /// checking one against itself looks at every path through them, 2^n of them.
+    fn tangle(n: usize) -> Schema {
+        let records: Vec<String> = (0..n)
+            .map(|i| {
+                let names: Vec<String> = (0..=i).map(|j| format!("\"R{j}\"")).collect();
+                format!(
+                    r#"{{"type":"record","name":"R{i}","fields":[{{"name":"u","type":["null",{}]}}]}}"#,
+                    names.join(",")
+                )
+            })
+            .collect();
+        avro(&format!(
+            r#"{{"type":"record","name":"Top","fields":[{{"name":"all","type":[{}]}}]}}"#,
+            records.join(",")
+        ))
+    }
+
+    #[test]
+    fn wide_and_tangled_schemas_are_checked_within_bounds() {
+        // A wide union of named types is one comparison per branch, not per pair.
+        let branches: Vec<String> = (0..1000)
+            .rev()
+            .map(|i| format!(r#"{{"type":"fixed","name":"F{i}","size":1}}"#))
+            .collect();
+        let wide = avro(&format!(r#"[{}]"#, branches.join(",")));
+        assert!(readable(&wide, &wide));
+        // Records tangled through unions of each other make the check grow without end;
+        // it stops at its bounds.
+        let tangled = tangle(60);
+        assert_eq!(
+            can_read(&tangled, &tangled).unwrap_err(),
+            TooComplex(MAX_STEPS)
+        );
+        let previous = [Previous {
+            version: 3,
+            schema: &tangled,
+            text: "{}",
+        }];
+        let e = check(Level::Backward, &tangled, &previous).unwrap_err();
+        assert!(e.contains("too complex to check"), "{e}");
     }
 
     #[test]
@@ -693,7 +871,7 @@ mod tests {
         let ab = e(r#""A","B""#, "");
         let abc = e(r#""A","B","C""#, "");
         assert!(readable(&ab, &abc));
-        let problems = can_read(&abc, &ab);
+        let problems = can_read(&abc, &ab).unwrap();
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].kind, Kind::MissingEnumSymbols);
         assert_eq!(problems[0].location, "/fields/0/type/symbols");
@@ -815,9 +993,9 @@ mod tests {
             schema: &old,
             text,
         }];
-        assert!(check(Level::Forward, &new, &previous).is_empty());
-        assert!(check(Level::None, &new, &previous).is_empty());
-        let messages = check(Level::Backward, &new, &previous);
+        assert!(check(Level::Forward, &new, &previous).unwrap().is_empty());
+        assert!(check(Level::None, &new, &previous).unwrap().is_empty());
+        let messages = check(Level::Backward, &new, &previous).unwrap();
         assert_eq!(
             messages,
             [
@@ -836,7 +1014,8 @@ mod tests {
                 schema: &new,
                 text,
             }],
-        );
+        )
+        .unwrap();
         assert!(
             messages[0].contains(
                 "in the old schema has no default value and is missing in the new schema"
@@ -862,14 +1041,18 @@ mod tests {
                 text: "v2",
             },
         ];
-        assert!(check(Level::Backward, &v3, &previous).is_empty());
-        assert!(check(Level::Full, &v3, &previous).is_empty());
-        let messages = check(Level::BackwardTransitive, &v3, &previous);
+        assert!(check(Level::Backward, &v3, &previous).unwrap().is_empty());
+        assert!(check(Level::Full, &v3, &previous).unwrap().is_empty());
+        let messages = check(Level::BackwardTransitive, &v3, &previous).unwrap();
         assert!(
             messages.contains(&"{oldSchemaVersion: 1}".to_string()),
             "{messages:?}"
         );
-        assert!(!check(Level::FullTransitive, &v3, &previous).is_empty());
+        assert!(
+            !check(Level::FullTransitive, &v3, &previous)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     /// Where apache-avro's own checker differs from Avro Java (and so from Confluent): the

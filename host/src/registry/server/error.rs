@@ -61,8 +61,8 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, 40403, "Schema not found")
     }
 
-    /// 40403, for a lookup by id.
-    pub(crate) fn schema_id_not_found(id: i64) -> Self {
+    /// 40403, for a lookup by id (any integer, those no id can be included).
+    pub(crate) fn schema_id_not_found(id: impl std::fmt::Display) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
             40403,

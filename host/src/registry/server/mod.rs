@@ -24,11 +24,11 @@ mod store;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -43,6 +43,7 @@ use self::compat::{Level, Previous};
 use self::error::ApiError;
 use self::schema::{AVRO, ParsedSchema};
 use self::store::{GLOBAL, Store, VersionRow};
+use crate::serve::ListenerLimits;
 
 /// The content type of every response, as Confluent sends it.
 pub(crate) const CONTENT_TYPE: (HeaderName, &str) = (
@@ -53,18 +54,94 @@ pub(crate) const CONTENT_TYPE: (HeaderName, &str) = (
 const READWRITE: &str = "READWRITE";
 const READONLY: &str = "READONLY";
 
+/// How the registry server is bounded: its listener, request bodies, and how much CPU its
+/// schema work may take at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Connections, header and request timeouts.
+    pub listener: ListenerLimits,
+    /// Largest request body, in bytes (default 2 MiB): over it, 413.
+    pub max_body: usize,
+    /// Schema parses and compatibility checks run at once, off the async threads
+    /// (default: one per CPU); more wait their turn.
+    pub schema_work: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            listener: ListenerLimits {
+                max_connections: 1024,
+                header_timeout: Duration::from_secs(10),
+                request_timeout: Duration::from_secs(60),
+            },
+            max_body: 2 << 20,
+            schema_work: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// What the handlers share: the store, and the permits for schema work.
+pub(crate) struct Server {
+    store: Store,
+    schema_work: Arc<tokio::sync::Semaphore>,
+}
+
+impl Server {
+    async fn client(&self) -> Result<deadpool_postgres::Client, ApiError> {
+        self.store.client().await
+    }
+
+    /// Runs CPU work on schemas (parsing, normalising, checking compatibility) on the
+    /// blocking pool, a permit at a time, so it never stalls the requests that only read.
+    async fn schema_work<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = self
+            .schema_work
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ApiError::store(format!("schema work is shut down: {e}")))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ApiError::store(format!("schema work failed: {e}")))
+    }
+}
+
 /// The registry server: the Confluent Schema Registry REST API over Postgres tables.
 pub struct RegistryServer {
-    store: Arc<Store>,
+    server: Arc<Server>,
+    limits: ServerLimits,
 }
 
 impl RegistryServer {
     /// Connects to Postgres (retrying for about half a minute while it is not up yet) and
     /// creates the registry's tables if they are missing.
     pub async fn connect(database_url: &str) -> anyhow::Result<Self> {
-        Ok(Self {
-            store: Arc::new(Store::connect(database_url).await?),
-        })
+        Ok(Self::with_store(
+            Store::connect(database_url).await?,
+            ServerLimits::default(),
+        ))
+    }
+
+    fn with_store(store: Store, limits: ServerLimits) -> Self {
+        Self {
+            server: Arc::new(Server {
+                store,
+                schema_work: Arc::new(tokio::sync::Semaphore::new(limits.schema_work.max(1))),
+            }),
+            limits,
+        }
+    }
+
+    /// Serves under `limits` instead of the defaults.
+    pub fn with_limits(self, limits: ServerLimits) -> Self {
+        match Arc::try_unwrap(self.server) {
+            Ok(server) => Self::with_store(server.store, limits),
+            Err(server) => Self { server, limits },
+        }
     }
 
     /// The HTTP routes.
@@ -121,8 +198,9 @@ impl RegistryServer {
             )
             .fallback(no_route)
             .method_not_allowed_fallback(method_not_allowed)
+            .layer(DefaultBodyLimit::max(self.limits.max_body))
             .layer(middleware::from_fn(log_request))
-            .with_state(self.store.clone())
+            .with_state(self.server.clone())
     }
 
     /// Serves on `listener` until `shutdown` resolves, then finishes the requests in flight.
@@ -131,14 +209,19 @@ impl RegistryServer {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        crate::serve::serve(
+            "registry",
+            listener,
+            self.router(),
+            self.limits.listener,
+            shutdown,
+        )
+        .await?;
         Ok(())
     }
 }
 
-type Db = State<Arc<Store>>;
+type Db = State<Arc<Server>>;
 type Reply = Result<Response, ApiError>;
 
 /// Logs each request at debug, and gives the warnings of failed ones the method and path.
@@ -218,7 +301,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 "The request body is empty: send a JSON object",
             ));
         }
-        serde_json::from_slice(&bytes)
+        // Strictly: a key given twice or invalid UTF-8 is refused, not read one way here
+        // and another by the next reader.
+        let value = crate::json::from_slice(&bytes).map_err(|e| {
+            ApiError::unprocessable(format!("Invalid JSON in the request body: {e}"))
+        })?;
+        serde_json::from_value(value)
             .map(JsonBody)
             .map_err(|e| ApiError::unprocessable(format!("Invalid JSON in the request body: {e}")))
     }
@@ -278,8 +366,14 @@ impl SchemaRequest {
         }
     }
 
-    fn parse(&self) -> Result<ParsedSchema, ApiError> {
-        schema::parse(self.text()?).map_err(ApiError::invalid_schema)
+    /// Parses the schema strictly, as schema work.
+    async fn parse(&self, server: &Server) -> Result<Arc<ParsedSchema>, ApiError> {
+        let text = self.text()?.to_string();
+        server
+            .schema_work(move || schema::parse(&text))
+            .await?
+            .map(Arc::new)
+            .map_err(ApiError::invalid_schema)
     }
 }
 
@@ -358,50 +452,55 @@ fn check_subject(subject: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Parses a stored version's schema again, for a compatibility check.
-fn parse_stored(subject: &str, row: &VersionRow) -> Result<ParsedSchema, ApiError> {
-    schema::parse(&row.schema).map_err(|e| {
-        ApiError::store(format!(
-            "version {} of subject '{subject}' no longer parses as Avro: {e}",
-            row.version
-        ))
-    })
-}
-
 /// Confluent's messages about `new` against the given versions (oldest first), under the
-/// subject's compatibility level; empty when compatible.
+/// subject's compatibility level; empty when compatible. The parsing and checking run as
+/// schema work, off the async threads.
 async fn compatibility_messages(
     c: &impl deadpool_postgres::GenericClient,
+    server: &Server,
     subject: &str,
-    new: &ParsedSchema,
+    new: &Arc<ParsedSchema>,
     against: &[&VersionRow],
 ) -> Result<Vec<String>, ApiError> {
     let level = store::effective_config(c, subject).await?;
     if level == Level::None || against.is_empty() {
         return Ok(Vec::new());
     }
-    let parsed = against
-        .iter()
-        .map(|row| parse_stored(subject, row))
-        .collect::<Result<Vec<_>, _>>()?;
-    // The old schema as registered, on one line, for the messages.
-    let texts: Vec<String> = against
-        .iter()
-        .map(|row| {
-            serde_json::from_str::<Value>(&row.schema)
-                .map_or_else(|_| row.schema.clone(), |v| v.to_string())
+    let rows: Vec<VersionRow> = against.iter().map(|r| (*r).clone()).collect();
+    let (subject, new) = (subject.to_string(), new.clone());
+    server
+        .schema_work(move || {
+            let parsed = rows
+                .iter()
+                .map(|row| {
+                    schema::parse_registered(&row.schema).map_err(|e| {
+                        ApiError::store(format!(
+                            "version {} of subject '{subject}' no longer parses as Avro: {e}",
+                            row.version
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // The old schema as registered, on one line, for the messages.
+            let texts: Vec<String> = rows
+                .iter()
+                .map(|row| {
+                    serde_json::from_str::<Value>(&row.schema)
+                        .map_or_else(|_| row.schema.clone(), |v| v.to_string())
+                })
+                .collect();
+            let previous: Vec<Previous<'_>> = rows
+                .iter()
+                .zip(parsed.iter().zip(&texts))
+                .map(|(row, (schema, text))| Previous {
+                    version: row.version,
+                    schema,
+                    text,
+                })
+                .collect();
+            compat::check(level, &new.schema, &previous).map_err(ApiError::invalid_schema)
         })
-        .collect();
-    let previous: Vec<Previous<'_>> = against
-        .iter()
-        .zip(parsed.iter().zip(&texts))
-        .map(|(row, (p, text))| Previous {
-            version: row.version,
-            schema: &p.schema,
-            text,
-        })
-        .collect();
-    Ok(compat::check(level, &new.schema, &previous))
+        .await?
 }
 
 /// Whether writes to a subject are refused: its own mode, else the registry's.
@@ -484,7 +583,7 @@ async fn register(
 ) -> Reply {
     check_subject(&subject)?;
     let text = request.text()?;
-    let parsed = request.parse()?;
+    let parsed = request.parse(&db).await?;
     if request.id.is_some_and(|id| id >= 0) {
         return Err(ApiError::not_permitted(format!(
             "Subject {subject} is not in import mode: this registry assigns schema ids itself"
@@ -517,7 +616,7 @@ async fn register(
             "Subject {subject} is not in import mode: the next version is {next_version}, not {version}"
         )));
     }
-    let messages = compatibility_messages(&tx, &subject, &parsed, &live).await?;
+    let messages = compatibility_messages(&tx, &db, &subject, &parsed, &live).await?;
     if !messages.is_empty() {
         return Err(ApiError::incompatible(&subject, &messages));
     }
@@ -539,7 +638,7 @@ async fn lookup(
     params: Params,
     JsonBody(request): JsonBody<SchemaRequest>,
 ) -> Reply {
-    let parsed = request.parse()?;
+    let parsed = request.parse(&db).await?;
     let include_deleted = params.flag("deleted");
     let client = db.client().await?;
     let rows = store::versions(&client, &subject).await?;
@@ -691,9 +790,21 @@ async fn list_schemas(State(db): Db, params: Params) -> Reply {
     Ok(ok(Value::Array(body)))
 }
 
-/// An id in a path. Anything but an integer is no route at all, as in Jersey.
+/// An id in a path. An integer that no id can be (negative, or past the 32-bit range ids
+/// take) is a 40403 like any unknown id; anything but an integer is no route at all, as in
+/// Jersey.
 fn parse_id(text: &str) -> Result<i32, ApiError> {
-    text.trim().parse().map_err(|_| ApiError::no_route())
+    let text = text.trim();
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::no_route());
+    }
+    match text.parse::<i32>() {
+        Ok(id) if id >= 0 => Ok(id),
+        _ => Err(ApiError::schema_id_not_found(crate::text::truncate(
+            text, 32,
+        ))),
+    }
 }
 
 async fn schema_by_id(State(db): Db, Path(id): Path<String>) -> Reply {
@@ -701,7 +812,7 @@ async fn schema_by_id(State(db): Db, Path(id): Path<String>) -> Reply {
     let client = db.client().await?;
     let (schema_type, schema) = store::schema_by_id(&client, id)
         .await?
-        .ok_or_else(|| ApiError::schema_id_not_found(id.into()))?;
+        .ok_or_else(|| ApiError::schema_id_not_found(id))?;
     let mut body = Map::new();
     if schema_type != AVRO {
         body.insert("schemaType".into(), schema_type.into());
@@ -715,18 +826,18 @@ async fn raw_schema_by_id(State(db): Db, Path(id): Path<String>) -> Reply {
     let client = db.client().await?;
     let (_, schema) = store::schema_by_id(&client, id)
         .await?
-        .ok_or_else(|| ApiError::schema_id_not_found(id.into()))?;
+        .ok_or_else(|| ApiError::schema_id_not_found(id))?;
     Ok(ok_text(schema))
 }
 
 /// The subject versions that use an id (live ones unless `deleted=true`); 40403 when none
 /// ever did or all were deleted for good.
-async fn id_usages(db: &Store, id: &str, params: &Params) -> Result<Vec<store::Usage>, ApiError> {
+async fn id_usages(db: &Server, id: &str, params: &Params) -> Result<Vec<store::Usage>, ApiError> {
     let id = parse_id(id)?;
     let client = db.client().await?;
     let usages = store::usages(&client, id).await?;
     if usages.is_empty() {
-        return Err(ApiError::schema_id_not_found(id.into()));
+        return Err(ApiError::schema_id_not_found(id));
     }
     let include_deleted = params.flag("deleted");
     Ok(usages
@@ -766,7 +877,7 @@ enum Against {
 /// `{"is_compatible": …}`, with the messages when `verbose`. An invalid schema is a 42201,
 /// or with `verbose` an incompatible answer that says why, as in Confluent.
 async fn compatibility_answer(
-    db: &Store,
+    db: &Server,
     subject: &str,
     request: &SchemaRequest,
     against: Against,
@@ -783,8 +894,8 @@ async fn compatibility_answer(
                 .ok_or_else(|| ApiError::version_not_found(n))?,
         ],
     };
-    let messages = match request.parse() {
-        Ok(parsed) => compatibility_messages(&client, subject, &parsed, &previous).await?,
+    let messages = match request.parse(db).await {
+        Ok(parsed) => compatibility_messages(&client, db, subject, &parsed, &previous).await?,
         Err(e) if verbose && e.code() == 42201 => vec![e.message().to_string()],
         Err(e) => return Err(e),
     };

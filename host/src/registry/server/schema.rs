@@ -24,9 +24,34 @@ pub(crate) struct ParsedSchema {
     pub fingerprint: Vec<u8>,
 }
 
-/// Parses an Avro schema as registered. The error says what is wrong with it.
+/// Most branches a union of a new schema may have. Avro allows one branch per type and
+/// per name, so only very many named types make a larger union, and checking
+/// compatibility costs the product of two unions' sizes.
+pub(crate) const MAX_UNION_BRANCHES: usize = 1000;
+
+/// Parses a schema to register, strictly: its JSON may not give a key twice (Avro's parser
+/// would keep the last, so the schema would mean something else than it says), and no
+/// union may have more than [`MAX_UNION_BRANCHES`] branches. The error says what is wrong.
 pub(crate) fn parse(text: &str) -> Result<ParsedSchema, String> {
-    let schema = Schema::parse_str(text).map_err(|e| error_chain(&e))?;
+    let json =
+        crate::json::from_str(text).map_err(|e| format!("the schema is not strict JSON: {e}"))?;
+    let schema = Schema::parse(&json).map_err(|e| error_chain(&e))?;
+    if let Some(n) = widest_union(&schema)
+        && n > MAX_UNION_BRANCHES
+    {
+        return Err(format!(
+            "a union has {n} branches; this registry takes at most {MAX_UNION_BRANCHES}"
+        ));
+    }
+    parsed(schema)
+}
+
+/// Parses a schema already in the store, as it was accepted.
+pub(crate) fn parse_registered(text: &str) -> Result<Schema, String> {
+    Schema::parse_str(text).map_err(|e| error_chain(&e))
+}
+
+fn parsed(schema: Schema) -> Result<ParsedSchema, String> {
     let canonical = normalise(&schema)?;
     let fingerprint = fingerprint(AVRO, &canonical);
     Ok(ParsedSchema {
@@ -34,6 +59,24 @@ pub(crate) fn parse(text: &str) -> Result<ParsedSchema, String> {
         canonical,
         fingerprint,
     })
+}
+
+/// The number of branches of the schema's widest union, if it has one.
+fn widest_union(schema: &Schema) -> Option<usize> {
+    match schema {
+        Schema::Union(u) => {
+            let inner = u.variants().iter().filter_map(widest_union).max();
+            Some(inner.map_or(u.variants().len(), |i| i.max(u.variants().len())))
+        }
+        Schema::Record(r) => r
+            .fields
+            .iter()
+            .filter_map(|f| widest_union(&f.schema))
+            .max(),
+        Schema::Array(a) => widest_union(&a.items),
+        Schema::Map(m) => widest_union(&m.types),
+        _ => None,
+    }
 }
 
 /// The normalised form of a parsed schema.
@@ -134,6 +177,30 @@ mod tests {
             "type":{"type":"record","name":"P","fields":[{"name":"x","type":"int"},{"name":"y","type":"int"}]}}]}"#;
         let b = a.replace(r#"{"x":1,"y":2}"#, r#"{"y":2,"x":1}"#);
         assert_eq!(canonical(a), canonical(&b));
+    }
+
+    #[test]
+    fn duplicate_keys_and_huge_unions_are_refused() {
+        let e = parse(r#"{"type":"record","type":"string","name":"R","fields":[]}"#)
+            .err()
+            .unwrap();
+        assert!(e.contains(r#"the key "type" appears twice"#), "{e}");
+        let branches: Vec<String> = (0..=MAX_UNION_BRANCHES)
+            .map(|i| format!(r#"{{"type":"fixed","name":"F{i}","size":1}}"#))
+            .collect();
+        let wide = format!(
+            r#"{{"type":"record","name":"R","fields":[{{"name":"u","type":[{}]}}]}}"#,
+            branches.join(",")
+        );
+        let e = parse(&wide).err().unwrap();
+        assert!(
+            e.contains("a union has 1001 branches; this registry takes at most 1000"),
+            "{e}"
+        );
+        assert!(
+            parse_registered(&wide).is_ok(),
+            "stored schemas parse as accepted"
+        );
     }
 
     #[test]

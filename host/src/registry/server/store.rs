@@ -75,6 +75,7 @@ pub(crate) struct Store {
 }
 
 /// One version of a subject and its schema.
+#[derive(Clone)]
 pub(crate) struct VersionRow {
     pub version: i32,
     pub id: i32,
@@ -174,6 +175,12 @@ fn retriable(e: &PoolError) -> bool {
 }
 
 /// Takes the registry's write lock for the rest of the transaction.
+/// Whether `text` can be stored at all: Postgres text holds no NUL character, so no
+/// stored subject has one, and asking for one is answered without asking Postgres.
+fn storable(text: &str) -> bool {
+    !text.contains('\0')
+}
+
 pub(crate) async fn lock(c: &impl GenericClient) -> Result<(), ApiError> {
     c.execute(LOCK, &[]).await?;
     Ok(())
@@ -184,6 +191,9 @@ pub(crate) async fn versions(
     c: &impl GenericClient,
     subject: &str,
 ) -> Result<Vec<VersionRow>, ApiError> {
+    if !storable(subject) {
+        return Ok(Vec::new());
+    }
     let rows = c
         .query(
             "SELECT v.version, v.schema_id, v.deleted, s.schema_type, s.schema
@@ -214,6 +224,9 @@ pub(crate) async fn subjects(
     deleted_only: bool,
     prefix: &str,
 ) -> Result<Vec<String>, ApiError> {
+    if !storable(prefix) {
+        return Ok(Vec::new());
+    }
     let having = if deleted_only {
         "HAVING bool_and(deleted)"
     } else if include_deleted {
@@ -237,6 +250,9 @@ pub(crate) async fn all_versions(
     include_deleted: bool,
     prefix: &str,
 ) -> Result<Vec<(String, VersionRow)>, ApiError> {
+    if !storable(prefix) {
+        return Ok(Vec::new());
+    }
     let rows = c
         .query(
             "SELECT v.subject, v.version, v.schema_id, v.deleted, s.schema_type, s.schema
@@ -381,6 +397,9 @@ pub(crate) async fn config(
     c: &impl GenericClient,
     subject: &str,
 ) -> Result<Option<Level>, ApiError> {
+    if !storable(subject) {
+        return Ok(None);
+    }
     let row = c
         .query_opt(
             "SELECT compatibility FROM schema_registry_config WHERE subject = $1",
@@ -421,6 +440,9 @@ pub(crate) async fn delete_config(
     c: &impl GenericClient,
     subject: &str,
 ) -> Result<Option<Level>, ApiError> {
+    if !storable(subject) {
+        return Ok(None);
+    }
     let row = c
         .query_opt(
             "DELETE FROM schema_registry_config WHERE subject = $1 RETURNING compatibility",
@@ -435,6 +457,9 @@ pub(crate) async fn mode(
     c: &impl GenericClient,
     subject: &str,
 ) -> Result<Option<String>, ApiError> {
+    if !storable(subject) {
+        return Ok(None);
+    }
     let row = c
         .query_opt(
             "SELECT mode FROM schema_registry_mode WHERE subject = $1",
@@ -464,6 +489,9 @@ pub(crate) async fn delete_mode(
     c: &impl GenericClient,
     subject: &str,
 ) -> Result<Option<String>, ApiError> {
+    if !storable(subject) {
+        return Ok(None);
+    }
     let row = c
         .query_opt(
             "DELETE FROM schema_registry_mode WHERE subject = $1 RETURNING mode",

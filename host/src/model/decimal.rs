@@ -1,22 +1,10 @@
-//! The host side of the `weir:processor` world: the one place `bindgen!` runs.
-#![allow(missing_docs)] // Generated; the WIT file documents every type.
+//! Exact decimals (the contract's `decimal`): to and from 128-bit integers and decimal
+//! notation.
 
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "processor",
-    additional_derives: [PartialEq],
-});
-
-/// The data types of the guest contract (`weir:processor/types`), as the host sees them.
-pub mod types {
-    pub use super::weir::processor::types::*;
-}
-
-pub use self::weir::processor::{logging, metrics};
-
+use super::Decimal;
 use std::fmt;
 
-impl types::Decimal {
+impl Decimal {
     /// The unscaled integer, when it fits in 128 bits.
     pub fn unscaled_i128(&self) -> Option<i128> {
         if self.unscaled.len() > 16 {
@@ -84,7 +72,7 @@ impl types::Decimal {
     }
 }
 
-impl fmt::Display for types::Decimal {
+impl fmt::Display for Decimal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Some(v) = self.unscaled_i128() else {
             return write!(f, "0x{} * 10^-{}", hex::encode(&self.unscaled), self.scale);
@@ -106,7 +94,7 @@ impl fmt::Display for types::Decimal {
 
 #[cfg(test)]
 mod tests {
-    use super::types::Decimal;
+    use super::Decimal;
 
     #[test]
     fn decimals_parse_print_and_encode_minimally() {
