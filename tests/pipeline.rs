@@ -358,6 +358,39 @@ fn exactly_once_through_poison_and_repeated_sigkills() {
     p.assert_exactly_once(&produced);
 }
 
+/// A process that died after committing part of a partition's last record batch
+/// restarts in the middle of that batch. tansu answers a fetch from there with nothing
+/// (no later batch to give instead), and the rest of the batch must still be read.
+#[test]
+fn resumes_from_the_middle_of_a_partitions_last_record_batch() {
+    let db = TestDb::new();
+    let registry = Registry::start(&db.url());
+    let broker = Broker::start();
+    // Ten messages per partition, produced in one burst: one record batch each.
+    let produced = produce(&broker, &registry.url, 30);
+    let p = Pipeline::new(&db.url(), &registry.url, &broker.bootstrap);
+    let port = free_port();
+    let mut child = p.spawn(port);
+    p.wait_for(30, Duration::from_secs(60), &mut [&mut child]);
+    std::thread::sleep(Duration::from_millis(500));
+    kill9(&mut child);
+    // As if it had died with partition 0 committed up to offset 5.
+    weir_tests::run_sql(
+        &db.url(),
+        &format!(
+            "DELETE FROM events WHERE kafka_partition = 0 AND kafka_offset >= 5;
+             UPDATE weir_offsets SET next_offset = 5 WHERE group_id = '{}' AND partition = 0",
+            p.group
+        ),
+    );
+    assert_eq!(p.counts(), (25, 0));
+    let mut child = p.spawn(port);
+    p.wait_for(30, Duration::from_secs(60), &mut [&mut child]);
+    std::thread::sleep(Duration::from_millis(500));
+    kill9(&mut child);
+    p.assert_exactly_once(&produced);
+}
+
 #[test]
 fn exactly_once_through_a_postgres_restart() {
     let db = TestDb::new();

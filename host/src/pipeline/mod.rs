@@ -48,6 +48,10 @@ const DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
 /// How often expired deduplication keys are deleted.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
 
+/// How long a partition positioned past its first offset may get nothing before it is
+/// read again from earlier (see [`Runner::check_silent`]).
+const SILENCE: Duration = Duration::from_secs(2);
+
 /// Session timeout of the group when `kafka.properties` sets no `session.timeout.ms`.
 const DEFAULT_SESSION: Duration = Duration::from_secs(10);
 
@@ -105,9 +109,14 @@ pub struct Runner {
     topics: Vec<String>,
     partitions: Vec<Partition>,
     last_discovery: Option<Instant>,
-    /// How far before the stored offset the next re-read of a partition starts, after the
-    /// broker resumed past it (see [`Runner::process`]).
+    /// How far before the expected offset the last re-read of a partition started (see
+    /// [`Runner::read_earlier`]).
     reread: HashMap<(String, i32), i64>,
+    /// Partitions positioned at an offset the broker has not yet been seen to serve, with
+    /// when they were positioned or last received something: a fetch from the middle of a
+    /// partition's last record batch gets nothing from some brokers (tansu), so silence
+    /// there is checked by reading from earlier.
+    unverified: HashMap<Partition, Instant>,
     last_expiry: Instant,
     /// Cancelled at shutdown: waits for the registry give up.
     stop: CancellationToken,
@@ -342,6 +351,7 @@ impl Runner {
             partitions: Vec::new(),
             last_discovery: None,
             reread: HashMap::new(),
+            unverified: HashMap::new(),
             last_expiry: Instant::now(),
             stop,
             deploys,
@@ -413,6 +423,7 @@ impl Runner {
                     }
                 }
             }
+            self.check_silent()?;
             if self.last_lag.elapsed() >= LAG_INTERVAL {
                 self.measure_lag().await;
             }
@@ -467,6 +478,8 @@ impl Runner {
             for p in &lost {
                 self.positions.remove(p);
                 self.dispatched.remove(p);
+                self.unverified.remove(p);
+                self.reread.remove(p);
                 self.new_epoch(p);
                 if let Some(relay) = &self.shared.relay {
                     relay.revoke(p);
@@ -485,6 +498,7 @@ impl Runner {
             let p = (topic.clone(), *partition);
             self.positions.insert(p.clone(), stored);
             self.dispatched.insert(p.clone(), stored);
+            self.positioned(&p, stored);
             self.new_epoch(&p);
             if let (Some(relay), Some(route)) = (&self.shared.relay, self.by_topic.get(topic)) {
                 let route = &self.shared.routes[*route];
@@ -528,32 +542,41 @@ impl Runner {
             }
         };
         if let Some(next) = next {
+            let last = batch.messages.last().map(|m| m.offset);
             batch.messages.retain(|m| m.offset >= next);
             match batch.messages.first() {
-                None => return Ok(()),
+                None => {
+                    if last == Some(next - 1) {
+                        // The message before the expected one, and nothing after it: the
+                        // partition ends there.
+                        self.unverified.remove(&key);
+                    } else if let Some(since) = self.unverified.get_mut(&key) {
+                        // Still reading up to it.
+                        *since = Instant::now();
+                    }
+                    return Ok(());
+                }
                 Some(first) if first.offset > next => {
                     // The broker resumed after the expected offset. Some brokers answer a
                     // fetch from the middle of a record batch with the next batch, so read
                     // again from further back (the part already handed out is trimmed
                     // above), further each time.
-                    let back = self.reread.get(&key).map_or(512, |b| b * 4);
-                    self.reread.insert(key.clone(), back);
-                    let from = (next - back).max(0);
+                    let got = first.offset;
+                    let from = self.read_earlier(&key, next)?;
                     tracing::warn!(
                         topic = %key.0,
                         partition = key.1,
                         expected = next,
-                        got = first.offset,
+                        got,
                         from,
                         "Fetch resumed past the expected offset; reading again from earlier"
                     );
-                    self.source.seek(&key.0, key.1, from)?;
                     return Ok(());
                 }
-                Some(_) => {
-                    self.reread.remove(&key);
-                }
+                Some(_) => {}
             }
+            self.reread.remove(&key);
+            self.unverified.remove(&key);
         }
         let Some(&route) = self.by_topic.get(&key.0) else {
             anyhow::bail!(
@@ -581,7 +604,18 @@ impl Runner {
             route,
             epoch,
         };
-        if self.workers[lane].send(job).await.is_err() {
+        let sent = match self.workers[lane].try_send(job) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                let sent = self.workers[lane].send(job).await.map_err(|_| ());
+                // Nothing was read while waiting: that is no silence of the partitions.
+                let now = Instant::now();
+                self.unverified.values_mut().for_each(|t| *t = now);
+                sent
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+        };
+        if sent.is_err() {
             // The worker stopped: its report says why.
             while let Some(report) = self.reports.recv().await {
                 self.on_report(report)?;
@@ -646,10 +680,70 @@ impl Runner {
         self.new_epoch(&partition);
         self.positions.insert(partition.clone(), stored);
         self.dispatched.insert(partition.clone(), stored);
+        self.reread.remove(&partition);
+        self.positioned(&partition, stored);
         if let Some(offset) = stored {
             // Harmless if the partition is no longer ours.
             let _ = self.source.seek(&partition.0, partition.1, offset);
         }
+    }
+
+    /// Notes where a partition was positioned: past its first offset, the broker has yet
+    /// to be seen serving it.
+    fn positioned(&mut self, partition: &Partition, at: Option<i64>) {
+        if at.is_some_and(|o| o > 0) {
+            self.unverified.insert(partition.clone(), Instant::now());
+        } else {
+            self.unverified.remove(partition);
+        }
+    }
+
+    /// Moves a partition's reading to further before `next` than its last re-read (512
+    /// offsets, then four times as far each time, down to the beginning); the part before
+    /// `next` is trimmed when it arrives. Where it reads from.
+    fn read_earlier(&mut self, key: &Partition, next: i64) -> anyhow::Result<i64> {
+        let back = self.reread.get(key).map_or(512, |b| b.saturating_mul(4));
+        self.reread.insert(key.clone(), back);
+        let from = (next - back).max(0);
+        self.source.seek(&key.0, key.1, from)?;
+        if let Some(since) = self.unverified.get_mut(key) {
+            *since = Instant::now();
+        }
+        Ok(from)
+    }
+
+    /// Reads again from earlier each partition that got nothing for [`SILENCE`] after it
+    /// was positioned. A broker that answers a fetch from the middle of a partition's last
+    /// record batch with nothing (tansu) would otherwise hold the partition there until
+    /// more is produced to it; at the true end, the re-read ends just before the expected
+    /// offset, and the partition waits for new messages as before.
+    fn check_silent(&mut self) -> anyhow::Result<()> {
+        let silent: Vec<Partition> = self
+            .unverified
+            .iter()
+            .filter(|(p, since)| since.elapsed() >= SILENCE && !self.source.holds(&p.0, p.1))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for key in silent {
+            let Some(Some(next)) = self.dispatched.get(&key).copied() else {
+                self.unverified.remove(&key);
+                continue;
+            };
+            if self.reread.get(&key).is_some_and(|b| next - b <= 0) {
+                // Already read from the beginning: nothing before was held back.
+                self.unverified.remove(&key);
+                continue;
+            }
+            let from = self.read_earlier(&key, next)?;
+            tracing::debug!(
+                topic = %key.0,
+                partition = key.1,
+                expected = next,
+                from,
+                "Nothing arrived from the expected offset; reading again from earlier"
+            );
+        }
+        Ok(())
     }
 
     /// Forgets deduplication keys older than each pipeline's retention.

@@ -319,6 +319,13 @@ impl KafkaSource {
             .map_err(|e| SourceError::Fatal(format!("seek {topic}[{partition}] to {offset}: {e}")))
     }
 
+    /// Whether messages of this partition are waiting for their batch to fill or linger out.
+    pub fn holds(&self, topic: &str, partition: i32) -> bool {
+        self.pending
+            .iter()
+            .any(|p| p.partition == partition && p.topic == topic)
+    }
+
     fn drop_pending(&mut self, topic: &str, partition: i32) {
         self.pending
             .retain(|p| !(p.partition == partition && p.topic == topic));
