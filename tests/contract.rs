@@ -6,7 +6,7 @@
 //! once through SIGKILLs and while Kafka refuses the relay.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1426,4 +1426,216 @@ fn emits_back_up_in_the_outbox_while_kafka_refuses_the_relay_then_drain_exactly_
     }
     assert_eq!(seen.len() as i64, N, "every emit produced");
     assert!(seen.values().all(|n| *n == 1), "none twice");
+}
+
+const FLAG: &str = r#"{"type":"record","name":"Flag","namespace":"weir.test","fields":[
+  {"name":"n","type":"long"},{"name":"misbehave","type":"boolean"}]}"#;
+
+/// A `weir guest …` command against the admin API at `admin`; its output.
+fn guest_admin(admin: &str, token: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec![
+        "guest",
+        args[0],
+        "--admin",
+        admin,
+        "--token-file",
+        token.to_str().unwrap(),
+    ];
+    all.extend(&args[1..]);
+    weir_tests::weir(&all)
+}
+
+/// The shadow report of guest `marker`.
+fn shadow_report(admin: &str, token: &Path) -> weir::model::ShadowReport {
+    let out = guest_admin(
+        admin,
+        token,
+        &["diff", "--json", "--limit", "10000", "marker"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn shadow_candidates_are_compared_never_written_and_promoted_through_the_barrier() {
+    let db = TestDb::new();
+    let registry = Registry::start(&db.url());
+    let broker = Broker::start();
+    weir_tests::run_sql(
+        &db.url(),
+        "CREATE TABLE marked (kafka_partition int NOT NULL, kafka_offset bigint NOT NULL,
+            marker text NOT NULL, batch_first bigint NOT NULL, batch_len int NOT NULL,
+            guest_version text NOT NULL)",
+    );
+    const N: i64 = 20_000;
+    // One message in a hundred makes the `spin` fixture loop to its deadline.
+    let flags = |range: std::ops::Range<i64>| {
+        range
+            .map(|i| Out {
+                partition: (i % 3) as i32,
+                key: format!("k{}", i % 7),
+                fields: vec![
+                    ("n", Avro::Long(i)),
+                    ("misbehave", Avro::Boolean(i % 100 == 50)),
+                ],
+                headers: Vec::new(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let producer = stream(
+        &broker.bootstrap,
+        &registry.url,
+        "flags",
+        FLAG,
+        N,
+        250,
+        flags,
+    );
+    let run = Run::new(&db.url(), &registry.url, &broker.bootstrap);
+    run.install("fixture_marker_a", "marker");
+    let token = run.dir.path().join("admin-token");
+    std::fs::write(&token, "shadow-token").unwrap();
+    let admin_port = free_port();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let pipeline = format!(
+        "  - name: flags\n    topic: flags\n    guest: marker.wasm\n    batch: {{size: 100, linger: 20ms}}\n    limits: {{deadline: 200ms}}\n    tables: [marked]\n    version_column: guest_version\nadmin:\n  listen: \"127.0.0.1:{admin_port}\"\n  token_file: \"{}\"\n",
+        token.display()
+    );
+    let port = free_port();
+    let mut child = run.spawn(port, &pipeline);
+    run.wait_committed("flags", 500, &mut [&mut child]);
+    let a = std::fs::read(guest_path("fixture_marker_a")).unwrap();
+    let sha_a = weir_tests::sha(&a);
+    let file = |name: &str, bytes: &[u8]| {
+        let path = run.dir.path().join(format!("{name}.wasm"));
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let shadow = |path: &str| {
+        let out = guest_admin(&admin, &token, &["deploy", "--shadow", "marker", path]);
+        assert!(out.status.success(), "{out:?}\n{}", run.logs());
+    };
+    // Until the candidate has compared `n` more messages than `from`.
+    let compared = |from: i64, n: i64| {
+        wait_until(
+            Duration::from_secs(120),
+            Duration::from_millis(200),
+            || shadow_report(&admin, &token).compared >= from + n,
+            || format!("the candidate compared too little; logs:\n{}", run.logs()),
+        );
+        shadow_report(&admin, &token)
+    };
+
+    // The same behaviour in other bytes: compared, no difference.
+    let same = weir_tests::sha(&weir_tests::variant(&a, 1));
+    shadow(&file("same", &weir_tests::variant(&a, 1)));
+    let report = compared(0, 500);
+    assert_eq!(report.sha256, same);
+    assert_eq!((report.differing, report.diffs.len()), (0, 0), "{report:?}");
+
+    // A candidate that loops to its deadline on some messages and writes another table on
+    // the rest: every message it ran differs, the live pipeline goes on as before.
+    shadow(&file(
+        "spin",
+        &std::fs::read(guest_path("fixture_spin")).unwrap(),
+    ));
+    let before = run.committed("flags");
+    let report = compared(0, 300);
+    assert_eq!(report.differing, report.compared, "{report:?}");
+    assert!(
+        report
+            .diffs
+            .iter()
+            .all(|d| d.kind == "rows" || d.kind == "dead_letter"),
+        "{report:?}"
+    );
+    run.wait_committed("flags", before + 1000, &mut [&mut child]);
+    let out = guest_admin(&admin, &token, &["discard", "marker"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = guest_admin(&admin, &token, &["diff", "marker"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no shadow candidate"),
+        "{out:?}"
+    );
+
+    // A deliberate difference: marker "b" for "a", on every message, and nothing else.
+    let b = std::fs::read(guest_path("fixture_marker_b")).unwrap();
+    shadow(&file("b", &b));
+    let report = compared(0, 500);
+    assert_eq!(report.differing, report.compared, "{report:?}");
+    assert_eq!(report.diffs.len() as i64, report.differing.min(10_000));
+    for d in &report.diffs {
+        assert_eq!(d.kind, "rows", "{d:?}");
+        assert!(d.live.contains("marker=\"a\""), "{d:?}");
+        assert_eq!(
+            d.live.replace("marker=\"a\"", "marker=\"b\""),
+            d.candidate,
+            "{d:?}"
+        );
+    }
+    let metrics = scrape(port);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("weir_shadow_differences_total{guest=\"marker\",kind=\"rows\"}")),
+        "{metrics}"
+    );
+    // Nothing the candidates made was written.
+    let written = |sql: &str| query(&db.url(), sql)[0].get::<_, i64>(0);
+    assert_eq!(
+        written("SELECT count(*) FROM marked WHERE marker <> 'a'"),
+        0
+    );
+    assert_eq!(
+        written(&format!(
+            "SELECT count(*) FROM marked WHERE guest_version <> '{sha_a}'"
+        )),
+        0
+    );
+
+    // Promoted through the barrier: every partition switches to "b" at a recorded offset.
+    let out = guest_admin(&admin, &token, &["promote", "marker"]);
+    assert!(out.status.success(), "{out:?}\n{}", run.logs());
+    let out = guest_admin(&admin, &token, &["diff", "marker"]);
+    assert!(
+        !out.status.success(),
+        "the shadow run ended with the promote"
+    );
+    producer.join().unwrap();
+    run.wait_committed("flags", N, &mut [&mut child]);
+    kill9(&mut child);
+    assert_eq!(written("SELECT count(*) FROM marked"), N);
+    assert_eq!(
+        written("SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM marked"),
+        N
+    );
+    assert_eq!(written("SELECT count(*) FROM dead_letters"), 0);
+    // Each row ran with the version live at its offset.
+    assert_eq!(
+        written(&format!(
+            "SELECT count(*) FROM marked m JOIN weir_switches s
+                ON s.group_id = '{}' AND s.guest = 'marker' AND s.version = 2
+               AND s.partition = m.kafka_partition
+             WHERE (m.kafka_offset >= s.from_offset) <> (m.marker = 'b')",
+            run.group
+        )),
+        0
+    );
+    assert_eq!(
+        written(&format!(
+            "SELECT count(*) FROM weir_switches WHERE group_id = '{}' AND version = 2",
+            run.group
+        )),
+        3
+    );
+    assert!(written("SELECT count(*) FROM marked WHERE marker = 'b'") > 0);
+    let history = query(
+        &db.url(),
+        &format!(
+            "SELECT kind FROM weir_deployments WHERE group_id = '{}' AND version = 2",
+            run.group
+        ),
+    );
+    assert_eq!(history[0].get::<_, String>(0), "promote");
 }

@@ -8,17 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use weir::admin::{AdminState, ErrorReply, GuestList, SwapReply, TokenSource};
 use weir::runtime::{
     GuestId, GuestLimits, GuestSet, HostEvents, Level, Runtime, RuntimeConfig, Swapped,
     watch::Watcher,
 };
-use weir_tests::{Broker, Registry, TestDb, free_port, guest_path, query, rt, weir, weir_bin};
-
-fn sha(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+use weir_tests::{
+    Broker, Registry, TestDb, free_port, guest_path, query, rt, sha, variant, weir, weir_bin,
+};
 
 fn bytes(guest: &str) -> Vec<u8> {
     std::fs::read(guest_path(guest)).unwrap()
@@ -649,20 +646,6 @@ fn twenty_swaps_under_load_lose_duplicate_and_mix_nothing() {
         !log.contains("load-test-token"),
         "the admin token appears in the log"
     );
-}
-
-/// `component` with a custom section appended: the same guest, another sha256.
-fn variant(component: &[u8], n: u32) -> Vec<u8> {
-    let name = b"weir-test-variant";
-    let payload = n.to_le_bytes();
-    let mut section = vec![name.len() as u8];
-    section.extend_from_slice(name);
-    section.extend_from_slice(&payload);
-    let mut out = component.to_vec();
-    out.push(0);
-    out.push(section.len() as u8);
-    out.extend(section);
-    out
 }
 
 /// One `weir run` of a group, with its admin API.

@@ -622,3 +622,23 @@ pub fn query_one_i64(url: &str, sql: &str) -> i64 {
     .join()
     .unwrap_or(0)
 }
+
+/// sha256 of `bytes`, in hex: a guest version.
+pub fn sha(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// `component` with a custom section appended: the same guest, another sha256.
+pub fn variant(component: &[u8], n: u32) -> Vec<u8> {
+    let name = b"weir-test-variant";
+    let payload = n.to_le_bytes();
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    let mut out = component.to_vec();
+    out.push(0);
+    out.push(section.len() as u8);
+    out.extend(section);
+    out
+}

@@ -1109,6 +1109,8 @@ async fn sinks_starting_together_create_their_tables_once() {
             vec![s("weir_offsets")],
             vec![s("weir_outbox")],
             vec![s("weir_relay")],
+            vec![s("weir_shadow_diffs")],
+            vec![s("weir_shadows")],
             vec![s("weir_state")],
             vec![s("weir_switches")]
         ]

@@ -11,6 +11,14 @@
 //!   there is none.
 //! - `GET /guests/{name}/history`: every version deployed to the group, oldest first, with
 //!   where it came from, when it was live, and the offset it ran from on each partition.
+//! - `PUT /guests/{name}/shadow` with a `.wasm` body: run it as the shadow candidate on
+//!   every member, next to the live version on the same batches; its outcomes are
+//!   compared with the live version's and never written. 422 when refused (it does not
+//!   load, or the guest keeps state or runs lookups).
+//! - `GET /guests/{name}/diff?limit=N`: the candidate, the messages compared and
+//!   differing, batches skipped while it was busy, and the latest N differences (100).
+//! - `POST /guests/{name}/promote`: make the candidate live, as a deploy does, and end the
+//!   shadow run. `DELETE /guests/{name}/shadow`: end it. 404 when none runs.
 //!
 //! Under `weir run`, a deploy or rollback reaches the whole group (see
 //! [`crate::pipeline::deploys`]): the answer comes once the version is live on every
@@ -27,7 +35,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -36,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::config::AdminConfig;
-use crate::model::Deployment;
+use crate::model::{Deployment, ShadowReport};
 use crate::runtime::{DeployError, Deployer, GuestSet, GuestStatus, Swapped};
 use crate::serve::ListenerLimits;
 
@@ -207,6 +215,12 @@ pub fn router(state: AdminState) -> Router {
         .route("/guests/{name}", axum::routing::put(deploy))
         .route("/guests/{name}/rollback", post(rollback))
         .route("/guests/{name}/history", get(history))
+        .route(
+            "/guests/{name}/shadow",
+            axum::routing::put(shadow).delete(discard),
+        )
+        .route("/guests/{name}/promote", post(promote))
+        .route("/guests/{name}/diff", get(diff))
         .layer(DefaultBodyLimit::max(state.max_body))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
@@ -289,25 +303,10 @@ async fn deploy(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
+    let body = match module(&state, body) {
         Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return closing(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the module is larger than admin.max_body ({} bytes)",
-                    state.max_body
-                ),
-            ));
-        }
-        Err(e) => return error(e.status(), e.body_text()),
+        Err(response) => return *response,
     };
-    if body.is_empty() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "empty body: send the .wasm component as the request body",
-        );
-    }
     tracing::info!(guest = %name, bytes = body.len(), "Admin API: deploying a new guest version");
     let deployer = state.deployer.clone();
     let deploying = name.clone();
@@ -333,6 +332,142 @@ async fn deploy(
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("deploying failed: {e}"),
+        ),
+    }
+}
+
+/// A request's `.wasm` body, or the answer refusing it.
+fn module(state: &AdminState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Box<Response>> {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(Box::new(closing(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the module is larger than admin.max_body ({} bytes)",
+                    state.max_body
+                ),
+            ))));
+        }
+        Err(e) => return Err(Box::new(error(e.status(), e.body_text()))),
+    };
+    if body.is_empty() {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "empty body: send the .wasm component as the request body",
+        )));
+    }
+    Ok(body)
+}
+
+/// `PUT /guests/{name}/shadow`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowStarted {
+    /// Guest name.
+    pub name: String,
+    /// sha256 of the candidate.
+    pub candidate: String,
+    /// sha256 of the live version it runs next to.
+    pub live: String,
+}
+
+async fn shadow(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match module(&state, body) {
+        Ok(b) => b,
+        Err(response) => return *response,
+    };
+    tracing::info!(guest = %name, bytes = body.len(), "Admin API: starting a shadow candidate");
+    let deployer = state.deployer.clone();
+    let guest = name.clone();
+    let result =
+        tokio::task::spawn_blocking(move || deployer.shadow(&guest, &body, "admin API shadow"))
+            .await;
+    match result {
+        Ok(Ok(candidate)) => {
+            let live = state.guests.version(&name).unwrap_or_default();
+            axum::Json(ShadowStarted {
+                name,
+                candidate,
+                live,
+            })
+            .into_response()
+        }
+        Ok(Err(e)) => deploy_error(e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("starting the shadow run failed: {e}"),
+        ),
+    }
+}
+
+async fn promote(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    let deployer = state.deployer.clone();
+    let guest = name.clone();
+    let result =
+        tokio::task::spawn_blocking(move || deployer.promote(&guest, "admin API promote")).await;
+    match result {
+        Ok(Ok(Some(s))) => axum::Json(reply(s)).into_response(),
+        Ok(Ok(None)) => {
+            let current = state.guests.version(&name).unwrap_or_default();
+            axum::Json(SwapReply {
+                name,
+                changed: false,
+                old_version: current.clone(),
+                version: current,
+            })
+            .into_response()
+        }
+        Ok(Err(e)) => deploy_error(e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("promoting failed: {e}"),
+        ),
+    }
+}
+
+/// `DELETE /guests/{name}/shadow`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowEnded {
+    /// Guest name.
+    pub name: String,
+}
+
+async fn discard(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    let deployer = state.deployer.clone();
+    let guest = name.clone();
+    match tokio::task::spawn_blocking(move || deployer.discard(&guest)).await {
+        Ok(Ok(())) => axum::Json(ShadowEnded { name }).into_response(),
+        Ok(Err(e)) => deploy_error(e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("ending the shadow run failed: {e}"),
+        ),
+    }
+}
+
+/// `GET /guests/{name}/diff`'s query.
+#[derive(Debug, Deserialize)]
+struct DiffQuery {
+    limit: Option<i64>,
+}
+
+async fn diff(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(q): Query<DiffQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(100).clamp(0, 10_000);
+    let deployer = state.deployer.clone();
+    match tokio::task::spawn_blocking(move || deployer.diff(&name, limit)).await {
+        Ok(Ok(report)) => axum::Json::<ShadowReport>(report).into_response(),
+        Ok(Err(e)) => deploy_error(e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the differences failed: {e}"),
         ),
     }
 }
@@ -384,10 +519,12 @@ fn reply(s: Swapped) -> SwapReply {
 
 fn deploy_error(e: DeployError) -> Response {
     let status = match &e {
-        DeployError::Unknown(_) | DeployError::NoHistory(_) => StatusCode::NOT_FOUND,
-        DeployError::Refused(_) | DeployError::RefusedByMember { .. } => {
-            StatusCode::UNPROCESSABLE_ENTITY
+        DeployError::Unknown(_) | DeployError::NoHistory(_) | DeployError::NoShadow(_) => {
+            StatusCode::NOT_FOUND
         }
+        DeployError::Refused(_)
+        | DeployError::RefusedByMember { .. }
+        | DeployError::ShadowUnsupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
         DeployError::NoPrevious(_) | DeployError::Busy(_) => StatusCode::CONFLICT,
         DeployError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
     };

@@ -1,5 +1,5 @@
-//! `weir guest deploy`, `weir guest list` and `weir guest rollback`: clients of a running
-//! `weir run`'s admin API.
+//! `weir guest deploy` (also `--shadow`), `list`, `history`, `rollback`, `promote`, `discard`
+//! and `diff`: clients of a running `weir run`'s admin API.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use crate::admin::{ErrorReply, GuestList, History, SwapReply, TokenSource};
+use crate::admin::{
+    ErrorReply, GuestList, History, ShadowEnded, ShadowStarted, SwapReply, TokenSource,
+};
+use crate::model::ShadowReport;
 
 /// Where the admin API is and how to authenticate.
 #[derive(Debug, Clone, Args)]
@@ -80,9 +83,34 @@ impl Client {
 }
 
 /// `weir guest deploy NAME FILE.wasm`.
-pub async fn deploy(args: &AdminArgs, name: &str, file: &PathBuf) -> anyhow::Result<ExitCode> {
+pub async fn deploy(
+    args: &AdminArgs,
+    name: &str,
+    file: &PathBuf,
+    shadow: bool,
+) -> anyhow::Result<ExitCode> {
     let client = Client::new(args)?;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if shadow {
+        let url = format!("{}/guests/{name}/shadow", client.base);
+        let reply: ShadowStarted = client
+            .send(
+                client
+                    .http
+                    .put(url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+                    .body(bytes),
+            )
+            .await?;
+        println!(
+            "Shadowing {}: candidate {} runs next to live {} on every member; see `weir guest diff {}`",
+            reply.name,
+            short(&reply.candidate),
+            short(&reply.live),
+            reply.name
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let url = format!("{}/guests/{name}", client.base);
     let reply: SwapReply = client
         .send(
@@ -107,6 +135,76 @@ pub async fn deploy(args: &AdminArgs, name: &str, file: &PathBuf) -> anyhow::Res
 }
 
 /// `weir guest rollback NAME`.
+/// `weir guest promote`.
+pub async fn promote(args: &AdminArgs, name: &str) -> anyhow::Result<ExitCode> {
+    let client = Client::new(args)?;
+    let url = format!("{}/guests/{name}/promote", client.base);
+    let reply: SwapReply = client.send(client.http.post(url)).await?;
+    if reply.changed {
+        println!(
+            "Promoted {}'s shadow candidate: {} -> {}",
+            reply.name,
+            short(&reply.old_version),
+            short(&reply.version)
+        );
+    } else {
+        println!(
+            "{} already runs {}; the shadow run ended",
+            reply.name,
+            short(&reply.version)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weir guest discard`.
+pub async fn discard(args: &AdminArgs, name: &str) -> anyhow::Result<ExitCode> {
+    let client = Client::new(args)?;
+    let url = format!("{}/guests/{name}/shadow", client.base);
+    let reply: ShadowEnded = client.send(client.http.delete(url)).await?;
+    println!("Ended the shadow run of {}", reply.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weir guest diff`.
+pub async fn diff(
+    args: &AdminArgs,
+    name: &str,
+    limit: i64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::new(args)?;
+    let report: ShadowReport = client
+        .send(
+            client
+                .http
+                .get(format!("{}/guests/{name}/diff?limit={limit}", client.base)),
+        )
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{}: candidate {} (since {}, by {})",
+        report.guest,
+        short(&report.sha256),
+        report.started_at,
+        report.origin
+    );
+    println!(
+        "compared {} messages, {} differing; {} batches skipped while the candidate was busy",
+        report.compared, report.differing, report.skipped
+    );
+    for d in &report.diffs {
+        println!(
+            "{} {}[{}]@{} {}\n  live:      {}\n  candidate: {}",
+            d.pipeline, d.topic, d.partition, d.offset, d.kind, d.live, d.candidate
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn rollback(args: &AdminArgs, name: &str) -> anyhow::Result<ExitCode> {
     let client = Client::new(args)?;
     let url = format!("{}/guests/{name}/rollback", client.base);

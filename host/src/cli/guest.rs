@@ -1,4 +1,5 @@
-//! `weir guest check` and `weir guest run`; `deploy`, `list` and `rollback` are in
+//! `weir guest check` and `weir guest run`; `deploy`, `list`, `history`, `rollback`,
+//! `promote`, `discard` and `diff` are in
 //! [`super::admin`].
 
 use std::collections::HashMap;
@@ -46,6 +47,40 @@ pub enum GuestCommand {
         name: String,
         /// The new version (.wasm).
         file: PathBuf,
+        /// Run it as a shadow candidate instead: next to the live version on the same
+        /// batches on every member, its outcomes compared (`weir guest diff`) and never
+        /// written, until `weir guest promote` or `weir guest discard`.
+        #[arg(long)]
+        shadow: bool,
+    },
+    /// Make the shadow candidate of a guest live on the group (as a deploy does) and end
+    /// its shadow run.
+    Promote {
+        #[command(flatten)]
+        admin: super::admin::AdminArgs,
+        /// The guest name.
+        name: String,
+    },
+    /// End the shadow run of a guest, forgetting its differences.
+    Discard {
+        #[command(flatten)]
+        admin: super::admin::AdminArgs,
+        /// The guest name.
+        name: String,
+    },
+    /// Show how a guest's shadow candidate compares with the live version: messages
+    /// compared and differing, and the latest differences (rows, emits, dead letters).
+    Diff {
+        #[command(flatten)]
+        admin: super::admin::AdminArgs,
+        /// Print the admin API's JSON answer.
+        #[arg(long)]
+        json: bool,
+        /// How many of the latest differences to show.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// The guest name.
+        name: String,
     },
     /// List the guests of a running `weir run`: version, load time, calls, errors, topics.
     List {
@@ -133,9 +168,24 @@ pub fn run(cmd: GuestCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         GuestCommand::Check { file } => check(&file),
         GuestCommand::Run(args) => run_jsonl(args),
-        GuestCommand::Deploy { admin, name, file } => {
-            super::block_on(super::admin::deploy(&admin, &name, &file))
+        GuestCommand::Deploy {
+            admin,
+            name,
+            file,
+            shadow,
+        } => super::block_on(super::admin::deploy(&admin, &name, &file, shadow)),
+        GuestCommand::Promote { admin, name } => {
+            super::block_on(super::admin::promote(&admin, &name))
         }
+        GuestCommand::Discard { admin, name } => {
+            super::block_on(super::admin::discard(&admin, &name))
+        }
+        GuestCommand::Diff {
+            admin,
+            json,
+            limit,
+            name,
+        } => super::block_on(super::admin::diff(&admin, &name, limit, json)),
         GuestCommand::List { admin, json } => super::block_on(super::admin::list(&admin, json)),
         GuestCommand::History { admin, json, name } => {
             super::block_on(super::admin::history(&admin, &name, json))

@@ -71,6 +71,9 @@ pub struct Metrics {
     emitted: Family<Labels1, Counter>,
     produced: Family<Labels1, Counter>,
     produce_errors: Family<Labels1, Counter>,
+    shadow_compared: Family<Labels1, Counter>,
+    shadow_differences: Family<Labels2, Counter>,
+    shadow_skipped: Family<Labels1, Counter>,
     events: Arc<MetricsEvents>,
 }
 
@@ -111,6 +114,9 @@ impl Metrics {
             emitted: Family::default(),
             produced: Family::default(),
             produce_errors: Family::default(),
+            shadow_compared: Family::default(),
+            shadow_differences: Family::default(),
+            shadow_skipped: Family::default(),
             events: Arc::new(MetricsEvents::default()),
         };
         let mut registry = Registry::default();
@@ -176,6 +182,21 @@ impl Metrics {
             "weir_produce_errors",
             "Outbox messages Kafka refused to take (the relay retries them), by destination topic",
             m.produce_errors.clone(),
+        );
+        registry.register(
+            "weir_shadow_compared",
+            "Messages run by a guest's shadow candidate and its live version and compared, by guest",
+            m.shadow_compared.clone(),
+        );
+        registry.register(
+            "weir_shadow_differences",
+            "Messages whose outcome differed between a shadow candidate and the live version, by guest and what differed (rows, emits, dead_letter)",
+            m.shadow_differences.clone(),
+        );
+        registry.register(
+            "weir_shadow_skipped_batches",
+            "Batches a shadow candidate did not run because it was still busy with earlier ones, by guest",
+            m.shadow_skipped.clone(),
         );
         registry.register(
             "weir_consumer_lag",
@@ -283,6 +304,28 @@ impl Metrics {
         self.produced
             .get_or_create(&label("topic", topic))
             .inc_by(n);
+    }
+
+    /// A shadow candidate of `guest` ran `n` messages beside the live version.
+    pub fn shadow_compared(&self, guest: &str, n: u64) {
+        self.shadow_compared
+            .get_or_create(&label("guest", guest))
+            .inc_by(n);
+    }
+
+    /// A message's outcome differed between `guest`'s candidate and live version in
+    /// `kind` (rows, emits or dead_letter).
+    pub fn shadow_difference(&self, guest: &str, kind: &str) {
+        self.shadow_differences
+            .get_or_create(&labels(("guest", guest), ("kind", kind)))
+            .inc();
+    }
+
+    /// A batch of `guest` went without its shadow run.
+    pub fn shadow_skipped(&self, guest: &str) {
+        self.shadow_skipped
+            .get_or_create(&label("guest", guest))
+            .inc();
     }
 
     /// Kafka refused `n` messages for `topic`.

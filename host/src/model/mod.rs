@@ -18,7 +18,7 @@ mod state;
 pub mod v1;
 pub mod v2;
 
-pub use deployment::{Deployment, Switch};
+pub use deployment::{Deployment, ShadowDiff, ShadowReport, Switch};
 pub use output::{Interner, TargetKey};
 pub use record::{Body, Field, Layout, Record, batch_of};
 pub use stage::{DeadLetter, Stage};

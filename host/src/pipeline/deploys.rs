@@ -14,6 +14,10 @@
 //!    with it is rolled back and read again with the new one. The switch records, per
 //!    partition, the offset the new version runs from.
 //!
+//! A shadow candidate ([`Deployer::shadow`]) is stored beside the live version; every
+//! member runs it next to the live one on the same batches ([`super::shadow`]), and a
+//! promote deploys it as above.
+//!
 //! A member that starts (or restarts) runs the group's live version, whatever its files
 //! hold; a guest file whose contents the group has never deployed (a new image, a changed
 //! ConfigMap) is deployed like any other version, while one it deployed before (the
@@ -28,7 +32,7 @@ use anyhow::Context;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::Deployment;
+use crate::model::{Deployment, ShadowReport};
 use crate::runtime::{DeployError, Deployer, GuestSet, Prepared, Swapped};
 use crate::sink::deployments::{DeployKind, Deploying, Live, Store};
 
@@ -288,6 +292,39 @@ impl GroupDeploys {
                 tracing::error!(guest = %live.guest, version = live.version, error = %format!("{e:#}"), "Cannot run the group's live guest version; its batches wait");
             }
         }
+        self.follow_shadows().await
+    }
+
+    /// Runs here the shadow candidates the group runs, and no others.
+    async fn follow_shadows(&self) -> anyhow::Result<()> {
+        let shadows = self.with_store(async |s| s.shadows().await).await?;
+        for (name, _) in self.managed() {
+            let wanted = shadows.iter().find(|(g, _)| *g == name).map(|(_, sha)| sha);
+            let running = self.guests.shadow_version(&name);
+            match wanted {
+                None => {
+                    self.guests.clear_shadow(&name);
+                }
+                Some(sha) if running.as_ref() != Some(sha) => {
+                    let guest = name.clone();
+                    let Some((sha, module)) = self
+                        .with_store(async move |s| s.shadow_module(&guest).await)
+                        .await?
+                    else {
+                        continue;
+                    };
+                    let origin = format!("group shadow candidate {} of {name}", &sha[..12]);
+                    let started = match self.prepare(&name, module, &origin).await {
+                        Ok(p) => self.guests.install_shadow(p, &origin),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = started {
+                        tracing::warn!(guest = %name, sha256 = %sha, error = %e, "Cannot run the group's shadow candidate here; the live version is unaffected");
+                    }
+                }
+                Some(_) => {}
+            }
+        }
         Ok(())
     }
 
@@ -438,5 +475,75 @@ impl Deployer for GroupDeploys {
         self.handle
             .block_on(self.with_store(async move |s| s.history(&guest).await))
             .map_err(|e| unavailable(name, e))
+    }
+
+    fn shadow(&self, name: &str, bytes: &[u8], origin: &str) -> Result<String, DeployError> {
+        if !self.manages(name) {
+            return Err(DeployError::Unknown(name.to_string()));
+        }
+        self.handle.block_on(async {
+            let prepared = self.prepare(name, bytes.to_vec(), origin).await?;
+            let sha = prepared.version().to_string();
+            // Refused here (state, lookups) before the group hears of it.
+            self.guests.install_shadow(prepared, origin)?;
+            let (guest, module, o, h) = (
+                name.to_string(),
+                bytes.to_vec(),
+                origin.to_string(),
+                sha.clone(),
+            );
+            if let Err(e) = self
+                .with_store(async move |s| s.set_shadow(&guest, &h, &module, &o).await)
+                .await
+            {
+                self.guests.clear_shadow(name);
+                return Err(unavailable(name, e));
+            }
+            Ok(sha)
+        })
+    }
+
+    fn promote(&self, name: &str, origin: &str) -> Result<Option<Swapped>, DeployError> {
+        if !self.manages(name) {
+            return Err(DeployError::Unknown(name.to_string()));
+        }
+        let guest = name.to_string();
+        let (sha, module) = self
+            .handle
+            .block_on(self.with_store(async move |s| s.shadow_module(&guest).await))
+            .map_err(|e| unavailable(name, e))?
+            .ok_or_else(|| DeployError::NoShadow(name.to_string()))?;
+        let origin = format!("{origin}: shadow candidate {}", &sha[..12]);
+        let swapped = self.deploy_as(name, &module, &origin, DeployKind::Promote)?;
+        self.discard(name)?;
+        Ok(swapped)
+    }
+
+    fn discard(&self, name: &str) -> Result<(), DeployError> {
+        if !self.manages(name) {
+            return Err(DeployError::Unknown(name.to_string()));
+        }
+        let guest = name.to_string();
+        let ended = self
+            .handle
+            .block_on(self.with_store(async move |s| s.clear_shadow(&guest).await))
+            .map_err(|e| unavailable(name, e))?;
+        self.guests.clear_shadow(name);
+        if ended {
+            Ok(())
+        } else {
+            Err(DeployError::NoShadow(name.to_string()))
+        }
+    }
+
+    fn diff(&self, name: &str, limit: i64) -> Result<ShadowReport, DeployError> {
+        if !self.manages(name) {
+            return Err(DeployError::Unknown(name.to_string()));
+        }
+        let guest = name.to_string();
+        self.handle
+            .block_on(self.with_store(async move |s| s.shadow_report(&guest, limit).await))
+            .map_err(|e| unavailable(name, e))?
+            .ok_or_else(|| DeployError::NoShadow(name.to_string()))
     }
 }

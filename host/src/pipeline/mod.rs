@@ -12,6 +12,7 @@
 
 pub mod deploys;
 pub mod membership;
+mod shadow;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -307,6 +308,8 @@ impl Runner {
             relay,
             deploys: deploys.clone(),
         });
+        let shadows =
+            shadow::Shadows::start(shared.clone(), &config.database.url, &config.kafka.group_id)?;
         let (report_tx, reports) = mpsc::unbounded_channel();
         let mut workers = Vec::new();
         let mut worker_tasks = Vec::new();
@@ -317,6 +320,7 @@ impl Runner {
             let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
             let worker = Worker {
                 shared: shared.clone(),
+                shadows: shadows.clone(),
                 sink: Arc::new(Sink::connect(sink_config.clone()).await?),
                 lookup: Sink::connect(sink_config.clone()).await?,
                 reports: report_tx.clone(),

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::Route;
 use super::deploys::GroupDeploys;
+use super::shadow::{ShadowJob, Shadows};
 use crate::metrics::Metrics;
 use crate::model::{
     Batch, Lookups, Outcome, Output, Partition, Record, Stage, StateTxn, Value, batch_of,
@@ -89,6 +90,8 @@ pub(super) enum Report {
 /// A worker and its own sink connections.
 pub(super) struct Worker {
     pub shared: Arc<Shared>,
+    /// Runs shadow candidates on copies of the batches.
+    pub shadows: Arc<Shadows>,
     /// Writes batches, one at a time, in a task of their own.
     pub sink: Arc<Sink>,
     /// Looks up deduplication keys while a write is in flight on `sink`.
@@ -255,6 +258,15 @@ impl Worker {
             return Ok(None);
         };
         let (duplicates, dedup) = self.deduplicate(route, &records, in_flight).await?;
+        // A shadow candidate gets a copy, when it has room for one.
+        let shadow = route.guest.shadow().and_then(|candidate| {
+            if self.shadows.has_room() {
+                Some((candidate, records.clone()))
+            } else {
+                self.shadows.skip(&candidate);
+                None
+            }
+        });
         let (items, output, _) = self.run_guest(
             job.route,
             guest,
@@ -263,6 +275,17 @@ impl Worker {
             &duplicates,
             CallContext::default(),
         );
+        if let Some((candidate, decoded)) = shadow {
+            self.shadows.submit(ShadowJob {
+                route: job.route,
+                candidate,
+                batch: job.batch.clone(),
+                decoded,
+                duplicates: duplicates.clone(),
+                live: items.clone(),
+                live_targets: output.tables.clone(),
+            });
+        }
         let sink_batch = self.sink_batch(route, guest, &job.batch, items, output, dedup, None);
         Ok(Some((
             Prepared {
@@ -594,6 +617,7 @@ impl Worker {
     /// until the message(s) at fault are isolated. Returns the items, the guest's output
     /// (its targets; its outcomes are in the items) and the state handed in, with the
     /// writes of the calls that succeeded.
+    #[allow(clippy::too_many_arguments)]
     fn run_guest(
         &self,
         route: usize,
@@ -603,151 +627,194 @@ impl Worker {
         duplicates: &HashSet<i64>,
         context: CallContext,
     ) -> (Vec<SinkItem>, Output, Option<StateTxn>) {
-        let raws: HashMap<i64, &RawMessage> =
-            batch.messages.iter().map(|m| (m.offset, m)).collect();
-        let raw = |offset: i64| {
-            let raw = raws.get(&offset);
-            (
-                raw.and_then(|r| r.key.clone()),
-                raw.and_then(|r| r.value.clone()),
-            )
-        };
-        let mut items: Vec<Option<SinkItem>> = Vec::with_capacity(decoded.len());
-        let mut records: Vec<Record> = Vec::new();
-        let mut slots = Vec::new();
-        for d in decoded {
-            match d {
-                // Dropped: written as processed, with nothing to do.
-                Decoded::Message(m) if duplicates.contains(&m.offset) => {
-                    let (key, value) = raw(m.offset);
-                    items.push(Some(SinkItem::Actions {
-                        offset: m.offset,
-                        key,
-                        value,
-                        actions: Vec::new(),
-                        emits: Vec::new(),
-                    }));
-                }
-                Decoded::Message(m) => {
-                    slots.push(items.len());
-                    items.push(None);
-                    records.push(m);
-                }
-                Decoded::DeadLetter(d) => items.push(Some(SinkItem::DeadLetter {
-                    offset: d.offset,
-                    key: d.key,
-                    value: d.value,
-                    stage: d.stage.as_str().to_string(),
-                    error: d.error,
-                })),
+        run_guest(
+            &self.shared,
+            route,
+            guest,
+            batch,
+            decoded,
+            duplicates,
+            context,
+            Run::Live,
+        )
+    }
+}
+
+/// Whose run a guest call is: the live version's (metered and logged as such) or a shadow
+/// candidate's (its failures are differences, not dead letters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Run {
+    Live,
+    Shadow,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_guest(
+    shared: &Shared,
+    route: usize,
+    guest: &Guest,
+    batch: &RawBatch,
+    decoded: Vec<Decoded>,
+    duplicates: &HashSet<i64>,
+    context: CallContext,
+    run: Run,
+) -> (Vec<SinkItem>, Output, Option<StateTxn>) {
+    let raws: HashMap<i64, &RawMessage> = batch.messages.iter().map(|m| (m.offset, m)).collect();
+    let raw = |offset: i64| {
+        let raw = raws.get(&offset);
+        (
+            raw.and_then(|r| r.key.clone()),
+            raw.and_then(|r| r.value.clone()),
+        )
+    };
+    let mut items: Vec<Option<SinkItem>> = Vec::with_capacity(decoded.len());
+    let mut records: Vec<Record> = Vec::new();
+    let mut slots = Vec::new();
+    for d in decoded {
+        match d {
+            // Dropped: written as processed, with nothing to do.
+            Decoded::Message(m) if duplicates.contains(&m.offset) => {
+                let (key, value) = raw(m.offset);
+                items.push(Some(SinkItem::Actions {
+                    offset: m.offset,
+                    key,
+                    value,
+                    actions: Vec::new(),
+                    emits: Vec::new(),
+                }));
             }
+            Decoded::Message(m) => {
+                slots.push(items.len());
+                items.push(None);
+                records.push(m);
+            }
+            Decoded::DeadLetter(d) => items.push(Some(SinkItem::DeadLetter {
+                offset: d.offset,
+                key: d.key,
+                value: d.value,
+                stage: d.stage.as_str().to_string(),
+                error: d.error,
+            })),
         }
-        let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
-        let CallContext { mut state, lookups } = context;
-        let mut output = Output::empty();
-        if !records.is_empty() {
-            let batch = batch_of(&batch.topic, batch.partition, records);
-            self.call_isolating(guest, batch, &mut state, &lookups, &mut output);
-        }
-        let outcomes = std::mem::take(&mut output.outcomes);
-        let route = &self.shared.routes[route];
-        let emitter = Emitter {
-            pipeline: &route.name,
-            topics_out: &route.topics_out,
-            destinations: &self.shared.destinations,
-        };
-        for ((slot, offset), outcome) in slots.into_iter().zip(offsets).zip(outcomes) {
-            let (key, value) = raw(offset);
-            items[slot] = Some(match outcome {
-                Outcome::Actions(actions) => match emitter.emits(offset, &actions, &output.layouts)
-                {
-                    Ok(emits) => SinkItem::Actions {
-                        offset,
-                        key,
-                        value,
-                        actions,
-                        emits,
-                    },
-                    Err(error) => SinkItem::DeadLetter {
-                        offset,
-                        key,
-                        value,
-                        stage: Stage::Encode.as_str().to_string(),
-                        error,
-                    },
-                },
-                Outcome::DeadLetter(reason) => SinkItem::DeadLetter {
+    }
+    let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+    let CallContext { mut state, lookups } = context;
+    let mut output = Output::empty();
+    if !records.is_empty() {
+        let batch = batch_of(&batch.topic, batch.partition, records);
+        call_isolating(shared, guest, batch, &mut state, &lookups, &mut output, run);
+    }
+    let outcomes = std::mem::take(&mut output.outcomes);
+    let route = &shared.routes[route];
+    let emitter = Emitter {
+        pipeline: &route.name,
+        topics_out: &route.topics_out,
+        destinations: &shared.destinations,
+    };
+    for ((slot, offset), outcome) in slots.into_iter().zip(offsets).zip(outcomes) {
+        let (key, value) = raw(offset);
+        items[slot] = Some(match outcome {
+            Outcome::Actions(actions) => match emitter.emits(offset, &actions, &output.layouts) {
+                Ok(emits) => SinkItem::Actions {
                     offset,
                     key,
                     value,
-                    stage: Stage::Guest.as_str().to_string(),
-                    error: reason,
+                    actions,
+                    emits,
                 },
-            });
-        }
-        let items = items
-            .into_iter()
-            .map(|i| i.expect("every slot filled"))
-            .collect();
-        (items, output, state)
+                Err(error) => SinkItem::DeadLetter {
+                    offset,
+                    key,
+                    value,
+                    stage: Stage::Encode.as_str().to_string(),
+                    error,
+                },
+            },
+            Outcome::DeadLetter(reason) => SinkItem::DeadLetter {
+                offset,
+                key,
+                value,
+                stage: Stage::Guest.as_str().to_string(),
+                error: reason,
+            },
+        });
     }
+    let items = items
+        .into_iter()
+        .map(|i| i.expect("every slot filled"))
+        .collect();
+    (items, output, state)
+}
 
-    /// Appends one outcome per message of `batch` to `output` (a failed message's is its
-    /// dead letter, the guest's error), bisecting failed calls.
-    fn call_isolating(
-        &self,
-        guest: &Guest,
-        batch: Batch,
-        state: &mut Option<StateTxn>,
-        lookups: &Option<Arc<dyn Lookups>>,
-        output: &mut Output,
-    ) {
-        let n = batch.messages.len();
-        if n == 0 {
-            return;
-        }
-        let started = Instant::now();
-        let context = CallContext {
-            state: state.take(),
-            lookups: lookups.clone(),
-        };
-        // A guest call is CPU work that may run to its deadline: keep the runtime's other
-        // tasks (metrics, signals) going while it runs.
-        let call = tokio::task::block_in_place(|| guest.process(&batch, context));
-        *state = call.state;
-        self.shared
+/// Appends one outcome per message of `batch` to `output` (a failed message's is its
+/// dead letter, the guest's error), bisecting failed calls.
+fn call_isolating(
+    shared: &Shared,
+    guest: &Guest,
+    batch: Batch,
+    state: &mut Option<StateTxn>,
+    lookups: &Option<Arc<dyn Lookups>>,
+    output: &mut Output,
+    run: Run,
+) {
+    let n = batch.messages.len();
+    if n == 0 {
+        return;
+    }
+    let started = Instant::now();
+    let context = CallContext {
+        state: state.take(),
+        lookups: lookups.clone(),
+    };
+    // A guest call is CPU work that may run to its deadline: keep the runtime's other
+    // tasks (metrics, signals) going while it runs.
+    let call = tokio::task::block_in_place(|| guest.process(&batch, context));
+    *state = call.state;
+    if run == Run::Live {
+        shared
             .metrics
             .guest_call(&guest.id().name, started.elapsed().as_secs_f64());
-        match call.output {
-            Ok(out) => output.append(out),
-            Err(e) => {
-                self.shared
-                    .metrics
-                    .guest_error(&guest.id().name, e.kind.name());
-                if n == 1 {
+    }
+    match call.output {
+        Ok(out) => output.append(out),
+        Err(e) => {
+            let live = run == Run::Live;
+            if live {
+                shared.metrics.guest_error(&guest.id().name, e.kind.name());
+            }
+            if n == 1 {
+                if live {
                     tracing::warn!(guest = %e.guest, offset = batch.messages[0].offset, error = %e, "Guest failed on a message; dead-lettering it");
-                    output.outcomes.push(Outcome::DeadLetter(e.to_string()));
-                    return;
                 }
+                output.outcomes.push(Outcome::DeadLetter(e.to_string()));
+                return;
+            }
+            if live {
                 tracing::info!(guest = %e.guest, messages = n, error = %e, "Guest call failed; splitting the batch to isolate the message at fault");
-                let Batch {
-                    topic,
-                    partition,
-                    schemas,
-                    mut messages,
-                } = batch;
-                let right = messages.split_off(n / 2);
-                let half = |messages| Batch {
-                    topic: topic.clone(),
-                    partition,
-                    schemas: schemas.clone(),
-                    messages,
-                };
-                self.call_isolating(guest, half(messages), state, lookups, output);
-                self.call_isolating(guest, half(right), state, lookups, output);
+            }
+            for half in halves(batch) {
+                call_isolating(shared, guest, half, state, lookups, output, run);
             }
         }
     }
+}
+
+/// A batch split in two halves, for isolating the message a call fails on.
+fn halves(batch: Batch) -> [Batch; 2] {
+    let Batch {
+        topic,
+        partition,
+        schemas,
+        mut messages,
+    } = batch;
+    let right = messages.split_off(messages.len() / 2);
+    let half = |messages| Batch {
+        topic: topic.clone(),
+        partition,
+        schemas: schemas.clone(),
+        messages,
+    };
+    [half(messages), half(right)]
 }
 
 /// The text of a message's deduplication key field; `None` when absent or null.

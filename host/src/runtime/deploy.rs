@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use super::{Guest, GuestLimits, GuestSlot, LoadError, Runtime, Swapped};
-use crate::model::{ConfigEntry, Deployment};
+use crate::model::{ConfigEntry, Deployment, ShadowReport};
 
 /// Every guest of a process, by name.
 pub struct GuestSet {
@@ -116,6 +116,16 @@ pub trait Deployer: Send + Sync {
     fn rollback(&self, name: &str, origin: &str) -> Result<Swapped, DeployError>;
     /// Every version of `name` deployed, oldest first.
     fn history(&self, name: &str) -> Result<Vec<Deployment>, DeployError>;
+    /// Runs `bytes` as the shadow candidate of `name` next to the live version, on the
+    /// same batches, comparing outcomes without writing any. Its sha256.
+    fn shadow(&self, name: &str, bytes: &[u8], origin: &str) -> Result<String, DeployError>;
+    /// Makes the shadow candidate of `name` live (as a deploy does) and ends the shadow
+    /// run. `Ok(None)`: it was live already.
+    fn promote(&self, name: &str, origin: &str) -> Result<Option<Swapped>, DeployError>;
+    /// Ends the shadow run of `name`, forgetting its differences.
+    fn discard(&self, name: &str) -> Result<(), DeployError>;
+    /// How the shadow candidate of `name` compares, with its latest `limit` differences.
+    fn diff(&self, name: &str, limit: i64) -> Result<ShadowReport, DeployError>;
 }
 
 impl Deployer for GuestSet {
@@ -133,6 +143,22 @@ impl Deployer for GuestSet {
     }
 
     fn history(&self, name: &str) -> Result<Vec<Deployment>, DeployError> {
+        Err(DeployError::NoHistory(name.to_string()))
+    }
+
+    fn shadow(&self, name: &str, _: &[u8], _: &str) -> Result<String, DeployError> {
+        Err(DeployError::NoHistory(name.to_string()))
+    }
+
+    fn promote(&self, name: &str, _: &str) -> Result<Option<Swapped>, DeployError> {
+        Err(DeployError::NoHistory(name.to_string()))
+    }
+
+    fn discard(&self, name: &str) -> Result<(), DeployError> {
+        Err(DeployError::NoHistory(name.to_string()))
+    }
+
+    fn diff(&self, name: &str, _: i64) -> Result<ShadowReport, DeployError> {
         Err(DeployError::NoHistory(name.to_string()))
     }
 }
@@ -159,11 +185,21 @@ pub enum DeployError {
         /// Why.
         reason: String,
     },
-    /// Deploys reach this process only: no history is kept.
+    /// Deploys reach this process only: no history or shadow runs are kept.
     #[error(
-        "guest {0:?}: this process keeps no deploy history (`weir run` records deploys in Postgres)"
+        "guest {0:?}: this process keeps no deploy store (`weir run` records deploys, their history and shadow runs in Postgres)"
     )]
     NoHistory(String),
+    /// A shadow run of a guest that keeps state or runs lookups.
+    #[error(
+        "guest {0:?} keeps state or runs lookups: shadow runs are for guests without them (a candidate's state would need a store of its own); deploy it directly"
+    )]
+    ShadowUnsupported(String),
+    /// No shadow candidate runs for the guest.
+    #[error(
+        "guest {0:?} has no shadow candidate running (start one with `weir guest deploy --shadow`)"
+    )]
+    NoShadow(String),
     /// Another deploy of the guest is under way.
     #[error("another deploy of guest {0:?} is under way; try again when it is done")]
     Busy(String),
@@ -339,6 +375,56 @@ impl GuestSet {
             self.runtime.events().guest_swapped(s, origin);
         }
         swapped
+    }
+
+    /// Runs a prepared version as the shadow candidate of every pipeline using it, next to
+    /// the live version. Refused for a guest whose candidate or live version keeps state
+    /// or runs lookups: a candidate's state would need a store of its own.
+    pub fn install_shadow(&self, prepared: Prepared, origin: &str) -> Result<(), DeployError> {
+        let name = prepared.name.as_str();
+        let named = self
+            .guests
+            .get(name)
+            .ok_or_else(|| DeployError::Unknown(name.to_string()))?;
+        for (u, guest) in named.uses.iter().zip(&prepared.guests) {
+            let live = u.slot.current();
+            if [guest, &live]
+                .iter()
+                .any(|g| g.uses_state() || g.uses_lookups())
+            {
+                return Err(DeployError::ShadowUnsupported(name.to_string()));
+            }
+        }
+        let version = prepared.version().to_string();
+        let _swapping = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
+        for (u, guest) in named.uses.iter().zip(prepared.guests) {
+            u.slot.set_shadow(Some(guest));
+        }
+        tracing::info!(guest = name, origin, %version, "Running a shadow candidate next to the live version; its outcomes are compared, never written");
+        Ok(())
+    }
+
+    /// Stops the shadow candidate of `name`, if one runs here. True if one did.
+    pub fn clear_shadow(&self, name: &str) -> bool {
+        let Some(named) = self.guests.get(name) else {
+            return false;
+        };
+        let _swapping = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ran = false;
+        for u in &named.uses {
+            ran |= u.slot.shadow().is_some();
+            u.slot.set_shadow(None);
+        }
+        if ran {
+            tracing::info!(guest = name, "Stopped the shadow candidate");
+        }
+        ran
+    }
+
+    /// sha256 of the shadow candidate of `name` running here.
+    pub fn shadow_version(&self, name: &str) -> Option<String> {
+        let named = self.guests.get(name)?;
+        Some(named.uses[0].slot.shadow()?.id().version.clone())
     }
 
     /// The topics of every pipeline using `name`.

@@ -14,6 +14,9 @@ pub struct GuestSlot {
     name: String,
     /// Swaps and rollbacks change it under the write lock, one at a time.
     state: RwLock<SlotState>,
+    /// A candidate run next to the current version on the same batches, its outcomes
+    /// compared and never written ([`crate::pipeline::shadow`]).
+    shadow: RwLock<Option<Guest>>,
 }
 
 #[derive(Debug)]
@@ -44,6 +47,7 @@ impl GuestSlot {
                 previous: None,
                 swaps: 0,
             }),
+            shadow: RwLock::new(None),
         })
     }
 
@@ -101,6 +105,19 @@ impl GuestSlot {
     pub fn previous_version(&self) -> Option<String> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         state.previous.as_ref().map(|g| g.id().version.clone())
+    }
+
+    /// The shadow candidate, if one runs.
+    pub fn shadow(&self) -> Option<Guest> {
+        self.shadow
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Starts running `guest` as the shadow candidate (`None`: stops).
+    pub fn set_shadow(&self, guest: Option<Guest>) {
+        *self.shadow.write().unwrap_or_else(|e| e.into_inner()) = guest;
     }
 
     /// Swaps and rollbacks so far.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_postgres::{Client, NoTls};
 
-use crate::model::{Deployment, Switch};
+use crate::model::{Deployment, ShadowDiff, ShadowReport, Switch};
 
 /// The guest's live version, share-locked for the rest of a batch's transaction.
 pub(crate) const LIVE_FOR_SHARE: &str =
@@ -22,6 +22,9 @@ pub(crate) const LIVE_FOR_SHARE: &str =
 
 /// The channel a deploy notifies (payload: the group id).
 pub const CHANNEL: &str = "weir_deploys";
+
+/// The most differences kept per shadow candidate (all are counted).
+pub const MAX_DIFFS: i64 = 10_000;
 
 /// Serialises deploys of one guest in one group (with the hash of `group/guest`).
 const DEPLOY_LOCK: &str = "hashtext('weir.deploy')";
@@ -46,6 +49,8 @@ pub enum DeployKind {
     Admin,
     /// A rollback to an earlier version.
     Rollback,
+    /// A shadow candidate promoted.
+    Promote,
 }
 
 impl DeployKind {
@@ -54,6 +59,7 @@ impl DeployKind {
             Self::File => "file",
             Self::Admin => "admin",
             Self::Rollback => "rollback",
+            Self::Promote => "promote",
         }
     }
 }
@@ -386,6 +392,192 @@ impl Store {
                 }
             })
             .collect())
+    }
+
+    /// Makes `module` the shadow candidate of `guest` (replacing any other, with its
+    /// differences), and tells the group.
+    pub async fn set_shadow(
+        &mut self,
+        guest: &str,
+        sha256: &str,
+        module: &[u8],
+        origin: &str,
+    ) -> anyhow::Result<()> {
+        let group = self.group.clone();
+        let txn = self.client.transaction().await?;
+        txn.execute(
+            "DELETE FROM weir_shadow_diffs WHERE group_id = $1 AND guest = $2",
+            &[&group, &guest],
+        )
+        .await?;
+        txn.execute(
+            "INSERT INTO weir_shadows (group_id, guest, sha256, module, origin)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (group_id, guest) DO UPDATE SET sha256 = $3, module = $4, origin = $5,
+                 started_at = now(), compared = 0, differing = 0, skipped = 0",
+            &[&group, &guest, &sha256, &module, &origin],
+        )
+        .await?;
+        txn.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &group])
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Ends the shadow run of `guest` (and forgets its differences), telling the group.
+    /// False when there was none.
+    pub async fn clear_shadow(&mut self, guest: &str) -> anyhow::Result<bool> {
+        let group = self.group.clone();
+        let txn = self.client.transaction().await?;
+        let gone = txn
+            .execute(
+                "DELETE FROM weir_shadows WHERE group_id = $1 AND guest = $2",
+                &[&group, &guest],
+            )
+            .await?;
+        txn.execute(
+            "DELETE FROM weir_shadow_diffs WHERE group_id = $1 AND guest = $2",
+            &[&group, &guest],
+        )
+        .await?;
+        txn.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &group])
+            .await?;
+        txn.commit().await?;
+        Ok(gone > 0)
+    }
+
+    /// The shadow candidate of every guest of the group: (guest, sha256).
+    pub async fn shadows(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT guest, sha256 FROM weir_shadows WHERE group_id = $1",
+                &[&self.group],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// The shadow candidate of `guest`: (sha256, module).
+    pub async fn shadow_module(&self, guest: &str) -> anyhow::Result<Option<(String, Vec<u8>)>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT sha256, module FROM weir_shadows WHERE group_id = $1 AND guest = $2",
+                &[&self.group, &guest],
+            )
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Adds what this member compared of candidate `sha256` of `guest`: `compared`
+    /// messages, `skipped` batches and `diffs` (only the first [`MAX_DIFFS`] of a guest's
+    /// differences are kept; all are counted).
+    pub async fn record_shadow(
+        &mut self,
+        guest: &str,
+        sha256: &str,
+        compared: i64,
+        skipped: i64,
+        diffs: &[ShadowDiff],
+    ) -> anyhow::Result<()> {
+        let group = self.group.clone();
+        let differing = diffs.len() as i64;
+        let txn = self.client.transaction().await?;
+        let kept: i64 = match txn
+            .query_opt(
+                "UPDATE weir_shadows
+                    SET compared = compared + $4, differing = differing + $5, skipped = skipped + $6
+                  WHERE group_id = $1 AND guest = $2 AND sha256 = $3
+                 RETURNING differing - $5",
+                &[&group, &guest, &sha256, &compared, &differing, &skipped],
+            )
+            .await?
+        {
+            Some(row) => row.get(0),
+            // Ended or replaced meanwhile.
+            None => return Ok(()),
+        };
+        let room = (MAX_DIFFS - kept).clamp(0, differing) as usize;
+        if room > 0 {
+            let d = &diffs[..room];
+            let col = |f: fn(&ShadowDiff) -> String| d.iter().map(f).collect::<Vec<String>>();
+            let partitions: Vec<i32> = d.iter().map(|x| x.partition).collect();
+            let offsets: Vec<i64> = d.iter().map(|x| x.offset).collect();
+            txn.execute(
+                "INSERT INTO weir_shadow_diffs
+                    (group_id, guest, sha256, pipeline, topic, partition, \"offset\", kind, live, candidate)
+                 SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::int[], $7::int8[],
+                                                  $8::text[], $9::text[], $10::text[])",
+                &[
+                    &group,
+                    &guest,
+                    &sha256,
+                    &col(|x| x.pipeline.clone()),
+                    &col(|x| x.topic.clone()),
+                    &partitions,
+                    &offsets,
+                    &col(|x| x.kind.clone()),
+                    &col(|x| x.live.clone()),
+                    &col(|x| x.candidate.clone()),
+                ],
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// The shadow candidate of `guest` with its counts and latest `limit` differences.
+    pub async fn shadow_report(
+        &self,
+        guest: &str,
+        limit: i64,
+    ) -> anyhow::Result<Option<ShadowReport>> {
+        let Some(row) = self
+            .client
+            .query_opt(
+                "SELECT sha256, origin,
+                        to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        compared, differing, skipped
+                   FROM weir_shadows WHERE group_id = $1 AND guest = $2",
+                &[&self.group, &guest],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let sha256: String = row.get(0);
+        let diffs = self
+            .client
+            .query(
+                "SELECT pipeline, topic, partition, \"offset\", kind, live, candidate
+                   FROM weir_shadow_diffs WHERE group_id = $1 AND guest = $2 AND sha256 = $3
+                  ORDER BY seen_at DESC, topic, partition, \"offset\" DESC LIMIT $4",
+                &[&self.group, &guest, &sha256, &limit],
+            )
+            .await?
+            .iter()
+            .map(|r| ShadowDiff {
+                pipeline: r.get(0),
+                topic: r.get(1),
+                partition: r.get(2),
+                offset: r.get(3),
+                kind: r.get(4),
+                live: r.get(5),
+                candidate: r.get(6),
+            })
+            .collect();
+        Ok(Some(ShadowReport {
+            guest: guest.to_string(),
+            sha256,
+            origin: row.get(1),
+            started_at: row.get(2),
+            compared: row.get(3),
+            differing: row.get(4),
+            skipped: row.get(5),
+            diffs,
+        }))
     }
 }
 

@@ -132,6 +132,36 @@ CREATE TABLE IF NOT EXISTS weir_switches (
     from_offset bigint NOT NULL,
     PRIMARY KEY (group_id, guest, version, topic, partition)
 );
+-- A shadow candidate per guest: run next to the live version on the same batches, its
+-- outcomes compared and never written. Counters summed over the group's members.
+CREATE TABLE IF NOT EXISTS weir_shadows (
+    group_id    text NOT NULL,
+    guest       text NOT NULL,
+    sha256      text NOT NULL,
+    module      bytea NOT NULL,
+    origin      text NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    compared    bigint NOT NULL DEFAULT 0,
+    differing   bigint NOT NULL DEFAULT 0,
+    skipped     bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (group_id, guest)
+);
+-- The messages on which a shadow candidate's outcome differed from the live version's.
+CREATE TABLE IF NOT EXISTS weir_shadow_diffs (
+    group_id    text NOT NULL,
+    guest       text NOT NULL,
+    sha256      text NOT NULL,
+    pipeline    text NOT NULL,
+    topic       text NOT NULL,
+    partition   int NOT NULL,
+    "offset"    bigint NOT NULL,
+    kind        text NOT NULL,
+    live        text NOT NULL,
+    candidate   text NOT NULL,
+    seen_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS weir_shadow_diffs_by_guest
+    ON weir_shadow_diffs (group_id, guest, sha256, seen_at);
 COMMIT;
 "#;
 
@@ -148,6 +178,8 @@ pub const WEIR_TABLES: &[&str] = &[
     "weir_live_guests",
     "weir_deploy_answers",
     "weir_switches",
+    "weir_shadows",
+    "weir_shadow_diffs",
     "weir_members",
     "weir_leases",
     "weir_migrations",
