@@ -1594,7 +1594,8 @@ fn shadow_candidates_are_compared_never_written_and_promoted_through_the_barrier
         0
     );
 
-    // Promoted through the barrier: every partition switches to "b" at a recorded offset.
+    // Promoted through the barrier: every partition switches to "b" at a recorded offset;
+    // then rolled back the same way, and more produced after it.
     let out = guest_admin(&admin, &token, &["promote", "marker"]);
     assert!(out.status.success(), "{out:?}\n{}", run.logs());
     let out = guest_admin(&admin, &token, &["diff", "marker"]);
@@ -1604,38 +1605,58 @@ fn shadow_candidates_are_compared_never_written_and_promoted_through_the_barrier
     );
     producer.join().unwrap();
     run.wait_committed("flags", N, &mut [&mut child]);
+    let out = guest_admin(&admin, &token, &["rollback", "marker"]);
+    assert!(out.status.success(), "{out:?}\n{}", run.logs());
+    const MORE: i64 = 1500;
+    produce(
+        &broker.bootstrap,
+        &registry.url,
+        "flags",
+        3,
+        FLAG,
+        flags(N..N + MORE),
+    );
+    run.wait_committed("flags", N + MORE, &mut [&mut child]);
     kill9(&mut child);
-    assert_eq!(written("SELECT count(*) FROM marked"), N);
+    let total = N + MORE;
+    assert_eq!(written("SELECT count(*) FROM marked"), total);
     assert_eq!(
         written("SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM marked"),
-        N
+        total
     );
     assert_eq!(written("SELECT count(*) FROM dead_letters"), 0);
-    // Each row ran with the version live at its offset.
+    // Each row ran with the version live at its offset: "b" (version 2, the promoted
+    // candidate) between its switch and the rollback's (version 3).
+    let group = &run.group;
     assert_eq!(
         written(&format!(
-            "SELECT count(*) FROM marked m JOIN weir_switches s
-                ON s.group_id = '{}' AND s.guest = 'marker' AND s.version = 2
-               AND s.partition = m.kafka_partition
-             WHERE (m.kafka_offset >= s.from_offset) <> (m.marker = 'b')",
-            run.group
+            "SELECT count(*) FROM marked m
+              WHERE m.marker <> coalesce((
+                SELECT CASE s.version WHEN 2 THEN 'b' ELSE 'a' END FROM weir_switches s
+                 WHERE s.group_id = '{group}' AND s.guest = 'marker'
+                   AND s.partition = m.kafka_partition AND s.from_offset <= m.kafka_offset
+                 ORDER BY s.version DESC LIMIT 1), 'a')"
         )),
         0
     );
-    assert_eq!(
-        written(&format!(
-            "SELECT count(*) FROM weir_switches WHERE group_id = '{}' AND version = 2",
-            run.group
-        )),
-        3
-    );
     assert!(written("SELECT count(*) FROM marked WHERE marker = 'b'") > 0);
-    let history = query(
+    let kinds: Vec<(i32, String, i64)> = query(
         &db.url(),
         &format!(
-            "SELECT kind FROM weir_deployments WHERE group_id = '{}' AND version = 2",
-            run.group
+            "SELECT d.version, d.kind, (SELECT count(*) FROM weir_switches s
+                 WHERE s.group_id = d.group_id AND s.guest = d.guest AND s.version = d.version)
+               FROM weir_deployments d WHERE d.group_id = '{group}' ORDER BY 1"
         ),
+    )
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect();
+    assert_eq!(
+        kinds,
+        [
+            (1, "file".to_string(), 0),
+            (2, "promote".to_string(), 3),
+            (3, "rollback".to_string(), 3)
+        ]
     );
-    assert_eq!(history[0].get::<_, String>(0), "promote");
 }
