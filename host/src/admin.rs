@@ -308,31 +308,30 @@ async fn deploy(
         Err(response) => return *response,
     };
     tracing::info!(guest = %name, bytes = body.len(), "Admin API: deploying a new guest version");
+    let guest = name.clone();
+    answer("deploying", &state, move |d| {
+        d.deploy(&guest, &body, "admin API")
+    })
+    .await
+    .map(|swapped| swap_reply(&state, name, swapped))
+    .into_response()
+}
+
+/// Runs `f` with the deployer off the async threads (compiling is CPU work, and a group
+/// deploy waits for every member); an error comes as its answer.
+async fn answer<T: Send + 'static>(
+    what: &str,
+    state: &AdminState,
+    f: impl FnOnce(&dyn Deployer) -> Result<T, DeployError> + Send + 'static,
+) -> Result<T, Response> {
     let deployer = state.deployer.clone();
-    let deploying = name.clone();
-    // Compiling is CPU work, and a group deploy waits for every member: off the async
-    // threads.
-    let result =
-        tokio::task::spawn_blocking(move || deployer.deploy(&deploying, &body, "admin API")).await;
-    match result {
-        Ok(Ok(swapped)) => {
-            let current = state.guests.version(&name).unwrap_or_default();
-            axum::Json(match swapped {
-                Some(s) => reply(s),
-                None => SwapReply {
-                    name,
-                    changed: false,
-                    old_version: current.clone(),
-                    version: current,
-                },
-            })
-            .into_response()
-        }
-        Ok(Err(e)) => deploy_error(e),
-        Err(e) => error(
+    match tokio::task::spawn_blocking(move || f(&*deployer)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(deploy_error(e)),
+        Err(e) => Err(error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("deploying failed: {e}"),
-        ),
+            format!("{what} failed: {e}"),
+        )),
     }
 }
 
@@ -381,52 +380,29 @@ async fn shadow(
         Err(response) => return *response,
     };
     tracing::info!(guest = %name, bytes = body.len(), "Admin API: starting a shadow candidate");
-    let deployer = state.deployer.clone();
     let guest = name.clone();
-    let result =
-        tokio::task::spawn_blocking(move || deployer.shadow(&guest, &body, "admin API shadow"))
-            .await;
-    match result {
-        Ok(Ok(candidate)) => {
-            let live = state.guests.version(&name).unwrap_or_default();
-            axum::Json(ShadowStarted {
-                name,
-                candidate,
-                live,
-            })
-            .into_response()
-        }
-        Ok(Err(e)) => deploy_error(e),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("starting the shadow run failed: {e}"),
-        ),
-    }
+    answer("starting the shadow run", &state, move |d| {
+        d.shadow(&guest, &body, "admin API shadow")
+    })
+    .await
+    .map(|candidate| {
+        axum::Json(ShadowStarted {
+            live: state.guests.version(&name).unwrap_or_default(),
+            name,
+            candidate,
+        })
+    })
+    .into_response()
 }
 
 async fn promote(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
-    let deployer = state.deployer.clone();
     let guest = name.clone();
-    let result =
-        tokio::task::spawn_blocking(move || deployer.promote(&guest, "admin API promote")).await;
-    match result {
-        Ok(Ok(Some(s))) => axum::Json(reply(s)).into_response(),
-        Ok(Ok(None)) => {
-            let current = state.guests.version(&name).unwrap_or_default();
-            axum::Json(SwapReply {
-                name,
-                changed: false,
-                old_version: current.clone(),
-                version: current,
-            })
-            .into_response()
-        }
-        Ok(Err(e)) => deploy_error(e),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("promoting failed: {e}"),
-        ),
-    }
+    answer("promoting", &state, move |d| {
+        d.promote(&guest, "admin API promote")
+    })
+    .await
+    .map(|swapped| swap_reply(&state, name, swapped))
+    .into_response()
 }
 
 /// `DELETE /guests/{name}/shadow`'s answer.
@@ -437,16 +413,11 @@ pub struct ShadowEnded {
 }
 
 async fn discard(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
-    let deployer = state.deployer.clone();
     let guest = name.clone();
-    match tokio::task::spawn_blocking(move || deployer.discard(&guest)).await {
-        Ok(Ok(())) => axum::Json(ShadowEnded { name }).into_response(),
-        Ok(Err(e)) => deploy_error(e),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("ending the shadow run failed: {e}"),
-        ),
-    }
+    answer("ending the shadow run", &state, move |d| d.discard(&guest))
+        .await
+        .map(|_| axum::Json(ShadowEnded { name }))
+        .into_response()
 }
 
 /// `GET /guests/{name}/diff`'s query.
@@ -461,29 +432,21 @@ async fn diff(
     Query(q): Query<DiffQuery>,
 ) -> Response {
     let limit = q.limit.unwrap_or(100).clamp(0, 10_000);
-    let deployer = state.deployer.clone();
-    match tokio::task::spawn_blocking(move || deployer.diff(&name, limit)).await {
-        Ok(Ok(report)) => axum::Json::<ShadowReport>(report).into_response(),
-        Ok(Err(e)) => deploy_error(e),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("reading the differences failed: {e}"),
-        ),
-    }
+    answer("reading the differences", &state, move |d| {
+        d.diff(&name, limit)
+    })
+    .await
+    .map(axum::Json::<ShadowReport>)
+    .into_response()
 }
 
 async fn rollback(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
-    let deployer = state.deployer.clone();
-    let result =
-        tokio::task::spawn_blocking(move || deployer.rollback(&name, "admin API rollback")).await;
-    match result {
-        Ok(Ok(s)) => axum::Json(reply(s)).into_response(),
-        Ok(Err(e)) => deploy_error(e),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("rolling back failed: {e}"),
-        ),
-    }
+    answer("rolling back", &state, move |d| {
+        d.rollback(&name, "admin API rollback")
+    })
+    .await
+    .map(|s| axum::Json(reply(s)))
+    .into_response()
 }
 
 /// `GET /guests/{name}/history`.
@@ -496,16 +459,27 @@ pub struct History {
 }
 
 async fn history(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
-    let deployer = state.deployer.clone();
     let guest = name.clone();
-    match tokio::task::spawn_blocking(move || deployer.history(&guest)).await {
-        Ok(Ok(versions)) => axum::Json(History { name, versions }).into_response(),
-        Ok(Err(e)) => deploy_error(e),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("reading the history failed: {e}"),
-        ),
-    }
+    answer("reading the history", &state, move |d| d.history(&guest))
+        .await
+        .map(|versions| axum::Json(History { name, versions }))
+        .into_response()
+}
+
+/// The answer to a deploy or promote: the swap, or that the version already ran.
+fn swap_reply(state: &AdminState, name: String, swapped: Option<Swapped>) -> axum::Json<SwapReply> {
+    axum::Json(match swapped {
+        Some(s) => reply(s),
+        None => {
+            let current = state.guests.version(&name).unwrap_or_default();
+            SwapReply {
+                name,
+                changed: false,
+                old_version: current.clone(),
+                version: current,
+            }
+        }
+    })
 }
 
 fn reply(s: Swapped) -> SwapReply {

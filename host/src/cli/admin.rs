@@ -80,6 +80,22 @@ impl Client {
         serde_json::from_slice(&body)
             .with_context(|| format!("admin API {} answered something unexpected", self.base))
     }
+
+    /// `GET path`; with `json`, the answer is printed as JSON and `None` returned.
+    async fn get<T: serde::de::DeserializeOwned + serde::Serialize>(
+        &self,
+        path: &str,
+        json: bool,
+    ) -> anyhow::Result<Option<T>> {
+        let answer: T = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            return Ok(None);
+        }
+        Ok(Some(answer))
+    }
 }
 
 /// `weir guest deploy NAME FILE.wasm`.
@@ -91,17 +107,15 @@ pub async fn deploy(
 ) -> anyhow::Result<ExitCode> {
     let client = Client::new(args)?;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let put = |path: String| {
+        client
+            .http
+            .put(format!("{}{path}", client.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .body(bytes)
+    };
     if shadow {
-        let url = format!("{}/guests/{name}/shadow", client.base);
-        let reply: ShadowStarted = client
-            .send(
-                client
-                    .http
-                    .put(url)
-                    .header(reqwest::header::CONTENT_TYPE, "application/wasm")
-                    .body(bytes),
-            )
-            .await?;
+        let reply: ShadowStarted = client.send(put(format!("/guests/{name}/shadow"))).await?;
         println!(
             "Shadowing {}: candidate {} runs next to live {} on every member; see `weir guest diff {}`",
             reply.name,
@@ -111,16 +125,7 @@ pub async fn deploy(
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let url = format!("{}/guests/{name}", client.base);
-    let reply: SwapReply = client
-        .send(
-            client
-                .http
-                .put(url)
-                .header(reqwest::header::CONTENT_TYPE, "application/wasm")
-                .body(bytes),
-        )
-        .await?;
+    let reply: SwapReply = client.send(put(format!("/guests/{name}"))).await?;
     if reply.changed {
         println!(
             "Deployed {}: {} -> {}",
@@ -173,18 +178,10 @@ pub async fn diff(
     limit: i64,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let client = Client::new(args)?;
-    let report: ShadowReport = client
-        .send(
-            client
-                .http
-                .get(format!("{}/guests/{name}/diff?limit={limit}", client.base)),
-        )
-        .await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let path = format!("/guests/{name}/diff?limit={limit}");
+    let Some(report): Option<ShadowReport> = Client::new(args)?.get(&path, json).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     println!(
         "{}: candidate {} (since {}, by {})",
         report.guest,
@@ -220,14 +217,9 @@ pub async fn rollback(args: &AdminArgs, name: &str) -> anyhow::Result<ExitCode> 
 
 /// `weir guest list`.
 pub async fn list(args: &AdminArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let client = Client::new(args)?;
-    let list: GuestList = client
-        .send(client.http.get(format!("{}/guests", client.base)))
-        .await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+    let Some(list): Option<GuestList> = Client::new(args)?.get("/guests", json).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     println!(
         "{:<20} {:<12} {:<24} {:>10} {:>8} {:>6}  TOPICS",
         "GUEST", "VERSION", "LOADED AT", "CALLS", "ERRORS", "SWAPS"
@@ -254,18 +246,10 @@ pub async fn list(args: &AdminArgs, json: bool) -> anyhow::Result<ExitCode> {
 
 /// `weir guest history`: every version of a guest deployed to the group.
 pub async fn history(args: &AdminArgs, name: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let client = Client::new(args)?;
-    let history: History = client
-        .send(
-            client
-                .http
-                .get(format!("{}/guests/{name}/history", client.base)),
-        )
-        .await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&history)?);
+    let path = format!("/guests/{name}/history");
+    let Some(history): Option<History> = Client::new(args)?.get(&path, json).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     println!(
         "{:>7} {:<12} {:<10} {:<24} {:<24} {:<24}  FROM OFFSETS / ORIGIN",
         "VERSION", "SHA256", "STATUS", "DEPLOYED AT", "LIVE FROM", "LIVE UNTIL"

@@ -267,13 +267,15 @@ impl Worker {
                 None
             }
         });
-        let (items, output, _) = self.run_guest(
+        let (items, output, _) = run_guest(
+            &self.shared,
             job.route,
             guest,
             &job.batch,
             records,
             &duplicates,
             CallContext::default(),
+            Run::Live,
         );
         if let Some((candidate, decoded)) = shadow {
             self.shadows.submit(ShadowJob {
@@ -380,13 +382,15 @@ impl Worker {
                         state: store.map(|s| StateTxn::new(s, route.state)),
                         lookups,
                     };
-                    let (items, output, state) = self.run_guest(
+                    let (items, output, state) = run_guest(
+                        &self.shared,
                         job.route,
                         guest,
                         &job.batch,
                         records.clone(),
                         &duplicates,
                         context,
+                        Run::Live,
                     );
                     self.sink_batch(
                         route,
@@ -611,33 +615,6 @@ impl Worker {
             }),
         ))
     }
-
-    /// Runs the guest over the decoded messages; messages that failed decoding, and any
-    /// message the guest fails on, become dead letters. A failed call is split in halves
-    /// until the message(s) at fault are isolated. Returns the items, the guest's output
-    /// (its targets; its outcomes are in the items) and the state handed in, with the
-    /// writes of the calls that succeeded.
-    #[allow(clippy::too_many_arguments)]
-    fn run_guest(
-        &self,
-        route: usize,
-        guest: &Guest,
-        batch: &RawBatch,
-        decoded: Vec<Decoded>,
-        duplicates: &HashSet<i64>,
-        context: CallContext,
-    ) -> (Vec<SinkItem>, Output, Option<StateTxn>) {
-        run_guest(
-            &self.shared,
-            route,
-            guest,
-            batch,
-            decoded,
-            duplicates,
-            context,
-            Run::Live,
-        )
-    }
 }
 
 /// Whose run a guest call is: the live version's (metered and logged as such) or a shadow
@@ -648,6 +625,11 @@ pub(super) enum Run {
     Shadow,
 }
 
+/// Runs the guest over the decoded messages; messages that failed decoding, and any
+/// message the guest fails on, become dead letters. A failed call is split in halves
+/// until the message(s) at fault are isolated. Returns the items, the guest's output
+/// (its targets; its outcomes are in the items) and the state handed in, with the
+/// writes of the calls that succeeded.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_guest(
     shared: &Shared,
