@@ -651,23 +651,8 @@ impl Sink {
             pipeline: &batch.scope.pipeline,
             tables: &batch.scope.tables,
         };
-        let fresh = load_tables(conn, tables, batch, &scope).await?;
         let version = batch.guest_version.clone().map_or(Value::Null, Value::Text);
-        let stamp = batch.version_column.as_deref().map(|c| (c, &version));
-        let mut plan = Plan::build(&batch.items, &batch.targets, stamp, tables, &scope);
-        // A row named a column a cached table lacks: maybe it was added since.
-        let suspects: Vec<String> = plan
-            .suspects
-            .iter()
-            .filter(|name| !fresh.contains(name.as_str()))
-            .cloned()
-            .collect();
-        if !suspects.is_empty() {
-            for name in &suspects {
-                load_table(conn, tables, name).await?;
-            }
-            plan = Plan::build(&batch.items, &batch.targets, stamp, tables, &scope);
-        }
+        let mut plan = plan_batch(conn, tables, batch, &scope, &version).await?;
 
         conn.dirty = true;
         if let Err(why) = conn.begin(&self.group_id, &head, false).await? {
@@ -686,7 +671,7 @@ impl Sink {
                 conn.client.batch_execute("ROLLBACK").await?;
                 // The rejection may come from a table changed since its columns were read.
                 reload_tables(conn, tables, &plan).await?;
-                plan = Plan::build(&batch.items, &batch.targets, stamp, tables, &scope);
+                plan = build_plan(batch, tables, &scope, &version);
                 if let Err(why) = conn.begin(&self.group_id, &head, false).await? {
                     conn.dirty = false;
                     return not_begun(why, &head, in_doubt);
@@ -778,22 +763,8 @@ impl Sink {
             pipeline: &batch.scope.pipeline,
             tables: &batch.scope.tables,
         };
-        let fresh = load_tables(conn, tables, &batch, &scope).await?;
         let version = batch.guest_version.clone().map_or(Value::Null, Value::Text);
-        let stamp = batch.version_column.as_deref().map(|c| (c, &version));
-        let mut plan = Plan::build(&batch.items, &batch.targets, stamp, tables, &scope);
-        let suspects: Vec<String> = plan
-            .suspects
-            .iter()
-            .filter(|name| !fresh.contains(name.as_str()))
-            .cloned()
-            .collect();
-        if !suspects.is_empty() {
-            for name in &suspects {
-                load_table(conn, tables, name).await?;
-            }
-            plan = Plan::build(&batch.items, &batch.targets, stamp, tables, &scope);
-        }
+        let mut plan = plan_batch(conn, tables, &batch, &scope, &version).await?;
         let (rows, rejected) = match conn.apply(&plan, &plan.messages).await {
             Ok(rows) => (rows, Vec::new()),
             Err(e) if classify(&e.error) == Class::Data => {
@@ -809,7 +780,7 @@ impl Sink {
                     .batch_execute("ROLLBACK TO SAVEPOINT weir_rows")
                     .await?;
                 reload_tables(conn, tables, &plan).await?;
-                plan = Plan::build(&batch.items, &batch.targets, stamp, tables, &scope);
+                plan = build_plan(&batch, tables, &scope, &version);
                 conn.isolate(&plan).await?
             }
             Err(e) => return Err(e.error.into()),
@@ -1099,6 +1070,44 @@ async fn load_table(
 
 /// Loads the columns of the tables the batch's targets name that its pipeline may write
 /// and that are not cached yet; returns those names.
+/// The plan of `batch` over its tables (loaded first if not cached), rows stamped with
+/// `version` in the batch's version column. A row naming a column that a cached table
+/// lacks has its table loaded again (the column may have been added since) and the plan
+/// made again.
+async fn plan_batch<'b>(
+    conn: &Conn,
+    tables: &mut HashMap<String, Arc<TableInfo>>,
+    batch: &'b SinkBatch,
+    scope: &Scope<'_>,
+    version: &'b Value,
+) -> Result<Plan<'b>, tokio_postgres::Error> {
+    let fresh = load_tables(conn, tables, batch, scope).await?;
+    let plan = build_plan(batch, tables, scope, version);
+    let suspects: Vec<&String> = plan
+        .suspects
+        .iter()
+        .filter(|name| !fresh.contains(name.as_str()))
+        .collect();
+    if suspects.is_empty() {
+        return Ok(plan);
+    }
+    for name in suspects {
+        load_table(conn, tables, name).await?;
+    }
+    Ok(build_plan(batch, tables, scope, version))
+}
+
+/// The plan of `batch` over the tables as cached, rows stamped with `version`.
+fn build_plan<'b>(
+    batch: &'b SinkBatch,
+    tables: &HashMap<String, Arc<TableInfo>>,
+    scope: &Scope<'_>,
+    version: &'b Value,
+) -> Plan<'b> {
+    let stamp = batch.version_column.as_deref().map(|c| (c, version));
+    Plan::build(&batch.items, &batch.targets, stamp, tables, scope)
+}
+
 async fn load_tables<'b>(
     conn: &Conn,
     tables: &mut HashMap<String, Arc<TableInfo>>,
