@@ -433,6 +433,29 @@ fn assert_marked_exactly_once(url: &str, total: i64) {
 
 struct Killed(Child);
 
+/// `weir ingest simulate` of `stocks` only, at `rate` ticks/s from `seed`, its log at `log`.
+fn simulate(
+    broker: &Broker,
+    registry: &Registry,
+    rate: &str,
+    seed: &str,
+    stocks: &str,
+    log: &Path,
+) -> Killed {
+    Killed(
+        Command::new(weir_bin())
+            .args(["ingest", "simulate", "--brokers", &broker.bootstrap])
+            .args(["--registry", &registry.url, "--rate", rate, "--seed", seed])
+            .args(["--stocks", stocks])
+            .args(["--crypto", "none", "--currency", "none"])
+            .env("WEIR_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -491,17 +514,13 @@ fn twenty_swaps_under_load_lose_duplicate_and_mix_nothing() {
             .unwrap(),
     );
     let simulate_log = tmp.path().join("simulate.log");
-    let mut simulate = Killed(
-        Command::new(weir_bin())
-            .args(["ingest", "simulate", "--brokers", &broker.bootstrap])
-            .args(["--registry", &registry.url, "--rate", "1500", "--seed", "5"])
-            .args(["--stocks", "AAPL,MSFT,NVDA,TSLA,JPM"])
-            .args(["--crypto", "none", "--currency", "none"])
-            .env("WEIR_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&simulate_log).unwrap())
-            .spawn()
-            .unwrap(),
+    let mut simulate = simulate(
+        &broker,
+        &registry,
+        "1500",
+        "5",
+        "AAPL,MSFT,NVDA,TSLA,JPM",
+        &simulate_log,
     );
     let rows_of = |version: &str| {
         count(
@@ -744,17 +763,13 @@ fn group_deploys_reach_every_member_at_one_switch_and_survive_restarts() {
         m.spawn();
     }
     let simulate_log = tmp.path().join("simulate.log");
-    let mut simulate = Killed(
-        Command::new(weir_bin())
-            .args(["ingest", "simulate", "--brokers", &broker.bootstrap])
-            .args(["--registry", &registry.url, "--rate", "800", "--seed", "9"])
-            .args(["--stocks", "AAPL,MSFT,NVDA,TSLA,JPM,AMZN,GOOG,META,NFLX"])
-            .args(["--crypto", "none", "--currency", "none"])
-            .env("WEIR_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&simulate_log).unwrap())
-            .spawn()
-            .unwrap(),
+    let mut simulate = simulate(
+        &broker,
+        &registry,
+        "800",
+        "9",
+        "AAPL,MSFT,NVDA,TSLA,JPM,AMZN,GOOG,META,NFLX",
+        &simulate_log,
     );
     let logs = |members: &[Member]| {
         members
