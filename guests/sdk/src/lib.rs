@@ -335,11 +335,14 @@ macro_rules! export {
 }
 
 #[cfg(target_arch = "wasm32")]
+mod allocator;
+
+#[cfg(target_arch = "wasm32")]
 mod wasm_rt {
     //! What `std` would otherwise provide on wasm: allocator, `cabi_realloc`, panics.
 
     #[global_allocator]
-    static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+    static ALLOCATOR: crate::allocator::Allocator = crate::allocator::Allocator::new();
 
     /// The component model's allocation entry point, used by the host to pass a batch
     /// into linear memory.
