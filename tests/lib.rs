@@ -432,24 +432,171 @@ pub fn weir_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         .expect("run weir")
 }
 
+/// A certificate authority made for one test with `openssl`, in a directory of its own:
+/// it issues server and client certificates.
+pub struct TestCa {
+    dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    /// A new CA (P-256 key, valid for two days).
+    pub fn new() -> Self {
+        let ca = Self {
+            dir: tempfile::Builder::new()
+                .prefix("weir-ca")
+                .tempdir()
+                .unwrap(),
+        };
+        ca.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={}", unique("weir test CA")),
+        ]);
+        ca
+    }
+
+    /// The CA's certificate (PEM), to trust.
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// A certificate for `cn` naming `names` (`DNS:localhost`, `IP:127.0.0.1`), signed by
+    /// this CA: (certificate, key), PEM files in the CA's directory.
+    pub fn issue(&self, cn: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let base = cn.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+        let (key, csr, crt, ext) = (
+            format!("{base}.key"),
+            format!("{base}.csr"),
+            format!("{base}.crt"),
+            format!("{base}.ext"),
+        );
+        let mut extensions = String::from("basicConstraints=CA:FALSE\n");
+        if !names.is_empty() {
+            extensions = format!("{extensions}subjectAltName={}\n", names.join(","));
+        }
+        std::fs::write(self.dir.path().join(&ext), extensions).unwrap();
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={cn}"),
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+        (self.dir.path().join(crt), self.dir.path().join(key))
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A Postgres cluster of its own (initdb + pg_ctl in a temporary directory, on a free
-/// port), for tests that restart the server. Removed on drop.
+/// port), for tests that restart the server or need their own TLS. Removed on drop.
 pub struct PgCluster {
     /// Port it listens on (127.0.0.1).
     pub port: u16,
     dir: tempfile::TempDir,
+    options: String,
 }
 
 impl PgCluster {
     /// Creates and starts the cluster (as the `postgres` user when running as root, since
     /// Postgres refuses to run as root).
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// As [`PgCluster::start`], serving TLS with a certificate from `ca` for `localhost`
+    /// (so `verify-full` passes for host `localhost`, not for `127.0.0.1`), and asking the
+    /// role `weir_cert` for a client certificate from `ca` (`cert` authentication); every
+    /// other role is trusted.
+    pub fn start_tls(ca: &TestCa) -> Self {
+        Self::start_with(Some(ca))
+    }
+
+    fn start_with(ca: Option<&TestCa>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("weir-pg")
             .tempdir()
             .expect("temp dir");
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
+        let mut options = String::new();
+        if let Some(ca) = ca {
+            let (cert, key) = ca.issue("localhost", &["DNS:localhost"]);
+            let tls = dir.path().join("tls");
+            std::fs::create_dir(&tls).unwrap();
+            for (from, to) in [
+                (cert, "server.crt"),
+                (key, "server.key"),
+                (ca.cert(), "ca.crt"),
+            ] {
+                std::fs::copy(from, tls.join(to)).unwrap();
+            }
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(
+                tls.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            let tls = tls.display();
+            options = format!(
+                " -c ssl=on -c ssl_cert_file={tls}/server.crt -c ssl_key_file={tls}/server.key \
+                 -c ssl_ca_file={tls}/ca.crt"
+            );
+        }
         let root = running_as_root();
         if root {
             let chown = |p: &std::path::Path| {
@@ -469,7 +616,7 @@ impl PgCluster {
                 .unwrap();
         }
         let port = free_port();
-        let cluster = Self { port, dir };
+        let cluster = Self { port, dir, options };
         cluster.pg(&[
             "initdb",
             "-D",
@@ -479,6 +626,17 @@ impl PgCluster {
             "--auth=trust",
             "-N",
         ]);
+        if ca.is_some() {
+            let hba = data.join("pg_hba.conf");
+            let rest = std::fs::read_to_string(&hba).unwrap();
+            std::fs::write(
+                &hba,
+                format!(
+                    "hostssl all weir_cert 127.0.0.1/32 cert\nhostssl all weir_cert ::1/128 cert\n{rest}"
+                ),
+            )
+            .unwrap();
+        }
         cluster.pg_ctl("start");
         cluster
     }
@@ -512,8 +670,8 @@ impl PgCluster {
     fn pg_ctl(&self, action: &str) {
         let data = self.data();
         let opts = format!(
-            "-p {} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port
+            "-p {} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off{}",
+            self.port, self.options
         );
         let log = format!("{data}/server.log");
         self.pg(&[

@@ -36,11 +36,25 @@ impl Produced {
     fn poison_total(&self) -> u64 {
         self.poison.values().sum()
     }
+
+    /// What `self` and `more` produced together.
+    fn and(mut self, more: Produced) -> Produced {
+        self.good += more.good;
+        for (stage, n) in more.poison {
+            *self.poison.entry(stage).or_default() += n;
+        }
+        self
+    }
 }
 
 /// Produces `n` events over 3 partitions; every 100th is poison (bad magic byte, unknown
 /// schema id, or a truncated body, in turn).
 fn produce(broker: &Broker, registry_url: &str, n: u64) -> Produced {
+    produce_range(broker, registry_url, 0..n)
+}
+
+/// As [`produce`], events numbered `seqs`.
+fn produce_range(broker: &Broker, registry_url: &str, seqs: std::ops::Range<u64>) -> Produced {
     rt().block_on(async {
         weir::source::kafka::ensure_topics(&broker.bootstrap, &[TOPIC.to_string()], 3)
             .await
@@ -61,7 +75,7 @@ fn produce(broker: &Broker, registry_url: &str, n: u64) -> Produced {
             .unwrap();
         let mut produced = Produced::default();
         let mut pending = Vec::new();
-        for seq in 0..n {
+        for seq in seqs {
             let body = writer
                 .write_value_to_vec(Avro::Record(vec![
                     ("seq".into(), Avro::Long(seq as i64)),
@@ -120,6 +134,8 @@ fn produce(broker: &Broker, registry_url: &str, n: u64) -> Produced {
 struct Pipeline {
     dir: tempfile::TempDir,
     db_url: String,
+    /// The URL `weir run` connects with, when not `db_url`.
+    run_url: Option<String>,
     registry_url: String,
     brokers: String,
     group: String,
@@ -131,6 +147,7 @@ impl Pipeline {
         Self {
             dir: tempfile::tempdir().unwrap(),
             db_url: db_url.into(),
+            run_url: None,
             registry_url: registry_url.into(),
             brokers: brokers.into(),
             group: weir_tests::unique("group"),
@@ -152,7 +169,7 @@ impl Pipeline {
                 self.brokers,
                 self.group,
                 self.registry_url,
-                self.db_url,
+                self.run_url.as_ref().unwrap_or(&self.db_url),
                 guest.display()
             ),
         )
@@ -422,6 +439,105 @@ fn exactly_once_through_a_postgres_restart() {
         p.log(port)
     );
     p.assert_exactly_once(&produced);
+}
+
+#[test]
+fn a_revoked_grant_pauses_the_partition_and_a_restored_one_resumes_it_exactly_once() {
+    let db = TestDb::new();
+    let registry = Registry::start(&db.url());
+    let broker = Broker::start();
+    // weir runs as a role of its own, which may create its tables in the test's schema
+    // and write the pipeline's table.
+    let role = weir_tests::unique("weir_role");
+    let mut p = Pipeline::new(&db.url(), &registry.url, &broker.bootstrap);
+    weir_tests::run_sql(
+        &db.url(),
+        &format!(
+            "CREATE ROLE {role} LOGIN; GRANT USAGE, CREATE ON SCHEMA {} TO {role};
+             GRANT SELECT, INSERT ON events TO {role}",
+            db.schema
+        ),
+    );
+    p.run_url = Some(db.url().replacen("://postgres@", &format!("://{role}@"), 1));
+    let first = produce_range(&broker, &registry.url, 0..1_500);
+    let port = free_port();
+    let mut child = p.spawn(port);
+    p.wait_for(1_500, Duration::from_secs(300), &mut [&mut child]);
+
+    weir_tests::run_sql(&db.url(), &format!("REVOKE INSERT ON events FROM {role}"));
+    let second = produce_range(&broker, &registry.url, 1_500..3_000);
+    let get = |path: &str| {
+        rt().block_on(async {
+            let r = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let (status, why) = get("/readyz");
+            status == 503 && why.contains("is waiting for Postgres") && why.contains("42501")
+        },
+        || {
+            format!(
+                "/readyz does not show the pause: {:?}; logs:\n{}",
+                get("/readyz"),
+                p.logs()
+            )
+        },
+    );
+    let paused = p.counts();
+    assert!(
+        get("/metrics")
+            .1
+            .lines()
+            .any(|l| l.starts_with("weir_partition_paused{") && l.ends_with(" 1")),
+        "no paused partition in the metrics:\n{}",
+        get("/metrics").1
+    );
+    // Paused, not dead-lettered: nothing is written while the right is missing.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        p.counts(),
+        paused,
+        "rows or dead letters written while paused"
+    );
+    assert_eq!(
+        weir_tests::query_one_i64(
+            &db.url(),
+            "SELECT count(*) FROM dead_letters WHERE stage = 'sink'"
+        ),
+        0,
+        "a refused right dead-lettered messages"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "weir run exited: {}",
+        p.logs()
+    );
+
+    weir_tests::run_sql(&db.url(), &format!("GRANT INSERT ON events TO {role}"));
+    p.wait_for(3_000, Duration::from_secs(120), &mut [&mut child]);
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || get("/readyz").0 == 200,
+        || format!("not ready again: {:?}", get("/readyz")),
+    );
+    kill9(&mut child);
+    assert!(
+        p.log(port).contains("Postgres refuses weir"),
+        "{}",
+        p.log(port)
+    );
+    p.assert_exactly_once(&first.and(second));
+    weir_tests::run_sql(
+        &db.url(),
+        &format!("DROP OWNED BY {role} CASCADE; DROP ROLE {role}"),
+    );
 }
 
 #[test]

@@ -1832,3 +1832,106 @@ async fn a_batch_commits_only_with_the_live_guest_version_and_a_switch_waits_for
     }
     assert_eq!(count(&c, "t").await, 3);
 }
+
+/// Whether the connection `pg` opens is encrypted, as Postgres sees it.
+async fn encrypted(pg: &weir::pg::PgConfig) -> Result<bool, String> {
+    let client = pg
+        .connect_spawned("the test")
+        .await
+        .map_err(|e| weir::pg::error_text(&e))?;
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.get(0))
+}
+
+#[test]
+fn postgres_tls_checks_the_ca_and_the_host_as_sslmode_asks() {
+    let ca = weir_tests::TestCa::new();
+    let other = weir_tests::TestCa::new();
+    let cluster = weir_tests::PgCluster::start_tls(&ca);
+    let port = cluster.port;
+    let url =
+        |host: &str, params: &str| format!("postgresql://postgres@{host}:{port}/postgres?{params}");
+    let parse = |url: &str| weir::pg::PgConfig::parse(url, "weir-test").unwrap();
+    let root = ca.cert().display().to_string();
+    let wrong = other.cert().display().to_string();
+    weir_tests::rt().block_on(async {
+        // verify-full: the right CA and the name in the certificate.
+        let full = parse(&url("localhost", &format!("sslmode=verify-full&sslrootcert={root}")));
+        assert_eq!(encrypted(&full).await, Ok(true));
+        // Every connection weir makes goes the same way: the sink's and the registry's.
+        Sink::connect(SinkConfig {
+            database_url: url("localhost", &format!("sslmode=verify-full&sslrootcert={root}")),
+            group_id: "tls".into(),
+        })
+        .await
+        .expect("the sink connects with verify-full");
+        weir::registry::server::RegistryServer::connect(&url(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={root}"),
+        ))
+        .await
+        .expect("the registry's store connects with verify-full");
+
+        // A CA that did not sign the server's certificate.
+        let e = encrypted(&parse(&url("localhost", &format!("sslmode=verify-full&sslrootcert={wrong}"))))
+            .await
+            .unwrap_err();
+        assert!(e.contains("invalid peer certificate") && e.contains("UnknownIssuer"), "{e}");
+        // verify-ca does not check the name; verify-full does.
+        let e = encrypted(&parse(&url("127.0.0.1", &format!("sslmode=verify-full&sslrootcert={root}"))))
+            .await
+            .unwrap_err();
+        assert!(e.contains("certificate not valid for name \"127.0.0.1\""), "{e}");
+        let ca_only = parse(&url("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={root}")));
+        assert_eq!(encrypted(&ca_only).await, Ok(true));
+        let e = encrypted(&parse(&url("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={wrong}"))))
+            .await
+            .unwrap_err();
+        assert!(e.contains("UnknownIssuer"), "{e}");
+        // A refused certificate is not an outage to wait out.
+        let e = Sink::connect(SinkConfig {
+            database_url: url("localhost", &format!("sslmode=verify-full&sslrootcert={wrong}")),
+            group_id: "tls".into(),
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("invalid peer certificate"), "{e}");
+
+        // require encrypts without checking; prefer (the default) takes TLS when offered;
+        // disable does not.
+        assert_eq!(encrypted(&parse(&url("127.0.0.1", "sslmode=require"))).await, Ok(true));
+        assert_eq!(encrypted(&parse(&url("127.0.0.1", ""))).await, Ok(true));
+        assert_eq!(encrypted(&parse(&url("127.0.0.1", "sslmode=disable"))).await, Ok(false));
+
+        // A client certificate: the role weir_cert may log in only with one from the CA.
+        let admin = parse(&url("localhost", "sslmode=disable"));
+        admin
+            .connect_spawned("the test")
+            .await
+            .unwrap()
+            .batch_execute("CREATE ROLE weir_cert LOGIN")
+            .await
+            .unwrap();
+        let (cert, key) = ca.issue("weir_cert", &[]);
+        let as_cert = |extra: &str| {
+            format!(
+                "postgresql://weir_cert@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={root}{extra}"
+            )
+        };
+        let e = encrypted(&parse(&as_cert(""))).await.unwrap_err();
+        assert!(e.contains("28000") || e.contains("certificate"), "{e}");
+        let with_cert = parse(&as_cert(&format!(
+            "&sslcert={}&sslkey={}",
+            cert.display(),
+            key.display()
+        )));
+        assert_eq!(encrypted(&with_cert).await, Ok(true));
+    });
+}

@@ -4,7 +4,8 @@
 //! with schemas from the [`registry`]; [`runtime`] runs guests on them; [`sink`] writes
 //! what they return to Postgres; [`pipeline`] runs the three for `weir run`; [`cli`] is the
 //! `weir` command. [`model`] is the floor they all stand on: the guest contract's types
-//! and the data the stages share.
+//! and the data the stages share; [`pg`] is how every part reaches Postgres (connections,
+//! TLS, error classes, the retry policy).
 #![deny(missing_docs)]
 
 pub mod admin;
@@ -15,6 +16,7 @@ pub mod isolate;
 pub mod json;
 pub mod metrics;
 pub mod model;
+pub mod pg;
 pub mod pipeline;
 pub mod registry;
 pub mod relay;

@@ -34,8 +34,12 @@
 //! registry:
 //!   url: {{ env(name="SCHEMA_REGISTRY_URL", default="http://localhost:8081") }}
 //! database:
-//!   url: {{ env(name="DATABASE_URL") }}
+//!   url: {{ env(name="DATABASE_URL") }}   # libpq's URL or key=value form
 //!   migrations: migrations         # optional; relative to this file
+//!   sslmode: verify-full           # disable, prefer (default), require, verify-ca, verify-full
+//!   sslrootcert: /etc/weir/pg/ca.crt  # the CAs to trust (verify-ca, verify-full)
+//!   sslcert: /etc/weir/pg/tls.crt  # a client certificate, with its key
+//!   sslkey: /etc/weir/pg/tls.key
 //! http:
 //!   listen: 0.0.0.0:9464           # /metrics, /healthz, /readyz (default 127.0.0.1:9464)
 //!   max_connections: 64            # open connections at once; more are closed (default 64)
@@ -186,6 +190,18 @@ pub struct DatabaseConfig {
     /// configuration file's directory.
     #[serde(default)]
     pub migrations: Option<PathBuf>,
+    /// libpq's `sslmode`; folded into `url` when loaded (the URL's own wins).
+    #[serde(default)]
+    pub sslmode: Option<String>,
+    /// libpq's `sslrootcert`, relative to the configuration file; folded into `url`.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// libpq's `sslcert`, relative to the configuration file; folded into `url`.
+    #[serde(default)]
+    pub sslcert: Option<PathBuf>,
+    /// libpq's `sslkey`, relative to the configuration file; folded into `url`.
+    #[serde(default)]
+    pub sslkey: Option<PathBuf>,
 }
 
 /// `http:`: the endpoint serving `/metrics`, `/healthz` and `/readyz`.
@@ -906,6 +922,7 @@ impl Checker<'_> {
             Some(dir) => Some(self.existing_dir(&["database", "migrations"], &base, &dir)?),
             None => None,
         };
+        self.fold_tls(&mut database, &base)?;
         let guests = GuestsConfig {
             dir: match file.guests.dir {
                 Some(dir) => Some(self.existing_dir(&["guests", "dir"], &base, &dir)?),
@@ -1088,6 +1105,35 @@ impl Checker<'_> {
     }
 
     /// `dir` resolved against `base`; it must be an existing directory.
+    /// Folds `database.ssl*` into the URL (where the URL does not set them already) and
+    /// checks the result: a bad `sslmode` or an unreadable certificate is refused here.
+    fn fold_tls(&self, database: &mut DatabaseConfig, base: &Path) -> Checked<()> {
+        let mut params: Vec<(&str, String)> = Vec::new();
+        if let Some(mode) = database.sslmode.take() {
+            params.push(("sslmode", mode));
+        }
+        for (key, path) in [
+            ("sslrootcert", database.sslrootcert.take()),
+            ("sslcert", database.sslcert.take()),
+            ("sslkey", database.sslkey.take()),
+        ] {
+            if let Some(path) = path {
+                params.push((key, resolve(base, &path).display().to_string()));
+            }
+        }
+        let given = |key: &str| database.url.contains(&format!("{key}="));
+        let params: Vec<(&str, &str)> = params
+            .iter()
+            .filter(|(key, _)| !given(key))
+            .map(|(key, value)| (*key, value.as_str()))
+            .collect();
+        database.url = crate::pg::with_params(&database.url, &params);
+        if let Err(e) = crate::pg::PgConfig::parse(&database.url, "weir") {
+            return Err(self.invalid("database.url", e, self.at.top(&["database", "url"])));
+        }
+        Ok(())
+    }
+
     fn existing_dir(&self, keys: &[&str], base: &Path, dir: &Path) -> Checked<PathBuf> {
         let resolved = resolve(base, dir);
         if !resolved.is_dir() {
@@ -1501,6 +1547,38 @@ pipelines:
         assert_eq!(rc.max_wasm_stack, 512 << 10);
         let pool = rc.pooling.unwrap();
         assert_eq!((pool.instances, pool.max_memory), (64, 1 << 30));
+    }
+
+    #[test]
+    fn database_tls_settings_fold_into_the_url_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("g.wasm"), b"").unwrap();
+        let with = |extra: &str| {
+            MINIMAL.replace(
+                "  url: postgresql://localhost/weir\n",
+                &format!("  url: postgresql://localhost/weir\n{extra}"),
+            )
+        };
+        let c = parse_in(dir.path(), &with("  sslmode: require\n")).unwrap();
+        assert_eq!(
+            c.database.url,
+            "postgresql://localhost/weir?sslmode=require"
+        );
+
+        let err = parse_in(
+            dir.path(),
+            &with("  sslmode: verify-full\n  sslrootcert: pg/ca.crt\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("database.url") && err.contains("ca.crt"),
+            "{err}"
+        );
+        let err = parse_in(dir.path(), &with("  sslmode: sometimes\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sslmode \"sometimes\""), "{err}");
     }
 
     #[test]

@@ -29,8 +29,9 @@ struct HealthState {
     connected: bool,
     assigned: bool,
     reason: Option<String>,
-    /// Partitions whose decoding waits for the schema registry, and why.
-    waiting: BTreeMap<(String, i32), String>,
+    /// Partitions waiting for a dependency: by topic, partition and what they wait for
+    /// ("the schema registry", "Postgres"), why.
+    waiting: BTreeMap<(String, i32, &'static str), String>,
 }
 
 impl Health {
@@ -53,8 +54,18 @@ impl Health {
 
     /// Whether `topic`/`partition` waits for the schema registry (`Some(why)`) or not.
     pub fn set_waiting(&self, topic: &str, partition: i32, why: Option<&str>) {
+        self.set_waiting_for("the schema registry", topic, partition, why);
+    }
+
+    /// Whether `topic`/`partition` is paused, its batch waiting for Postgres (`Some(why)`),
+    /// or not.
+    pub fn set_paused(&self, topic: &str, partition: i32, why: Option<&str>) {
+        self.set_waiting_for("Postgres", topic, partition, why);
+    }
+
+    fn set_waiting_for(&self, what: &'static str, topic: &str, partition: i32, why: Option<&str>) {
         let mut s = self.lock();
-        let key = (topic.to_string(), partition);
+        let key = (topic.to_string(), partition, what);
         match why {
             Some(why) => {
                 s.waiting.insert(key, why.to_string());
@@ -65,16 +76,17 @@ impl Health {
         }
     }
 
-    /// `Ok` when connected, assigned and no partition waits for the registry, else why not.
+    /// `Ok` when connected, assigned and no partition waits for the registry or Postgres,
+    /// else why not.
     pub fn ready(&self) -> Result<(), String> {
         let s = self.lock();
-        if let Some(((topic, partition), why)) = s.waiting.iter().next() {
+        if let Some(((topic, partition, what), why)) = s.waiting.iter().next() {
             let others = match s.waiting.len() - 1 {
                 0 => String::new(),
                 n => format!(" (and {n} more partitions)"),
             };
             return Err(format!(
-                "partition {topic}[{partition}] is waiting for the schema registry{others}: {why}"
+                "partition {topic}[{partition}] is waiting for {what}{others}: {why}"
             ));
         }
         if s.connected && s.assigned {

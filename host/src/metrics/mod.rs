@@ -66,6 +66,7 @@ pub struct Metrics {
     offsets_committed: Family<Labels1, Counter>,
     committed_offset: Family<Labels2, Gauge>,
     registry_waits: Family<Labels2, Gauge>,
+    sink_paused: Family<Labels2, Gauge>,
     outbox_pending: Family<Labels2, Gauge>,
     outbox_oldest: Family<Labels2, Gauge<f64, std::sync::atomic::AtomicU64>>,
     emitted: Family<Labels1, Counter>,
@@ -109,6 +110,7 @@ impl Metrics {
             offsets_committed: Family::default(),
             committed_offset: Family::default(),
             registry_waits: Family::default(),
+            sink_paused: Family::default(),
             outbox_pending: Family::default(),
             outbox_oldest: Family::default(),
             emitted: Family::default(),
@@ -217,6 +219,12 @@ impl Metrics {
             "weir_partition_waiting_for_registry",
             "1 while a partition's decoding waits for the schema registry to answer, else 0",
             m.registry_waits.clone(),
+        );
+        registry.register(
+            "weir_partition_paused",
+            "1 while a partition's batch waits for Postgres (unreachable, refusing weir a \
+             right, read-only, out of disk…) and is retried, else 0",
+            m.sink_paused.clone(),
         );
         registry.register(
             "weir_guest_swaps",
@@ -367,6 +375,16 @@ impl Metrics {
                 ("partition", &partition.to_string()),
             ))
             .set(i64::from(waiting));
+    }
+
+    /// Whether `topic`/`partition` is paused, its batch waiting for Postgres.
+    pub fn paused(&self, topic: &str, partition: i32, paused: bool) {
+        self.sink_paused
+            .get_or_create(&labels(
+                ("topic", topic),
+                ("partition", &partition.to_string()),
+            ))
+            .set(i64::from(paused));
     }
 
     /// Where guests' logs and counters go: hand it to

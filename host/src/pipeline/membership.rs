@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// A partition: topic and number.
 pub type Partition = (String, i32);
@@ -73,15 +73,10 @@ impl Membership {
 
     async fn client(&mut self) -> anyhow::Result<&Client> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            let (client, conn) = crate::sink::pg_config(&self.url, "weir-membership")
+            let client = crate::pg::PgConfig::parse(&self.url, "weir-membership")
                 .map_err(|e| anyhow::anyhow!(e))?
-                .connect(NoTls)
+                .connect_spawned("membership")
                 .await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "Membership connection ended");
-                }
-            });
             self.client = Some(client);
         }
         Ok(self.client.as_ref().expect("connected"))

@@ -29,7 +29,7 @@ use crate::model::{ConfigEntry, StateLimits, ValueKind};
 use crate::registry::RegistryClient;
 use crate::relay::{Destinations, REFRESH_INTERVAL, Relay, RelayConfig};
 use crate::runtime::{GuestSet, GuestSlot, Runtime};
-use crate::sink::{LookupSet, PipelineScope, Sink, SinkConfig, TableExpectation};
+use crate::sink::{LookupSet, PipelineScope, Sink, SinkConfig, SinkEvents, TableExpectation};
 use crate::source::avro::{AvroDecoder, DecodeLimits};
 use crate::source::{DecodeEvents, Decoder, KafkaSource, RawBatch, SourceConfig, StartFrom};
 use deploys::GroupDeploys;
@@ -127,17 +127,25 @@ pub struct Runner {
 /// How long shutdown waits for workers to finish their batches, and to leave the group.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Shows partitions waiting for the schema registry in `/readyz` and the metrics.
-struct RegistryWaits {
+/// Shows partitions waiting for the schema registry or for Postgres in `/readyz` and the
+/// metrics.
+struct Waits {
     health: Arc<Health>,
     metrics: Arc<Metrics>,
 }
 
-impl DecodeEvents for RegistryWaits {
+impl DecodeEvents for Waits {
     fn waiting(&self, topic: &str, partition: i32, why: Option<&str>) {
         self.health.set_waiting(topic, partition, why);
         self.metrics
             .waiting_for_registry(topic, partition, why.is_some());
+    }
+}
+
+impl SinkEvents for Waits {
+    fn paused(&self, topic: &str, partition: i32, why: Option<&str>) {
+        self.health.set_paused(topic, partition, why);
+        self.metrics.paused(topic, partition, why.is_some());
     }
 }
 
@@ -257,13 +265,14 @@ impl Runner {
         }
         let stop = CancellationToken::new();
         deploys.follow(stop.clone());
+        let waits = Arc::new(Waits {
+            health: health.clone(),
+            metrics: metrics.clone(),
+        });
         let mut decoder = Decoder::new(registry)
             .with_limits(config.decode.limits(), config.decode.max_batch_bytes)
             .with_stop(stop.clone())
-            .with_events(Arc::new(RegistryWaits {
-                health: health.clone(),
-                metrics: metrics.clone(),
-            }));
+            .with_events(waits.clone());
         for p in &config.pipelines {
             for t in &p.topics {
                 decoder = decoder.with_strategy(t, p.subjects.clone());
@@ -321,8 +330,14 @@ impl Runner {
             let worker = Worker {
                 shared: shared.clone(),
                 shadows: shadows.clone(),
-                sink: Arc::new(Sink::connect(sink_config.clone()).await?),
-                lookup: Sink::connect(sink_config.clone()).await?,
+                sink: Arc::new(
+                    Sink::connect(sink_config.clone())
+                        .await?
+                        .with_events(waits.clone()),
+                ),
+                lookup: Sink::connect(sink_config.clone())
+                    .await?
+                    .with_events(waits.clone()),
                 reports: report_tx.clone(),
                 states: HashMap::new(),
             };

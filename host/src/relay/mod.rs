@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::model::{Action, EmitValue, Partition};
+use crate::pg::Backoff;
 use crate::registry::{RegisteredSchema, RegistryClient};
 use crate::sink::{InFlight, OutboxMessage, OutboxReader, Pending};
 
@@ -451,14 +452,10 @@ impl Inner {
         if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
-        let pg = crate::sink::pg_config(&self.config.database_url, "weir relay")
-            .map_err(|e| anyhow::anyhow!(e))?;
-        let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "The relay's Postgres connection ended");
-            }
-        });
+        let client = crate::pg::PgConfig::parse(&self.config.database_url, "weir relay")
+            .map_err(|e| anyhow::anyhow!(e))?
+            .connect_spawned("the relay")
+            .await?;
         let client = Arc::new(client);
         *slot = Some(client.clone());
         Ok(client)
@@ -468,10 +465,10 @@ impl Inner {
     async fn run(self: Arc<Self>, partition: Partition, lane: Arc<Lane>) {
         let (topic, p) = (partition.0.as_str(), partition.1);
         let mut recovered = false;
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::between(Duration::from_millis(100), Duration::from_secs(10));
         while !lane.cancel.is_cancelled() {
             match self.round(topic, p, &lane, &mut recovered).await {
-                Ok(true) => delay = Duration::from_millis(100),
+                Ok(true) => backoff.reset(),
                 Ok(false) => {
                     tokio::select! {
                         _ = lane.wake.notified() => {}
@@ -480,13 +477,13 @@ impl Inner {
                     }
                 }
                 Err(e) => {
+                    let delay = backoff.delay();
                     tracing::warn!(topic, partition = p, error = %e, retry_in = ?delay, "Relaying the outbox failed; retrying");
                     recovered = false;
                     tokio::select! {
                         _ = lane.cancel.cancelled() => {}
                         _ = tokio::time::sleep(delay) => {}
                     }
-                    delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
         }

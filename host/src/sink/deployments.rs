@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::model::{Deployment, ShadowDiff, ShadowReport, Switch};
 
@@ -81,17 +81,14 @@ pub struct Store {
 
 /// Connects to `url` as `application`.
 async fn connect(url: &str, application: &str) -> anyhow::Result<Client> {
-    let (client, connection) = super::pg_config(url, application)
-        .map_err(|e| anyhow::anyhow!(e))?
-        .connect(NoTls)
-        .await
-        .with_context(|| format!("connecting to Postgres for {application}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "Deployment store connection ended");
-        }
-    });
-    Ok(client)
+    let pg = crate::pg::PgConfig::parse(url, application).map_err(|e| anyhow::anyhow!(e))?;
+    pg.connect_spawned("deployments").await.map_err(|e| {
+        anyhow::anyhow!(
+            "connecting to {} for {application}: {}",
+            pg.target(),
+            crate::pg::error_text(&e)
+        )
+    })
 }
 
 const HISTORY: &str = "SELECT version, sha256, kind, origin, previous, status, detail,
@@ -125,9 +122,9 @@ impl Store {
         wake: std::sync::Arc<tokio::sync::Notify>,
     ) -> anyhow::Result<Client> {
         use futures::StreamExt as _;
-        let (client, mut connection) = super::pg_config(url, "weir-deploys-listen")
+        let (client, mut connection) = crate::pg::PgConfig::parse(url, "weir-deploys-listen")
             .map_err(|e| anyhow::anyhow!(e))?
-            .connect(NoTls)
+            .connect()
             .await
             .context("connecting to Postgres to hear deploys")?;
         tokio::spawn(async move {

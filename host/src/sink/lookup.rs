@@ -18,7 +18,7 @@ use postgres_types::{FromSql, IsNull, Kind, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Statement};
 
 use super::value::{Cell, PG_EPOCH_DAYS, PG_EPOCH_MICROS, PgType, Refusal, convert};
-use super::{Class, classify, error_text};
+use crate::pg::{Class, classify, error_text};
 
 use crate::model::{Decimal, LookupRows, Lookups, Value};
 
@@ -323,7 +323,7 @@ impl PgLookups {
             Err(e) => {
                 // Writing in the read-only guest phase is the query's fault, not an
                 // outage (elsewhere the same code means a read-only standby).
-                let refused = classify(&e) != Class::Retry
+                let refused = matches!(classify(&e), Class::Data | Class::Fatal)
                     || e.code()
                         == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION);
                 if refused
@@ -365,7 +365,7 @@ impl PgLookups {
 enum Ran {
     /// Postgres refused the query: the guest hears why.
     Refused(String),
-    /// The connection failed: the attempt is retried.
+    /// The connection failed, or Postgres refuses weir a right: the attempt is retried.
     Broken(tokio_postgres::Error),
 }
 
@@ -435,7 +435,7 @@ impl Lookups for PgLookups {
             Err(Ran::Refused(why)) => Err(at(why)),
             Err(Ran::Broken(e)) => {
                 let why = at(format!(
-                    "the connection failed ({}); the batch is retried",
+                    "Postgres cannot answer it ({}); the batch is retried",
                     error_text(&e)
                 ));
                 *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);

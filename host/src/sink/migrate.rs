@@ -12,12 +12,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
-use super::{SinkError, classify, describe_config, error_text};
+use super::SinkError;
+use crate::pg::error_text;
 
 /// What a migration run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -170,29 +170,9 @@ fn read_dir(dir: &Path) -> Result<Vec<File>, SinkError> {
 
 /// One connection, retried for a few seconds while Postgres is not reachable.
 async fn connect(database_url: &str) -> Result<Client, SinkError> {
-    let config = super::pg_config(database_url, "weir-migrate").map_err(SinkError::Database)?;
-    let target = describe_config(&config);
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        match config.connect(tokio_postgres::NoTls).await {
-            Ok((client, connection)) => {
-                tokio::spawn(connection);
-                return Ok(client);
-            }
-            Err(e) if attempt < CONNECT_ATTEMPTS && classify(&e) == super::Class::Retry => {
-                tracing::warn!(database = %target, attempt, retry_in = ?delay, error = %error_text(&e),
-                    "Postgres is not reachable yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-            Err(e) => {
-                return Err(SinkError::Database(format!(
-                    "cannot connect to {target}: {}",
-                    error_text(&e)
-                )));
-            }
-        }
-    }
+    crate::pg::PgConfig::parse(database_url, "weir-migrate")
+        .map_err(SinkError::Database)?
+        .connect_retrying("migrations", CONNECT_ATTEMPTS)
+        .await
+        .map_err(SinkError::Database)
 }

@@ -23,9 +23,10 @@
 //! - If Postgres rejects a row (SQLSTATE classes 21, 22, 23, 42, 44, P0001), the batch is
 //!   retried with the messages bisected, each probe in a savepoint, and only the messages
 //!   at fault are dead-lettered.
-//! - Connection loss and an explicit list of transient errors (serialization failure,
-//!   deadlock, admin shutdown…) are retried with backoff until the batch commits; anything
-//!   else is returned.
+//! - Connection loss, transient errors (serialization failure, deadlock, admin shutdown…)
+//!   and a missing right (SQLSTATE 42501: a revoked GRANT) are retried with backoff until
+//!   the batch commits, the partition shown as paused ([`SinkEvents`]); anything else is
+//!   returned. [`crate::pg`] classifies the errors.
 
 pub mod deployments;
 mod lookup;
@@ -38,13 +39,11 @@ mod value;
 mod write;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::error::SqlState;
-
 use crate::model::{Action, Lookups, StateStore, StateWrites, Target, Value};
+use crate::pg::{Backoff, Class, PgConfig, classify, error_text};
 
 pub use lookup::{LookupSet, MAX_ROWS as MAX_LOOKUP_ROWS};
 pub use migrate::{MigrateReport, migrate};
@@ -62,6 +61,13 @@ pub struct SinkConfig {
     pub database_url: String,
     /// Consumer group the offsets belong to (`weir_offsets.group_id`).
     pub group_id: String,
+}
+
+/// Told when a partition's batch waits for Postgres and when it goes on, for `/readyz`
+/// and the metrics.
+pub trait SinkEvents: Send + Sync {
+    /// `topic`/`partition` waits for Postgres (`Some(why)`), or no longer does.
+    fn paused(&self, topic: &str, partition: i32, why: Option<&str>);
 }
 
 /// One input message's fate within a batch, in offset order.
@@ -265,9 +271,6 @@ pub enum SinkError {
 
 /// How many times [`Sink::connect`] tries to reach Postgres before it gives up.
 const CONNECT_ATTEMPTS: u32 = 5;
-/// Backoff between tries: doubling from the first to the last.
-const FIRST_RETRY: Duration = Duration::from_millis(200);
-const MAX_RETRY: Duration = Duration::from_secs(10);
 
 /// Writes batches into Postgres for one consumer group, exactly once.
 ///
@@ -275,10 +278,11 @@ const MAX_RETRY: Duration = Duration::from_secs(10);
 /// transaction. A lost connection is replaced on next use.
 pub struct Sink {
     group_id: String,
-    pg: tokio_postgres::Config,
+    pg: PgConfig,
     /// Where Postgres is, without the password, for messages.
     target: String,
     state: tokio::sync::Mutex<State>,
+    events: Option<Arc<dyn SinkEvents>>,
 }
 
 #[derive(Default)]
@@ -343,6 +347,10 @@ impl From<tokio_postgres::Error> for Failure {
     fn from(e: tokio_postgres::Error) -> Self {
         match classify(&e) {
             Class::Retry => Failure::Retry(e),
+            // Not the data's fault, and it will not pass by itself: wait for an operator.
+            Class::Permission => {
+                Failure::Pause(format!("Postgres refuses weir: {}", error_text(&e)))
+            }
             Class::Data | Class::Fatal => Failure::Fatal(e),
         }
     }
@@ -352,16 +360,16 @@ impl Sink {
     /// Connects (retrying for a few seconds while Postgres is not reachable) and creates
     /// weir's own tables, `weir_offsets` and `dead_letters`, if they are missing.
     pub async fn connect(config: SinkConfig) -> Result<Self, SinkError> {
-        let pg = pg_config(&config.database_url, "weir").map_err(SinkError::Database)?;
-        let target = describe_config(&pg);
+        let pg = PgConfig::parse(&config.database_url, "weir").map_err(SinkError::Database)?;
+        let target = pg.target().to_string();
         let sink = Self {
             group_id: config.group_id,
             pg,
             target,
             state: tokio::sync::Mutex::new(State::default()),
+            events: None,
         };
-        let mut delay = FIRST_RETRY;
-        let mut attempt = 1;
+        let mut backoff = Backoff::new();
         let conn = loop {
             let opened = match sink.open().await {
                 Ok(conn) => conn
@@ -373,17 +381,19 @@ impl Sink {
             };
             match opened {
                 Ok(conn) => break conn,
-                Err(e) if attempt < CONNECT_ATTEMPTS && classify(&e) == Class::Retry => {
+                Err(e)
+                    if backoff.attempts() + 1 < CONNECT_ATTEMPTS
+                        && classify(&e) == Class::Retry =>
+                {
+                    let delay = backoff.delay();
                     tracing::warn!(
                         database = %sink.target,
-                        attempt,
+                        attempt = backoff.attempts(),
                         retry_in = ?delay,
                         error = %error_text(&e),
                         "Postgres is not reachable yet; retrying"
                     );
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_RETRY);
-                    attempt += 1;
                 }
                 Err(e) => {
                     return Err(SinkError::Database(format!(
@@ -396,6 +406,12 @@ impl Sink {
         };
         sink.state.lock().await.conn = Some(conn);
         Ok(sink)
+    }
+
+    /// Tells `events` whenever a batch waits for Postgres, and when it goes on.
+    pub fn with_events(mut self, events: Arc<dyn SinkEvents>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Checks that each table exists and has the expected columns, each of a type that
@@ -449,7 +465,7 @@ impl Sink {
         topic: &str,
         partition: i32,
     ) -> Result<Option<i64>, SinkError> {
-        let mut delay = FIRST_RETRY;
+        let mut backoff = Backoff::new();
         loop {
             let result = {
                 let mut state = self.state.lock().await;
@@ -464,7 +480,8 @@ impl Sink {
             };
             match result {
                 Ok(offset) => return Ok(offset),
-                Err(e) if classify(&e) == Class::Retry => {
+                Err(e) if matches!(classify(&e), Class::Retry | Class::Permission) => {
+                    let delay = backoff.delay();
                     tracing::warn!(
                         database = %self.target,
                         topic,
@@ -474,7 +491,6 @@ impl Sink {
                         "Cannot read the stored offset; retrying"
                     );
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_RETRY);
                 }
                 Err(e) => return Err(self.database(&e)),
             }
@@ -488,7 +504,7 @@ impl Sink {
     /// to `dead_letters` (stage `sink`) and the rest commits. Connection loss and transient
     /// errors are retried with backoff (200 ms doubling to 10 s) until the batch commits.
     pub async fn write_batch(&self, batch: &SinkBatch) -> Result<WriteReport, SinkError> {
-        let mut delay = FIRST_RETRY;
+        let mut backoff = Backoff::new();
         let mut attempts = 0;
         // A report whose COMMIT got no answer: it may have committed.
         let mut in_doubt = None;
@@ -506,9 +522,10 @@ impl Sink {
             match outcome {
                 Ok(mut report) => {
                     report.attempts = attempts;
+                    self.resumed(&head, &backoff);
                     return Ok(report);
                 }
-                Err(failure) => self.after(failure, &head, attempts, &mut delay).await?,
+                Err(failure) => self.after(failure, &head, &mut backoff).await?,
             }
         }
     }
@@ -529,7 +546,7 @@ impl Sink {
     where
         F: FnMut(Option<Arc<StateStore>>, Option<Arc<dyn Lookups>>) -> SinkBatch,
     {
-        let mut delay = FIRST_RETRY;
+        let mut backoff = Backoff::new();
         let mut attempts = 0;
         let mut in_doubt = None;
         let head = Head {
@@ -554,6 +571,7 @@ impl Sink {
             match outcome {
                 Ok((mut report, batch)) => {
                     report.attempts = attempts;
+                    self.resumed(&head, &backoff);
                     if let Some(slot) = run.state.as_deref_mut() {
                         let mut store = match slot.held.take() {
                             Some((at, store)) if at == head.start_offset => store,
@@ -566,7 +584,7 @@ impl Sink {
                     }
                     return Ok((report, batch));
                 }
-                Err(failure) => self.after(failure, &head, attempts, &mut delay).await?,
+                Err(failure) => self.after(failure, &head, &mut backoff).await?,
             }
         }
     }
@@ -577,8 +595,7 @@ impl Sink {
         &self,
         failure: Failure,
         head: &Head,
-        attempts: u32,
-        delay: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Result<(), SinkError> {
         match failure {
             Failure::Stale(stored) => Err(SinkError::Stale {
@@ -604,11 +621,11 @@ impl Sink {
                 live,
             }),
             Failure::Retry(e) => {
-                self.wait(head, attempts, delay, &error_text(&e)).await;
+                self.wait(head, backoff, &error_text(&e)).await;
                 Ok(())
             }
             Failure::Pause(why) => {
-                self.wait(head, attempts, delay, &why).await;
+                self.wait(head, backoff, &why).await;
                 Ok(())
             }
             Failure::Fatal(e) => Err(SinkError::Database(format!(
@@ -622,19 +639,34 @@ impl Sink {
         }
     }
 
-    async fn wait(&self, head: &Head, attempts: u32, delay: &mut Duration, error: &str) {
+    /// After a batch committed: if it had waited, its partition goes on.
+    fn resumed(&self, head: &Head, backoff: &Backoff) {
+        if backoff.attempts() > 0 {
+            tracing::info!(database = %self.target, topic = %head.topic, partition = head.partition,
+                start_offset = head.start_offset, attempts = backoff.attempts() + 1,
+                "The batch committed after waiting for Postgres; the partition goes on");
+            if let Some(events) = &self.events {
+                events.paused(&head.topic, head.partition, None);
+            }
+        }
+    }
+
+    async fn wait(&self, head: &Head, backoff: &mut Backoff, error: &str) {
+        if let Some(events) = &self.events {
+            events.paused(&head.topic, head.partition, Some(error));
+        }
+        let delay = backoff.delay();
         tracing::warn!(
             database = %self.target,
             topic = %head.topic,
             partition = head.partition,
             start_offset = head.start_offset,
-            attempt = attempts,
-            retry_in = ?*delay,
+            attempt = backoff.attempts(),
+            retry_in = ?delay,
             error,
             "Writing the batch failed; retrying"
         );
-        tokio::time::sleep(*delay).await;
-        *delay = (*delay * 2).min(MAX_RETRY);
+        tokio::time::sleep(delay).await;
     }
 
     /// One try at a ready-made batch.
@@ -937,7 +969,7 @@ impl Sink {
         if keys.is_empty() {
             return Ok(HashSet::new());
         }
-        let mut delay = FIRST_RETRY;
+        let mut backoff = Backoff::new();
         loop {
             let result = {
                 let mut state = self.state.lock().await;
@@ -948,10 +980,10 @@ impl Sink {
             };
             match result {
                 Ok(seen) => return Ok(seen),
-                Err(e) if classify(&e) == Class::Retry => {
+                Err(e) if matches!(classify(&e), Class::Retry | Class::Permission) => {
+                    let delay = backoff.delay();
                     tracing::warn!(database = %self.target, retry_in = ?delay, error = %error_text(&e), "Looking up deduplication keys failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_RETRY);
                 }
                 Err(e) => return Err(self.database(&e)),
             }
@@ -1007,14 +1039,7 @@ impl Sink {
     }
 
     async fn open(&self) -> Result<Conn, tokio_postgres::Error> {
-        let (client, connection) = self.pg.connect(tokio_postgres::NoTls).await?;
-        let target = self.target.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(database = %target, error = %e, "Postgres connection ended");
-            }
-        });
-        Ok(Conn::new(client))
+        Ok(Conn::new(self.pg.connect_spawned("the sink").await?))
     }
 
     fn database(&self, e: &tokio_postgres::Error) -> SinkError {
@@ -1139,161 +1164,4 @@ async fn reload_tables(
         load_table(conn, tables, name).await?;
     }
     Ok(())
-}
-
-/// What to do about a Postgres error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Class {
-    /// Transient: try again (on a new connection if this one is gone).
-    Retry,
-    /// The data's fault: the row goes to `dead_letters`.
-    Data,
-    /// Neither: report it.
-    Fatal,
-}
-
-/// SQLSTATEs that go away by themselves, besides class 08 (connection exceptions) and
-/// errors without a SQLSTATE (the connection broke).
-pub(crate) const RETRIABLE: &[SqlState] = &[
-    SqlState::T_R_SERIALIZATION_FAILURE,
-    SqlState::T_R_DEADLOCK_DETECTED,
-    SqlState::T_R_STATEMENT_COMPLETION_UNKNOWN,
-    SqlState::LOCK_NOT_AVAILABLE,
-    SqlState::QUERY_CANCELED,
-    SqlState::ADMIN_SHUTDOWN,
-    SqlState::CRASH_SHUTDOWN,
-    SqlState::CANNOT_CONNECT_NOW,
-    SqlState::INSUFFICIENT_RESOURCES,
-    SqlState::DISK_FULL,
-    SqlState::OUT_OF_MEMORY,
-    SqlState::TOO_MANY_CONNECTIONS,
-    SqlState::READ_ONLY_SQL_TRANSACTION,
-    SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
-    SqlState::SYSTEM_ERROR,
-    SqlState::IO_ERROR,
-];
-
-/// Classes of SQLSTATE that blame the data: cardinality, data exception, integrity
-/// constraint, syntax or access rule (a missing column), check option.
-const DATA_CLASSES: &[&str] = &["21", "22", "23", "42", "44"];
-
-pub(crate) fn classify(e: &tokio_postgres::Error) -> Class {
-    let Some(code) = e.code() else {
-        // No SQLSTATE: the connection failed, unless a value could not be encoded.
-        let text = e.to_string();
-        return if text.starts_with("error serializing") || text.starts_with("error deserializing") {
-            Class::Fatal
-        } else {
-            Class::Retry
-        };
-    };
-    if RETRIABLE.contains(code) || code.code().starts_with("08") {
-        Class::Retry
-    } else if DATA_CLASSES.contains(&&code.code()[..2]) || *code == SqlState::RAISE_EXCEPTION {
-        Class::Data
-    } else {
-        Class::Fatal
-    }
-}
-
-/// A Postgres error as one line: its message and SQLSTATE, or the connection failure.
-pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-            if let Some(detail) = db.detail() {
-                text.push_str(": ");
-                text.push_str(detail);
-            }
-            text
-        }
-        None => match std::error::Error::source(e) {
-            Some(source) => format!("{e}: {source}"),
-            None => e.to_string(),
-        },
-    }
-}
-
-/// A Postgres connection config from a URL (`postgresql://user:password@host:port/db`, or
-/// libpq's `key=value` form), for a connection named `application`: a 5 s connect
-/// timeout and the application name unless the URL sets them, and the password from the
-/// standard `PGPASSWORD` environment variable when the URL has none, so a password can come
-/// from a Kubernetes Secret without being written into a URL.
-pub fn pg_config(url: &str, application: &str) -> Result<tokio_postgres::Config, String> {
-    pg_config_with(url, application, std::env::var_os("PGPASSWORD"))
-}
-
-fn pg_config_with(
-    url: &str,
-    application: &str,
-    pgpassword: Option<std::ffi::OsString>,
-) -> Result<tokio_postgres::Config, String> {
-    let mut config = tokio_postgres::Config::from_str(url)
-        .map_err(|e| format!("the database URL is not a Postgres URL: {e}"))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
-    }
-    if config.get_application_name().is_none() {
-        config.application_name(application);
-    }
-    if config.get_password().is_none()
-        && let Some(password) = pgpassword
-    {
-        config.password(password.as_encoded_bytes());
-    }
-    Ok(config)
-}
-
-/// Where a Postgres config points, without the password.
-pub(crate) fn describe_config(config: &tokio_postgres::Config) -> String {
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .map(|h| match h {
-            tokio_postgres::config::Host::Tcp(name) => name.clone(),
-            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-        })
-        .collect();
-    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
-    format!(
-        "postgresql://{}@{}:{}/{}",
-        config.get_user().unwrap_or(""),
-        hosts.join(","),
-        ports.join(","),
-        config.get_dbname().unwrap_or("")
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pg_config_with;
-
-    #[test]
-    fn pgpassword_fills_a_url_without_a_password() {
-        let c = pg_config_with(
-            "postgresql://weir@db:5432/weir",
-            "weir",
-            Some("s3:cr/t@".into()),
-        )
-        .unwrap();
-        assert_eq!(c.get_password(), Some(&b"s3:cr/t@"[..]));
-        assert_eq!(c.get_application_name(), Some("weir"));
-        assert!(c.get_connect_timeout().is_some());
-
-        // A password in the URL wins; no PGPASSWORD leaves none.
-        let c = pg_config_with(
-            "postgresql://weir:inurl@db/weir",
-            "weir",
-            Some("env".into()),
-        )
-        .unwrap();
-        assert_eq!(c.get_password(), Some(&b"inurl"[..]));
-        let c =
-            pg_config_with("postgresql://weir@db/weir?application_name=x", "weir", None).unwrap();
-        assert_eq!(c.get_password(), None);
-        assert_eq!(c.get_application_name(), Some("x"));
-
-        let e = pg_config_with("http://nope", "weir", None).unwrap_err();
-        assert!(e.contains("not a Postgres URL"), "{e}");
-    }
 }

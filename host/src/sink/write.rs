@@ -449,7 +449,7 @@ impl Conn {
                         *rows.entry(table).or_insert(0) += n;
                     }
                 }
-                Err(e) if super::classify(&e.error) == super::Class::Data => {
+                Err(e) if crate::pg::classify(&e.error) == crate::pg::Class::Data => {
                     self.client
                         .batch_execute(
                             "ROLLBACK TO SAVEPOINT weir_probe; RELEASE SAVEPOINT weir_probe",
@@ -554,7 +554,7 @@ fn text(s: &str) -> std::borrow::Cow<'_, str> {
 /// `table.column: message (detail) [constraint c] [where]`, from Postgres's report.
 pub(crate) fn describe(e: &StatementError) -> String {
     let Some(db) = e.error.as_db_error() else {
-        return format!("{}: {}", e.table, super::error_text(&e.error));
+        return format!("{}: {}", e.table, crate::pg::error_text(&e.error));
     };
     let mut s = e.table.clone();
     if let Some(column) = db.column() {

@@ -381,7 +381,7 @@ impl<S: SchemaSource> Decoder<S> {
         id: SchemaId,
         request: impl Fn() -> F,
     ) -> Result<Result<T, RegistryError>, Stopped> {
-        let mut delay = self.retry_min;
+        let mut backoff = crate::pg::Backoff::between(self.retry_min, self.retry_max);
         let mut waited = false;
         let result = loop {
             let answer = tokio::select! {
@@ -391,6 +391,7 @@ impl<S: SchemaSource> Decoder<S> {
             };
             match answer {
                 Err(e) if e.is_retryable() => {
+                    let delay = backoff.delay();
                     tracing::warn!(topic, partition, schema_id = %id, retry_in = ?delay, error = %e, "Schema registry unavailable; the partition waits and retries");
                     if let Some(events) = &self.events {
                         events.waiting(topic, partition, Some(&e.to_string()));
@@ -401,7 +402,6 @@ impl<S: SchemaSource> Decoder<S> {
                         _ = self.stop.cancelled() => return Err(Stopped),
                         _ = tokio::time::sleep(delay) => {}
                     }
-                    delay = (delay * 2).min(self.retry_max);
                 }
                 answer => break answer,
             }

@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::{
-    Client, GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+    Client, GenericClient, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use tokio_postgres::NoTls;
-use tokio_postgres::error::SqlState;
+
+use crate::pg::{Backoff, Class, PgConfig, classify};
 
 use super::ApiError;
 use super::compat::Level;
@@ -94,16 +94,12 @@ pub(crate) struct Usage {
 impl Store {
     /// Builds the pool and creates the tables, retrying while Postgres is not up yet.
     pub(crate) async fn connect(database_url: &str) -> anyhow::Result<Self> {
-        let config = crate::sink::pg_config(database_url, "weir-registry")
+        let config = PgConfig::parse(database_url, "weir-registry")
             .map_err(|e| anyhow::anyhow!("the registry's database: {e}"))?;
-        let target = crate::sink::describe_config(&config);
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let target = config.target().to_string();
+        let manager = config.pool_manager(ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        });
         let pool = Pool::builder(manager)
             .max_size(16)
             .runtime(Runtime::Tokio1)
@@ -113,20 +109,20 @@ impl Store {
             .build()
             .context("cannot build the Postgres connection pool")?;
         let store = Self { pool };
-        let mut delay = Duration::from_millis(250);
-        for attempt in 1.. {
+        let mut backoff = Backoff::between(Duration::from_millis(250), Duration::from_secs(5));
+        loop {
             match store.create_tables().await {
                 Ok(()) => break,
-                Err(e) if attempt < CONNECT_ATTEMPTS && retriable(&e) => {
+                Err(e) if backoff.attempts() + 1 < CONNECT_ATTEMPTS && retriable(&e) => {
+                    let delay = backoff.delay();
                     tracing::warn!(
                         database = %target,
-                        attempt,
+                        attempt = backoff.attempts(),
                         retry_in = ?delay,
                         error = %e,
                         "Postgres is not ready for the registry yet; retrying"
                     );
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
                     return Err(anyhow::Error::new(e)).with_context(|| {
@@ -158,18 +154,7 @@ impl Store {
 fn retriable(e: &PoolError) -> bool {
     match e {
         PoolError::Timeout(_) => true,
-        PoolError::Backend(e) => match e.code() {
-            // No SQLSTATE: the connection itself failed (refused, reset, closed).
-            None => true,
-            Some(code) => [
-                SqlState::CANNOT_CONNECT_NOW,
-                SqlState::ADMIN_SHUTDOWN,
-                SqlState::CRASH_SHUTDOWN,
-                SqlState::TOO_MANY_CONNECTIONS,
-                SqlState::CONNECTION_FAILURE,
-            ]
-            .contains(code),
-        },
+        PoolError::Backend(e) => classify(e) == Class::Retry,
         _ => false,
     }
 }
