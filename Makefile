@@ -11,6 +11,21 @@ toolchain:
 guests: toolchain
 	cd guests && cargo build --target wasm32-wasip2 --release
 
+# What building and testing need from the system: OpenSSL for librdkafka's TLS (with
+# pkg-config to find it), openssl and socat for the TLS tests. Installed from Debian's
+# packages when missing.
+.PHONY: system
+system:
+	@missing=""; \
+	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
+	dpkg -s libssl-dev >/dev/null 2>&1 || missing="$$missing libssl-dev"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v socat >/dev/null || missing="$$missing socat"; \
+	if [ -n "$$missing" ]; then \
+		echo "Installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
 # What the end-to-end tests talk to: a tansu broker (installed once with cargo) and the
 # machine's Postgres (started if it is down).
 .PHONY: services
@@ -29,18 +44,18 @@ tools:
 
 # Guest logic natively (SDK and guests), then the host and the end-to-end tests against
 # the compiled guests and real services.
-test: guests services tools
+test: system guests services tools
 	cd guests && cargo test
 	cargo test --workspace
 
-bench: guests
+bench: system guests
 	cargo bench -p weir-tests --bench runtime
 
 # The property tests at full size (`make test` runs 64 cases of each): generated schemas
 # and bodies against the decoder, and random requests against the registry.
 FUZZ_CASES ?= 20000
 .PHONY: fuzz
-fuzz: guests services
+fuzz: system guests services
 	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release -p weir --lib avro_props
 	PROPTEST_CASES=$$(( $(FUZZ_CASES) / 10 )) cargo test --release -p weir-tests --test hostile random_requests
 
@@ -50,11 +65,11 @@ fuzz: guests services
 RECORDS ?= 1000000
 ONLY ?=
 .PHONY: bench-e2e
-bench-e2e: guests services
+bench-e2e: system guests services
 	cargo run --release -q -p weir-tests --bin weir-bench -- --records $(RECORDS) $(if $(ONLY),--only $(ONLY))
 
 # The whole pipeline locally: broker, registry, simulator, weir run, Postgres
 # (tests/demo/run.sh says how Postgres is found). Ctrl-C stops it.
 .PHONY: demo
-demo:
+demo: system
 	bash tests/demo/run.sh

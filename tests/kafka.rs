@@ -285,7 +285,7 @@ async fn produce(broker: &Broker, topic: &str, values: Vec<Vec<u8>>) {
 
 fn source(broker: &Broker, topic: &str) -> KafkaSource {
     KafkaSource::new(&SourceConfig {
-        brokers: broker.bootstrap.clone(),
+        kafka: weir::source::kafka::Kafka::new(&broker.bootstrap),
         group_id: weir_tests::unique("g"),
         topics: vec![topic.into()],
         batch_size: 100,

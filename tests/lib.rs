@@ -318,6 +318,41 @@ impl Drop for Broker {
     }
 }
 
+/// A TLS terminator (Debian's `socat`) on `127.0.0.1:PORT` in front of a plaintext TCP
+/// service: clients speak TLS to it, with the certificate given. Stopped on drop.
+pub struct TlsTerminator {
+    /// `127.0.0.1:PORT` clients connect to.
+    pub addr: String,
+    child: Child,
+}
+
+impl TlsTerminator {
+    /// Listens on `port`, forwarding to `upstream` (`host:port`), serving `cert`/`key`.
+    pub fn start(port: u16, upstream: &str, cert: &std::path::Path, key: &std::path::Path) -> Self {
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+                cert.display(),
+                key.display()
+            ))
+            .arg(format!("TCP:{upstream}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start socat (apt-get install socat)");
+        wait_for_port(&addr, Duration::from_secs(10));
+        Self { addr, child }
+    }
+}
+
+impl Drop for TlsTerminator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn tansu_bin() -> PathBuf {
     if let Some(home) = std::env::var_os("HOME") {
         let p = PathBuf::from(home).join(".cargo/bin/tansu");

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use apache_avro::types::Value as Avro;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use weir::registry::{RegistryClient, SchemaId, frame_into};
+use weir::source::kafka::Kafka;
 use weir_tests::{
     Broker, PgCluster, Registry, TestDb, free_port, guest_path, kill9, rt, wait_until, weir_bin,
 };
@@ -55,8 +56,13 @@ fn produce(broker: &Broker, registry_url: &str, n: u64) -> Produced {
 
 /// As [`produce`], events numbered `seqs`.
 fn produce_range(broker: &Broker, registry_url: &str, seqs: std::ops::Range<u64>) -> Produced {
+    produce_with(&Kafka::new(&broker.bootstrap), registry_url, seqs)
+}
+
+/// As [`produce_range`], through `kafka` (its brokers and properties).
+fn produce_with(kafka: &Kafka, registry_url: &str, seqs: std::ops::Range<u64>) -> Produced {
     rt().block_on(async {
-        weir::source::kafka::ensure_topics(&broker.bootstrap, &[TOPIC.to_string()], 3)
+        weir::source::kafka::ensure_topics(kafka, &[TOPIC.to_string()], 3)
             .await
             .unwrap();
         let id = RegistryClient::new(registry_url)
@@ -68,7 +74,8 @@ fn produce_range(broker: &Broker, registry_url: &str, seqs: std::ops::Range<u64>
         let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
             .build()
             .unwrap();
-        let producer: FutureProducer = weir::source::kafka::client_config(&broker.bootstrap)
+        let producer: FutureProducer = kafka
+            .client_config()
             .set("linger.ms", "20")
             .set("enable.idempotence", "true")
             .create()
@@ -136,6 +143,8 @@ struct Pipeline {
     db_url: String,
     /// The URL `weir run` connects with, when not `db_url`.
     run_url: Option<String>,
+    /// More `kafka.properties` lines for `weir run` (`    key: value\n` each).
+    kafka_properties: String,
     registry_url: String,
     brokers: String,
     group: String,
@@ -148,6 +157,7 @@ impl Pipeline {
             dir: tempfile::tempdir().unwrap(),
             db_url: db_url.into(),
             run_url: None,
+            kafka_properties: String::new(),
             registry_url: registry_url.into(),
             brokers: brokers.into(),
             group: weir_tests::unique("group"),
@@ -161,13 +171,14 @@ impl Pipeline {
         std::fs::write(
             &path,
             format!(
-                "kafka:\n  brokers: \"{}\"\n  group_id: \"{}\"\n  properties:\n    session.timeout.ms: \"6000\"\n    heartbeat.interval.ms: \"500\"\n\
+                "kafka:\n  brokers: \"{}\"\n  group_id: \"{}\"\n  properties:\n    session.timeout.ms: \"6000\"\n    heartbeat.interval.ms: \"500\"\n{}\
                  registry:\n  url: \"{}\"\n\
                  database:\n  url: \"{}\"\n\
                  http:\n  listen: \"127.0.0.1:{http_port}\"\n\
                  pipelines:\n  - name: events\n    topic: {TOPIC}\n    guest: \"{}\"\n    batch:\n      size: 500\n      linger: 50ms\n    config:\n      table: events\n      include_metadata: \"true\"\n    tables: [events]\n    columns: schema\n",
                 self.brokers,
                 self.group,
+                self.kafka_properties,
                 self.registry_url,
                 self.run_url.as_ref().unwrap_or(&self.db_url),
                 guest.display()
@@ -537,6 +548,53 @@ fn a_revoked_grant_pauses_the_partition_and_a_restored_one_resumes_it_exactly_on
     weir_tests::run_sql(
         &db.url(),
         &format!("DROP OWNED BY {role} CASCADE; DROP ROLE {role}"),
+    );
+}
+
+#[test]
+fn weir_run_reaches_kafka_through_tls_with_its_properties() {
+    let db = TestDb::new();
+    let registry = Registry::start(&db.url());
+    let ca = weir_tests::TestCa::new();
+    let (cert, key) = ca.issue("localhost", &["DNS:localhost", "IP:127.0.0.1"]);
+    let port = free_port();
+    // The broker tells clients to come back through the terminator: only TLS reaches it.
+    let broker = Broker::start_advertising(&format!("127.0.0.1:{port}"));
+    let tls = weir_tests::TlsTerminator::start(port, &broker.bootstrap, &cert, &key);
+    let root = ca.cert().display().to_string();
+    let kafka = Kafka::with_properties(
+        &tls.addr,
+        [
+            ("security.protocol", "SSL"),
+            ("ssl.ca.location", root.as_str()),
+        ],
+    );
+    let produced = produce_with(&kafka, &registry.url, 0..1_000);
+    let mut p = Pipeline::new(&db.url(), &registry.url, &tls.addr);
+    p.kafka_properties = format!("    security.protocol: SSL\n    ssl.ca.location: \"{root}\"\n");
+    let http = free_port();
+    let mut child = p.spawn(http);
+    p.wait_for(1_000, Duration::from_secs(120), &mut [&mut child]);
+    kill9(&mut child);
+    p.assert_exactly_once(&produced);
+
+    // Another CA's certificate is refused, naming why.
+    let other = weir_tests::TestCa::new();
+    p.kafka_properties = format!(
+        "    security.protocol: SSL\n    ssl.ca.location: \"{}\"\n",
+        other.cert().display()
+    );
+    let out = Command::new(weir_bin())
+        .args(["run", "--config"])
+        .arg(p.config(free_port()))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("certificate verify failed") || stderr.contains("SSL handshake failed"),
+        "{stderr}"
     );
 }
 

@@ -277,7 +277,7 @@ fn simulator() -> Simulator {
 fn source_ceiling(broker: &Broker, registry: &str, n: u64) -> (Measurement, Vec<SinkBatch>) {
     rt().block_on(async {
         let mut source = KafkaSource::new(&SourceConfig {
-            brokers: broker.bootstrap.clone(),
+            kafka: weir::source::kafka::Kafka::new(&broker.bootstrap),
             group_id: unique("bench-source"),
             topics: vec![TOPIC.to_string()],
             batch_size: BATCH,

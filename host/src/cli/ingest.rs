@@ -142,11 +142,12 @@ fn flag(class: AssetClass) -> &'static str {
 }
 
 async fn prepare(target: &Target, topics: &[String]) -> anyhow::Result<Producer> {
+    let kafka = target.endpoints.kafka()?;
     if target.partitions > 0 {
-        ensure_topics(&target.endpoints.brokers, topics, target.partitions).await?;
+        ensure_topics(&kafka, topics, target.partitions).await?;
     }
     let registry = RegistryClient::new(&target.endpoints.registry)?;
-    Producer::connect(&target.endpoints.brokers, &registry, topics).await
+    Producer::connect(&kafka, &registry, topics).await
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {

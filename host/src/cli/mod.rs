@@ -111,6 +111,14 @@ pub struct Endpoints {
     /// Kafka bootstrap servers.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
     pub brokers: String,
+    /// A librdkafka property for every Kafka client (`security.protocol=SASL_SSL`);
+    /// repeatable, applied after `--kafka-config`.
+    #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE")]
+    pub kafka_properties: Vec<String>,
+    /// A file of librdkafka properties, one `key=value` a line (`#` comments), as Kafka's
+    /// own tools take with `--command-config`: where TLS and SASL settings and secrets go.
+    #[arg(long, env = "KAFKA_CONFIG", value_name = "FILE")]
+    pub kafka_config: Option<std::path::PathBuf>,
     /// Schema registry URL.
     #[arg(
         long,
@@ -120,12 +128,76 @@ pub struct Endpoints {
     pub registry: String,
 }
 
+impl Endpoints {
+    /// The brokers with the properties of `--kafka-config` and then of `-X`.
+    pub fn kafka(&self) -> anyhow::Result<crate::source::kafka::Kafka> {
+        let mut properties = Vec::new();
+        if let Some(path) = &self.kafka_config {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--kafka-config {}: {e}", path.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+                    continue;
+                }
+                properties.push(property(line).map_err(|e| {
+                    anyhow::anyhow!("--kafka-config {}, line {}: {e}", path.display(), n + 1)
+                })?);
+            }
+        }
+        for p in &self.kafka_properties {
+            properties.push(property(p).map_err(|e| anyhow::anyhow!("-X {p:?}: {e}"))?);
+        }
+        Ok(crate::source::kafka::Kafka::with_properties(
+            &self.brokers,
+            properties,
+        ))
+    }
+}
+
+/// `key=value` (or `key: value`), trimmed.
+fn property(text: &str) -> Result<(String, String), String> {
+    let at = text
+        .find(['=', ':'])
+        .ok_or_else(|| "expected key=value".to_string())?;
+    let (key, value) = (text[..at].trim(), text[at + 1..].trim());
+    if key.is_empty() {
+        return Err("the key is empty".into());
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
 // The parsers of sizes and durations live with the configuration, which reads them too.
 pub use crate::config::{parse_duration, parse_size};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kafka_properties_come_from_the_file_then_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("client.properties");
+        std::fs::write(
+            &file,
+            "# TLS\nsecurity.protocol=SSL\nssl.ca.location = /etc/ca.pem\n\nsasl.password: s3cret\n",
+        )
+        .unwrap();
+        let endpoints = Endpoints {
+            brokers: "b:9093".into(),
+            kafka_properties: vec!["security.protocol=SASL_SSL".into()],
+            kafka_config: Some(file.clone()),
+            registry: String::new(),
+        };
+        let kafka = endpoints.kafka().unwrap();
+        let c = kafka.client_config();
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"), "-X wins");
+        assert_eq!(c.get("ssl.ca.location"), Some("/etc/ca.pem"));
+        assert_eq!(c.get("sasl.password"), Some("s3cret"));
+        std::fs::write(&file, "security.protocol\n").unwrap();
+        let e = endpoints.kafka().unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("key=value"), "{e}");
+    }
 
     #[test]
     fn cli_parses() {

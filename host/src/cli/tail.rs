@@ -58,7 +58,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         .with_strategy(&args.topic, strategy)
         .with_stop(stop.clone());
     let mut source = KafkaSource::new(&SourceConfig {
-        brokers: args.endpoints.brokers.clone(),
+        kafka: args.endpoints.kafka()?,
         // A group of its own: tail never moves a pipeline's offsets.
         group_id: format!("weir-tail-{}", uuid::Uuid::new_v4().simple()),
         topics: vec![args.topic.clone()],

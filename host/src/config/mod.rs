@@ -29,8 +29,11 @@
 //! kafka:
 //!   brokers: {{ env(name="KAFKA_BROKERS", default="localhost:9092") }}
 //!   group_id: weir                 # consumer group (default weir)
-//!   properties:                    # extra librdkafka properties (default none)
-//!     session.timeout.ms: 45000
+//!   properties:                    # librdkafka properties for every Kafka client weir makes
+//!     session.timeout.ms: 45000    # (default none)
+//!     security.protocol: SASL_SSL  # TLS and SASL: ssl.ca.location, sasl.mechanism…
+//!     sasl.username: weir
+//!     sasl.password: {{ env(name="KAFKA_PASSWORD") }}   # secrets are never logged
 //! registry:
 //!   url: {{ env(name="SCHEMA_REGISTRY_URL", default="http://localhost:8081") }}
 //! database:
@@ -159,7 +162,7 @@ pub struct Config {
 }
 
 /// `kafka:`: the brokers and the consumer.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port…]`.
@@ -170,6 +173,21 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties (`session.timeout.ms: 45000`), passed as they are.
     #[serde(default, deserialize_with = "de::string_map")]
     pub properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: Vec<(String, String)> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("properties", &crate::source::kafka::Redacted(&properties))
+            .finish()
+    }
 }
 
 /// `registry:`: the Confluent-compatible schema registry.

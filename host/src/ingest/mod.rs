@@ -15,7 +15,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde_json::{Map, Value as Json};
 
 use crate::registry::RegistryClient;
-use crate::source::kafka::client_config;
+use crate::source::kafka::Kafka;
 use encode::Encoder;
 
 /// Deliveries awaited at most at once; beyond this `send` waits for the oldest.
@@ -30,9 +30,10 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Connects to `brokers` and fetches the latest schema of each topic's value subject.
+    /// Connects to `kafka` (brokers, or [`Kafka`] with properties) and fetches the latest
+    /// schema of each topic's value subject.
     pub async fn connect(
-        brokers: &str,
+        kafka: impl Into<Kafka>,
         registry: &RegistryClient,
         topics: &[String],
     ) -> anyhow::Result<Self> {
@@ -50,7 +51,9 @@ impl Producer {
             tracing::info!(topic, subject, schema_id = %encoder.id(), "Producing with the latest schema");
             encoders.insert(topic.clone(), encoder);
         }
-        let producer: FutureProducer = client_config(brokers)
+        let kafka = kafka.into();
+        let producer: FutureProducer = kafka
+            .client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
@@ -58,7 +61,7 @@ impl Producer {
             .set("queue.buffering.max.messages", "200000")
             .set("message.timeout.ms", "60000")
             .create()
-            .map_err(|e| anyhow::anyhow!("cannot create a Kafka producer for {brokers}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot create a Kafka producer for {kafka}: {e}"))?;
         Ok(Self {
             producer,
             encoders,

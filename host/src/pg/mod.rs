@@ -397,8 +397,11 @@ mod tests {
             url,
             "postgresql://weir@db/weir?application_name=a&sslmode=require&sslrootcert=%2Fetc%2Fca%20dir%2Fca%2Epem"
         );
-        let c = parse(&url, &[]).unwrap();
-        assert_eq!(c.tls().mode, SslMode::Require);
+        let mut tls = TlsSettings::default();
+        let rest = split_tls(&url, &mut |k, v| tls.set(k, v)).unwrap();
+        assert_eq!(rest, "postgresql://weir@db/weir?application_name=a");
+        assert_eq!(tls.mode, SslMode::Require);
+        assert_eq!(tls.rootcert.as_deref(), Some(std::path::Path::new("/etc/ca dir/ca.pem")));
         let url = with_params(
             "host=db user=weir",
             &[("sslmode", "disable"), ("sslkey", "it's\\x")],

@@ -31,6 +31,7 @@ use crate::relay::{Destinations, REFRESH_INTERVAL, Relay, RelayConfig};
 use crate::runtime::{GuestSet, GuestSlot, Runtime};
 use crate::sink::{LookupSet, PipelineScope, Sink, SinkConfig, SinkEvents, TableExpectation};
 use crate::source::avro::{AvroDecoder, DecodeLimits};
+use crate::source::kafka::{Kafka, LastError};
 use crate::source::{DecodeEvents, Decoder, KafkaSource, RawBatch, SourceConfig, StartFrom};
 use deploys::GroupDeploys;
 use membership::{Membership, Partition};
@@ -86,7 +87,7 @@ pub struct Runner {
     sink: Sink,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    brokers: String,
+    kafka: Kafka,
     /// Next offset to process per partition, as committed in Postgres (None: nothing
     /// stored).
     positions: HashMap<Partition, Option<i64>>,
@@ -189,7 +190,17 @@ impl Runner {
         }
 
         check_registry(&config.registry.url).await?;
-        check_kafka(&config.kafka.brokers, &config.pipelines).await?;
+        // Every Kafka client gets the operator's properties (TLS, SASL…), but not the
+        // group settings: weir's group is kept in Postgres.
+        let kafka = Kafka::with_properties(
+            &config.kafka.brokers,
+            config
+                .kafka
+                .properties
+                .iter()
+                .filter(|(k, _)| !GROUP_PROPERTIES.contains(&k.as_str())),
+        );
+        check_kafka(&kafka, &config.pipelines).await?;
 
         if let Some(dir) = &config.database.migrations {
             let report = crate::sink::migrate(&config.database.url, dir)
@@ -217,19 +228,13 @@ impl Runner {
         health.set_connected(true);
 
         let mut source = KafkaSource::new(&SourceConfig {
-            brokers: config.kafka.brokers.clone(),
+            kafka: kafka.clone(),
             group_id: config.kafka.group_id.clone(),
             topics: by_topic.keys().cloned().collect(),
             batch_size: 500,
             linger: Duration::from_millis(100),
             start: StartFrom::Earliest,
-            properties: config
-                .kafka
-                .properties
-                .iter()
-                .filter(|(k, _)| !GROUP_PROPERTIES.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            properties: Vec::new(),
             subscribe: false,
         })?;
         let session = config
@@ -288,20 +293,20 @@ impl Runner {
         let relay = if emitted.is_empty() {
             None
         } else {
-            create_topics_out(&config.kafka.brokers, &config.pipelines).await?;
+            create_topics_out(&kafka, &config.pipelines).await?;
             destinations
-                .refresh(&config.kafka.brokers, &registry_client, &emitted)
+                .refresh(&kafka, &registry_client, &emitted)
                 .await;
             tokio::spawn(refresh_destinations(
                 destinations.clone(),
-                config.kafka.brokers.clone(),
+                kafka.clone(),
                 registry_client.clone(),
                 emitted,
                 stop.clone(),
             ));
             Some(Arc::new(Relay::new(
                 RelayConfig {
-                    brokers: config.kafka.brokers.clone(),
+                    kafka: kafka.clone(),
                     group: config.kafka.group_id.clone(),
                     database_url: config.database.url.clone(),
                 },
@@ -352,7 +357,7 @@ impl Runner {
             sink,
             metrics,
             health,
-            brokers: config.kafka.brokers.clone(),
+            kafka,
             positions: HashMap::new(),
             dispatched: HashMap::new(),
             epochs: HashMap::new(),
@@ -466,7 +471,7 @@ impl Runner {
             .last_discovery
             .is_none_or(|t| t.elapsed() >= DISCOVERY_INTERVAL)
         {
-            match discover(&self.brokers, &self.topics).await {
+            match discover(&self.kafka, &self.topics).await {
                 Ok(p) => {
                     self.partitions = p;
                     self.last_discovery = Some(Instant::now());
@@ -794,7 +799,7 @@ impl Runner {
             .collect();
         let client = match &self.lag_client {
             Some(c) => c.clone(),
-            None => match crate::source::kafka::client_config(&self.brokers).create() {
+            None => match self.kafka.client_config().create() {
                 Ok(c) => self.lag_client.insert(Arc::new(c)).clone(),
                 Err(e) => {
                     tracing::debug!(error = %e, "Cannot create the client measuring lag");
@@ -906,12 +911,12 @@ const GROUP_PROPERTIES: &[&str] = &["session.timeout.ms", "heartbeat.interval.ms
 
 /// Creates the `topics_out:` topics that do not exist yet, as Kafka's topic auto-creation
 /// and Quix Streams do, each with as many partitions as its pipeline's first input topic.
-async fn create_topics_out(brokers: &str, pipelines: &[PipelineConfig]) -> anyhow::Result<()> {
+async fn create_topics_out(kafka: &Kafka, pipelines: &[PipelineConfig]) -> anyhow::Result<()> {
     let inputs: Vec<String> = pipelines
         .iter()
         .filter_map(|p| p.topics.first().cloned())
         .collect();
-    let existing = discover(brokers, &inputs).await?;
+    let existing = discover(kafka, &inputs).await?;
     for p in pipelines.iter().filter(|p| !p.topics_out.is_empty()) {
         let partitions = existing
             .iter()
@@ -919,7 +924,7 @@ async fn create_topics_out(brokers: &str, pipelines: &[PipelineConfig]) -> anyho
             .count()
             .max(1) as i32;
         let topics: Vec<String> = p.topics_out.keys().cloned().collect();
-        crate::source::kafka::ensure_topics(brokers, &topics, partitions)
+        crate::source::kafka::ensure_topics(kafka, &topics, partitions)
             .await
             .with_context(|| format!("creating the topics_out of pipeline {}", p.name))?;
     }
@@ -929,7 +934,7 @@ async fn create_topics_out(brokers: &str, pipelines: &[PipelineConfig]) -> anyho
 /// Reads the destinations of emits again every [`REFRESH_INTERVAL`], until `stop`.
 async fn refresh_destinations(
     destinations: Arc<Destinations>,
-    brokers: String,
+    kafka: Kafka,
     registry: Arc<RegistryClient>,
     topics: BTreeMap<String, String>,
     stop: CancellationToken,
@@ -939,17 +944,16 @@ async fn refresh_destinations(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(REFRESH_INTERVAL) => {}
         }
-        destinations.refresh(&brokers, &registry, &topics).await;
+        destinations.refresh(&kafka, &registry, &topics).await;
     }
 }
 
 /// The partitions of `topics`, per the brokers' metadata.
-async fn discover(brokers: &str, topics: &[String]) -> anyhow::Result<Vec<Partition>> {
-    let brokers = brokers.to_string();
+async fn discover(kafka: &Kafka, topics: &[String]) -> anyhow::Result<Vec<Partition>> {
+    let kafka = kafka.clone();
     let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || {
-        let client: rdkafka::consumer::BaseConsumer =
-            crate::source::kafka::client_config(&brokers).create()?;
+        let client: rdkafka::consumer::BaseConsumer = kafka.client_config().create()?;
         let mut out = Vec::new();
         for topic in &topics {
             let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(5))?;
@@ -982,17 +986,26 @@ async fn check_registry(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn check_kafka(brokers: &str, pipelines: &[PipelineConfig]) -> anyhow::Result<()> {
-    let brokers = brokers.to_string();
+async fn check_kafka(kafka: &Kafka, pipelines: &[PipelineConfig]) -> anyhow::Result<()> {
+    let kafka = kafka.clone();
+    let brokers = kafka.brokers.clone();
     let topics: Vec<String> = pipelines.iter().flat_map(|p| p.topics.clone()).collect();
     tokio::task::spawn_blocking(move || {
-        let client: rdkafka::consumer::BaseConsumer = crate::source::kafka::client_config(&brokers)
-            .create()
+        let client: rdkafka::consumer::BaseConsumer<LastError> = kafka
+            .client_config()
+            .create_with_context(LastError::default())
             .map_err(|e| anyhow::anyhow!("Kafka brokers {brokers} (kafka.brokers): {e}"))?;
         let metadata = client
             .fetch_metadata(None, Duration::from_secs(10))
             .map_err(|e| {
-                anyhow::anyhow!("Kafka brokers {brokers} (kafka.brokers) are unreachable: {e}")
+                // The failure's cause arrives as an error event: serve it.
+                let _ = client.poll(Duration::from_millis(100));
+                let why = client
+                    .context()
+                    .last()
+                    .map(|why| format!(" ({why})"))
+                    .unwrap_or_default();
+                anyhow::anyhow!("Kafka brokers {brokers} (kafka.brokers) are unreachable: {e}{why}")
             })?;
         let known: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
         for t in &topics {

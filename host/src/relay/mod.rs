@@ -39,6 +39,7 @@ use crate::model::{Action, EmitValue, Partition};
 use crate::pg::Backoff;
 use crate::registry::{RegisteredSchema, RegistryClient};
 use crate::sink::{InFlight, OutboxMessage, OutboxReader, Pending};
+use crate::source::kafka::Kafka;
 
 /// The `client.id` of the relay's Kafka clients.
 pub const RELAY_CLIENT_ID: &str = "weir-relay";
@@ -76,11 +77,11 @@ impl Destinations {
     /// dead-letter, saying so) until a later refresh finds it.
     pub async fn refresh(
         &self,
-        brokers: &str,
+        kafka: &Kafka,
         registry: &RegistryClient,
         topics: &BTreeMap<String, String>,
     ) {
-        let counts = match partition_counts(brokers, topics.keys().cloned().collect()).await {
+        let counts = match partition_counts(kafka, topics.keys().cloned().collect()).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot read the partitions of the topics emitted to; keeping what was known");
@@ -125,12 +126,12 @@ impl Destinations {
 }
 
 async fn partition_counts(
-    brokers: &str,
+    kafka: &Kafka,
     topics: Vec<String>,
 ) -> anyhow::Result<HashMap<String, i32>> {
-    let brokers = brokers.to_string();
+    let kafka = kafka.clone();
     tokio::task::spawn_blocking(move || {
-        let client: BaseConsumer = crate::source::kafka::client_config(&brokers).create()?;
+        let client: BaseConsumer = kafka.client_config().create()?;
         let metadata = client.fetch_metadata(None, Duration::from_secs(10))?;
         Ok(metadata
             .topics()
@@ -326,8 +327,8 @@ impl Lane {
 /// How the relay reaches Kafka and Postgres.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// Bootstrap servers.
-    pub brokers: String,
+    /// The brokers and the properties every client gets.
+    pub kafka: Kafka,
     /// The consumer group whose outbox this is.
     pub group: String,
     /// Postgres.
@@ -354,7 +355,9 @@ struct Inner {
 impl Relay {
     /// A relay producing with an idempotent producer.
     pub fn new(config: RelayConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        let producer: FutureProducer = crate::source::kafka::client_config(&config.brokers)
+        let producer: FutureProducer = config
+            .kafka
+            .client_config()
             .set("client.id", RELAY_CLIENT_ID)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -365,7 +368,7 @@ impl Relay {
             .map_err(|e| {
                 anyhow::anyhow!(
                     "cannot create the relay's Kafka producer for {}: {e}",
-                    config.brokers
+                    config.kafka
                 )
             })?;
         Ok(Self {
@@ -647,12 +650,12 @@ impl Inner {
         let Some(flight) = reader.in_flight(topic, partition).await? else {
             return Ok(());
         };
-        let brokers = self.config.brokers.clone();
+        let kafka = self.config.kafka.clone();
         let prefix = format!("{}:", self.config.group);
         let wanted: HashSet<i64> = flight.ids.iter().copied().collect();
         let marks = flight.marks.clone();
         let found =
-            tokio::task::spawn_blocking(move || scan(&brokers, &marks, &prefix, &wanted)).await??;
+            tokio::task::spawn_blocking(move || scan(&kafka, &marks, &prefix, &wanted)).await??;
         tracing::info!(
             topic,
             partition,
@@ -668,12 +671,13 @@ impl Inner {
 /// The outbox ids (among `wanted`, headers starting with `prefix`) in each destination
 /// partition from its recorded offset to its end now.
 fn scan(
-    brokers: &str,
+    kafka: &Kafka,
     marks: &[(String, i32, i64)],
     prefix: &str,
     wanted: &HashSet<i64>,
 ) -> anyhow::Result<Vec<i64>> {
-    let consumer: BaseConsumer = crate::source::kafka::client_config(brokers)
+    let consumer: BaseConsumer = kafka
+        .client_config()
         .set("client.id", RELAY_CLIENT_ID)
         .set("group.id", "weir-relay-recovery")
         .set("enable.auto.commit", "false")

@@ -40,8 +40,8 @@ pub enum StartFrom {
 /// How to consume.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
-    /// `bootstrap.servers`.
-    pub brokers: String,
+    /// The brokers and the properties every client gets.
+    pub kafka: kafka::Kafka,
     /// Consumer group id.
     pub group_id: String,
     /// Topics to subscribe to.
@@ -186,10 +186,10 @@ impl KafkaSource {
     /// Creates the consumer and subscribes.
     pub fn new(config: &SourceConfig) -> Result<Self, SourceError> {
         let setup = |detail: String| SourceError::Setup {
-            brokers: config.brokers.clone(),
+            brokers: config.kafka.brokers.clone(),
             detail,
         };
-        let mut client = kafka::client_config(&config.brokers);
+        let mut client = config.kafka.client_config();
         client
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "true")
@@ -206,7 +206,9 @@ impl KafkaSource {
             // whole wait even once data arrives (tansu does) would otherwise add up to
             // librdkafka's 500 ms default to every record's latency.
             .set("fetch.wait.max.ms", "20");
-        for (k, v) in &config.properties {
+        // The operator's properties win over weir's consumer defaults, and the caller's
+        // over both.
+        for (k, v) in config.kafka.properties.iter().chain(&config.properties) {
             client.set(k, v);
         }
         let consumer: StreamConsumer<SourceContext> = client
