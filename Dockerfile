@@ -31,10 +31,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -m 0644 target/wasm32-wasip2/release/passthrough.wasm \
       target/wasm32-wasip2/release/tickers.wasm /out/guests/
 
-# ---- runtime: Debian slim (glibc, zlib, CA certificates), non-root ----
+# ---- runtime: Debian slim (glibc, zlib, OpenSSL for librdkafka's TLS, CA certificates), non-root ----
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 10001 weir \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

@@ -697,7 +697,7 @@ fn the_documented_example_loads() {
     if std::env::var_os("DATABASE_URL").is_none() {
         let stderr = weir_failing(&["config", "render", "--check", "--config", s(&path)]);
         assert!(
-            stderr.contains("environment variable DATABASE_URL is not set (line 9)"),
+            stderr.contains("environment variable DATABASE_URL is not set (line 15)"),
             "{stderr}"
         );
     }

@@ -1298,3 +1298,125 @@ async fn cli_serves_until_sigterm() {
     assert!(stderr.contains(&address), "{stderr}");
     assert!(stderr.contains("SIGTERM"), "{stderr}");
 }
+
+/// `weir registry serve` requiring basic auth, behind TLS: 401 without credentials (with
+/// Confluent's body), 403 for a read-only user's write, and weir's own client and
+/// `weir schemas push` authenticated over https with the test's CA.
+#[tokio::test]
+async fn the_server_requires_basic_auth_and_the_client_speaks_https_with_it() {
+    let db = TestDb::new();
+    let ca = weir_tests::TestCa::new();
+    let (cert, key) = ca.issue("localhost", &["DNS:localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "ci:s3cr:et:write\nviewer:look:read\n").unwrap();
+    let plain = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(weir_bin())
+        .args([
+            "registry",
+            "serve",
+            "--database-url",
+            &db.url(),
+            "--users-file",
+        ])
+        .arg(&users)
+        .env("WEIR_REGISTRY_LISTEN", &plain)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start weir registry serve");
+    wait_for_port(&plain, Duration::from_secs(60));
+    let port = free_port();
+    let _tls = weir_tests::TlsTerminator::start(port, &plain, &cert, &key);
+    let url = format!("https://localhost:{port}");
+
+    let pem = std::fs::read(ca.cert()).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let answer = |r: reqwest::RequestBuilder| async move {
+        let r = r.send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let (status, body) = answer(http.get(format!("{url}/subjects"))).await;
+    assert_eq!(
+        (status, body),
+        (401, json!({"error_code": 401, "message": "Unauthorized"}))
+    );
+    let (status, _) = answer(
+        http.get(format!("{url}/subjects"))
+            .basic_auth("ci", Some("wrong")),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body) = answer(
+        http.get(format!("{url}/subjects"))
+            .basic_auth("viewer", Some("look")),
+    )
+    .await;
+    assert_eq!((status, body), (200, json!([])));
+    let schema = json!({"schema": fields(&[SYMBOL])});
+    let (status, body) = answer(
+        http.post(format!("{url}/subjects/auth-value/versions"))
+            .basic_auth("viewer", Some("look"))
+            .json(&schema),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error_code"], 40301, "{body}");
+
+    // weir schemas push: refused without credentials, registered with them.
+    let schemas = dir.path().join("schemas");
+    std::fs::create_dir(&schemas).unwrap();
+    std::fs::write(schemas.join("auth.avsc"), fields(&[SYMBOL])).unwrap();
+    let push = |extra: &[&str]| {
+        let mut cmd = Command::new(weir_bin());
+        cmd.args(["schemas", "push", "--registry", &url, "--registry-ca"])
+            .arg(ca.cert())
+            .args(extra)
+            .arg(&schemas)
+            .env_remove("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO");
+        cmd.output().unwrap()
+    };
+    let out = push(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "pushed without credentials");
+    assert!(
+        stderr.contains("401") || stderr.contains("Unauthorized"),
+        "{stderr}"
+    );
+    let out = push(&["--registry-basic-auth", "ci:s3cr:et"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The client the pipelines use: a read-only user is enough, from the URL or the flags.
+    let client = weir::registry::RegistryClient::with_auth(
+        &format!("https://viewer:look@localhost:{port}"),
+        &weir::registry::RegistryAuth {
+            ca: Some(ca.cert()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let latest = client.latest("auth-value").await.unwrap();
+    use weir::registry::SchemaSource as _;
+    assert_eq!(client.schema_by_id(latest.id).await.unwrap().id, latest.id);
+    // Without the CA the certificate is refused.
+    let e = weir::registry::RegistryClient::new(&format!("https://localhost:{port}"))
+        .unwrap()
+        .latest("auth-value")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("certificate") || e.contains("error sending request"),
+        "{e}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

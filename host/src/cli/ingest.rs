@@ -9,7 +9,6 @@ use clap::{Args, Subcommand};
 use crate::ingest::replay::{Format, Reader};
 use crate::ingest::simulate::{AssetClass, SimConfig, Simulator, Symbol};
 use crate::ingest::{Pacer, Producer, now_ms};
-use crate::registry::RegistryClient;
 use crate::source::kafka::ensure_topics;
 
 /// `weir ingest` subcommands.
@@ -146,7 +145,7 @@ async fn prepare(target: &Target, topics: &[String]) -> anyhow::Result<Producer>
     if target.partitions > 0 {
         ensure_topics(&kafka, topics, target.partitions).await?;
     }
-    let registry = RegistryClient::new(&target.endpoints.registry)?;
+    let registry = target.endpoints.registry.client()?;
     Producer::connect(&kafka, &registry, topics).await
 }
 

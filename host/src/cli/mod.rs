@@ -119,13 +119,55 @@ pub struct Endpoints {
     /// own tools take with `--command-config`: where TLS and SASL settings and secrets go.
     #[arg(long, env = "KAFKA_CONFIG", value_name = "FILE")]
     pub kafka_config: Option<std::path::PathBuf>,
-    /// Schema registry URL.
+    /// The schema registry.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// Where the schema registry is and how to authenticate to it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// Schema registry URL (`https://user:password@host` works too).
     #[arg(
         long,
         env = "SCHEMA_REGISTRY_URL",
         default_value = "http://localhost:8081"
     )]
     pub registry: String,
+    /// A PEM file of CA certificates the registry's `https://` certificate is checked
+    /// against, besides the system's.
+    #[arg(long, env = "SCHEMA_REGISTRY_CA", value_name = "FILE")]
+    pub registry_ca: Option<std::path::PathBuf>,
+    /// Basic auth `user:password` (Confluent's `basic.auth.user.info`).
+    #[arg(
+        long,
+        env = "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+        hide_env_values = true,
+        value_name = "USER:PASSWORD"
+    )]
+    pub registry_basic_auth: Option<String>,
+    /// A bearer token (Confluent's `bearer.auth.token`).
+    #[arg(
+        long,
+        env = "SCHEMA_REGISTRY_BEARER_AUTH_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub registry_bearer_token: Option<String>,
+}
+
+impl RegistryArgs {
+    /// A client of the registry these name.
+    pub fn client(&self) -> anyhow::Result<crate::registry::RegistryClient> {
+        Ok(crate::registry::RegistryClient::with_auth(
+            &self.registry,
+            &crate::registry::RegistryAuth {
+                ca: self.registry_ca.clone(),
+                basic_user_info: self.registry_basic_auth.clone(),
+                bearer_token: self.registry_bearer_token.clone(),
+            },
+        )?)
+    }
 }
 
 impl Endpoints {
@@ -187,7 +229,12 @@ mod tests {
             brokers: "b:9093".into(),
             kafka_properties: vec!["security.protocol=SASL_SSL".into()],
             kafka_config: Some(file.clone()),
-            registry: String::new(),
+            registry: RegistryArgs {
+                registry: String::new(),
+                registry_ca: None,
+                registry_basic_auth: None,
+                registry_bearer_token: None,
+            },
         };
         let kafka = endpoints.kafka().unwrap();
         let c = kafka.client_config();

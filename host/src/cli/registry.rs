@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use std::time::Duration;
 
-use crate::registry::server::{RegistryServer, ServerLimits};
+use crate::registry::server::{RegistryServer, ServerLimits, Users};
 use crate::serve::ListenerLimits;
 
 /// `weir registry` subcommands.
@@ -42,6 +42,12 @@ pub struct ServeArgs {
     #[arg(long, default_value = "60s", value_parser = crate::config::parse_duration)]
     request_timeout: Duration,
 
+    /// Require HTTP basic auth: a file of `user:password:role` lines, role `read` (GETs,
+    /// lookups, compatibility checks) or `write` (everything). Without it, anyone who
+    /// reaches the server may register and delete.
+    #[arg(long, env = "WEIR_REGISTRY_USERS_FILE", value_name = "FILE")]
+    users_file: Option<std::path::PathBuf>,
+
     /// Largest request body (then 413).
     #[arg(long, default_value = "2MiB", value_parser = crate::config::parse_size)]
     max_body: usize,
@@ -65,9 +71,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_body: args.max_body,
         ..defaults
     };
-    let server = RegistryServer::connect(&args.database_url)
+    let users = args.users_file.as_deref().map(Users::load).transpose()?;
+    let mut server = RegistryServer::connect(&args.database_url)
         .await?
         .with_limits(limits);
+    if let Some(users) = users {
+        tracing::info!(?users, "Requests need basic auth");
+        server = server.with_users(users);
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

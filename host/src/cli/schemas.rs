@@ -6,20 +6,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 
-use crate::registry::RegistryClient;
-
 /// `weir schemas` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum SchemasCommand {
     /// Register each `TOPIC.avsc` in DIR as subject `TOPIC-value` (idempotent) and print ids.
     Push {
-        /// Schema registry URL.
-        #[arg(
-            long,
-            env = "SCHEMA_REGISTRY_URL",
-            default_value = "http://localhost:8081"
-        )]
-        registry: String,
+        /// The schema registry.
+        #[command(flatten)]
+        registry: super::RegistryArgs,
         /// Directory of `TOPIC.avsc` files.
         #[arg(default_value = "schemas")]
         dir: PathBuf,
@@ -49,8 +43,8 @@ pub fn schema_files(dir: &std::path::Path) -> anyhow::Result<Vec<(String, PathBu
     Ok(files)
 }
 
-async fn push(url: &str, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let client = RegistryClient::new(url)?;
+async fn push(registry: &super::RegistryArgs, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let client = registry.client()?;
     let mut failed = false;
     for (topic, path) in schema_files(dir)? {
         let subject = format!("{topic}-value");

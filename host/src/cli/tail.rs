@@ -10,7 +10,6 @@ use serde_json::json;
 
 use super::ingest::shutdown_signal;
 use super::jsonl::{key_json, message_json};
-use crate::registry::RegistryClient;
 use crate::source::{
     Decoded, Decoder, KafkaSource, Shape, SourceConfig, StartFrom, SubjectStrategy,
 };
@@ -38,7 +37,7 @@ pub struct TailArgs {
 
 /// Runs `weir tail`.
 pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
-    let registry = Arc::new(RegistryClient::new(&args.endpoints.registry)?);
+    let registry = Arc::new(args.endpoints.registry.client()?);
     let strategy = match args.subjects.as_str() {
         "topic" => SubjectStrategy::Topic,
         "record" => SubjectStrategy::Record,

@@ -31,18 +31,21 @@
 //!   group_id: weir                 # consumer group (default weir)
 //!   properties:                    # librdkafka properties for every Kafka client weir makes
 //!     session.timeout.ms: 45000    # (default none)
-//!     security.protocol: SASL_SSL  # TLS and SASL: ssl.ca.location, sasl.mechanism…
-//!     sasl.username: weir
-//!     sasl.password: {{ env(name="KAFKA_PASSWORD") }}   # secrets are never logged
+//!     # security.protocol: SASL_SSL   # TLS and SASL: ssl.ca.location, sasl.mechanism…
+//!     # sasl.username: weir
+//!     # sasl.password: …           # from env(name="KAFKA_PASSWORD"), say; never logged
 //! registry:
 //!   url: {{ env(name="SCHEMA_REGISTRY_URL", default="http://localhost:8081") }}
+//!   # ca: registry-ca.crt          # CAs for an https:// registry, besides the system's
+//!   # basic_auth_user_info: …      # user:password (Confluent's basic.auth.user.info)
+//!   # bearer_auth_token: …         # or a bearer token
 //! database:
 //!   url: {{ env(name="DATABASE_URL") }}   # libpq's URL or key=value form
 //!   migrations: migrations         # optional; relative to this file
-//!   sslmode: verify-full           # disable, prefer (default), require, verify-ca, verify-full
-//!   sslrootcert: /etc/weir/pg/ca.crt  # the CAs to trust (verify-ca, verify-full)
-//!   sslcert: /etc/weir/pg/tls.crt  # a client certificate, with its key
-//!   sslkey: /etc/weir/pg/tls.key
+//!   sslmode: prefer                # disable, prefer (default), require, verify-ca, verify-full
+//!   # sslrootcert: pg/ca.crt       # the CAs to trust (verify-ca, verify-full); relative to this file
+//!   # sslcert: pg/tls.crt         # a client certificate, with its key
+//!   # sslkey: pg/tls.key
 //! http:
 //!   listen: 0.0.0.0:9464           # /metrics, /healthz, /readyz (default 127.0.0.1:9464)
 //!   max_connections: 64            # open connections at once; more are closed (default 64)
@@ -191,11 +194,41 @@ impl std::fmt::Debug for KafkaConfig {
 }
 
 /// `registry:`: the Confluent-compatible schema registry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
-    /// Base URL, `http://host:port`.
+    /// Base URL, `http://host:port` or `https://…`.
     pub url: String,
+    /// A PEM file of CA certificates for an `https://` registry, relative to the
+    /// configuration file.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Basic auth `user:password` (Confluent's `basic.auth.user.info`).
+    #[serde(default)]
+    pub basic_auth_user_info: Option<String>,
+    /// A bearer token (Confluent's `bearer.auth.token`).
+    #[serde(default)]
+    pub bearer_auth_token: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("url", &self.url)
+            .field("auth", &self.auth())
+            .finish()
+    }
+}
+
+impl RegistryConfig {
+    /// TLS and credentials for the registry client.
+    pub fn auth(&self) -> crate::registry::RegistryAuth {
+        crate::registry::RegistryAuth {
+            ca: self.ca.clone(),
+            basic_user_info: self.basic_auth_user_info.clone(),
+            bearer_token: self.bearer_auth_token.clone(),
+        }
+    }
 }
 
 /// `database:`: Postgres.
@@ -978,7 +1011,10 @@ impl Checker<'_> {
 
         Ok(Config {
             kafka: file.kafka,
-            registry: file.registry,
+            registry: RegistryConfig {
+                ca: file.registry.ca.as_deref().map(|ca| resolve(&base, ca)),
+                ..file.registry
+            },
             database,
             http: file.http,
             decode: file.decode,

@@ -401,7 +401,10 @@ mod tests {
         let rest = split_tls(&url, &mut |k, v| tls.set(k, v)).unwrap();
         assert_eq!(rest, "postgresql://weir@db/weir?application_name=a");
         assert_eq!(tls.mode, SslMode::Require);
-        assert_eq!(tls.rootcert.as_deref(), Some(std::path::Path::new("/etc/ca dir/ca.pem")));
+        assert_eq!(
+            tls.rootcert.as_deref(),
+            Some(std::path::Path::new("/etc/ca dir/ca.pem"))
+        );
         let url = with_params(
             "host=db user=weir",
             &[("sslmode", "disable"), ("sslkey", "it's\\x")],

@@ -213,7 +213,10 @@ impl Runner {
             group_id: config.kafka.group_id.clone(),
         };
         let sink = Sink::connect(sink_config.clone()).await?;
-        let registry = Arc::new(RegistryClient::new(&config.registry.url)?);
+        let registry = Arc::new(RegistryClient::with_auth(
+            &config.registry.url,
+            &config.registry.auth(),
+        )?);
         let registry_client = registry.clone();
         let mut expectations = Vec::new();
         for p in &config.pipelines {

@@ -150,25 +150,123 @@ struct SubjectVersion {
 /// Longest registry message kept in an error: a registry's answer is not ours to trust.
 const MAX_DETAIL: usize = 512;
 
+/// How to reach a registry that asks for more than plain HTTP: the CA certificates its
+/// `https://` certificate is checked against (besides the system's), and Confluent's
+/// credentials — `basic.auth.user.info` (`user:password`; an API key and secret on
+/// Confluent Cloud) or a bearer token. Credentials in the URL (`https://user:pw@host`)
+/// are used as basic auth when none are given.
+#[derive(Clone, Default)]
+pub struct RegistryAuth {
+    /// A PEM file of CA certificates.
+    pub ca: Option<std::path::PathBuf>,
+    /// `user:password`.
+    pub basic_user_info: Option<String>,
+    /// A bearer token.
+    pub bearer_token: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user = self
+            .basic_user_info
+            .as_deref()
+            .map(|info| info.split(':').next().unwrap_or(""));
+        f.debug_struct("RegistryAuth")
+            .field("ca", &self.ca)
+            .field("basic_user", &user)
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// `url` without credentials, and the credentials (`user:password`, percent-decoded).
+fn split_user_info(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rsplit_once('@') {
+        Some((info, host)) => {
+            let info = percent_encoding::percent_decode_str(info)
+                .decode_utf8_lossy()
+                .into_owned();
+            (
+                format!("{scheme}://{host}{}", &rest[host_end..]),
+                Some(info),
+            )
+        }
+        None => (url.to_string(), None),
+    }
+}
+
 impl RegistryClient {
     /// A client of the registry at `url` (`http://host:8081`).
     pub fn new(url: &str) -> Result<Self, RegistryError> {
-        let url = url.trim_end_matches('/').to_string();
+        Self::with_auth(url, &RegistryAuth::default())
+    }
+
+    /// A client of the registry at `url`, with TLS and credentials as `auth` says.
+    pub fn with_auth(url: &str, auth: &RegistryAuth) -> Result<Self, RegistryError> {
+        let (url, from_url) = split_user_info(url.trim_end_matches('/'));
+        let setup = |detail: String| RegistryError::Unavailable {
+            url: url.clone(),
+            detail,
+        };
         let timeout = Duration::from_secs(10);
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| RegistryError::Unavailable {
-                url: url.clone(),
-                detail: format!("cannot build an HTTP client: {e}"),
+        let mut roots = Vec::new();
+        if let Some(path) = &auth.ca {
+            let pem = std::fs::read(path)
+                .map_err(|e| setup(format!("the registry's CA file {}: {e}", path.display())))?;
+            roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| setup(format!("the registry's CA file {}: {e}", path.display())))?;
+            if roots.is_empty() {
+                return Err(setup(format!(
+                    "the registry's CA file {} holds no certificate",
+                    path.display()
+                )));
+            }
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        let authorization = match (
+            &auth.bearer_token,
+            auth.basic_user_info.as_ref().or(from_url.as_ref()),
+        ) {
+            (Some(token), _) => Some(format!("Bearer {token}")),
+            (None, Some(info)) => {
+                use base64::Engine as _;
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(info)
+                ))
+            }
+            (None, None) => None,
+        };
+        if let Some(value) = authorization {
+            let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+                setup("the registry's credentials are not valid in a header".into())
             })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let builder = || {
+            let mut b = reqwest::Client::builder()
+                .timeout(timeout)
+                .default_headers(headers.clone());
+            for root in &roots {
+                b = b.add_root_certificate(root.clone());
+            }
+            b
+        };
+        let http = builder()
+            .build()
+            .map_err(|e| setup(format!("cannot build an HTTP client: {e}")))?;
         let settings = SrSettings::new_builder(url.clone())
             .set_timeout(timeout)
-            .build()
-            .map_err(|e| RegistryError::Unavailable {
-                url: url.clone(),
-                detail: e.to_string(),
-            })?;
+            .build_with(builder())
+            .map_err(|e| setup(e.to_string()))?;
         Ok(Self {
             url,
             http,

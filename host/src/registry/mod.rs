@@ -6,7 +6,7 @@ pub mod server;
 
 use std::fmt;
 
-pub use client::{RegisteredSchema, RegistryClient, RegistryError, SchemaSource};
+pub use client::{RegisteredSchema, RegistryAuth, RegistryClient, RegistryError, SchemaSource};
 
 /// A schema's global id in the registry, as carried in the Confluent wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -197,6 +197,11 @@ impl ApiError {
         )
     }
 
+    /// 40301: the user may not do this.
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, 40301, message)
+    }
+
     /// 42205.
     pub(crate) fn not_permitted(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, 42205, message)

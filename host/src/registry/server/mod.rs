@@ -16,6 +16,7 @@
 //! normalisation (see `schema.rs`); compatibility follows Avro Java's rules, which Confluent
 //! uses (see `compat.rs`). Tables and locking are in `store.rs`, errors in `error.rs`.
 
+mod auth;
 mod compat;
 mod error;
 mod schema;
@@ -25,6 +26,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+pub use auth::{Role, Users};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -114,6 +117,7 @@ impl Server {
 pub struct RegistryServer {
     server: Arc<Server>,
     limits: ServerLimits,
+    users: Option<Arc<Users>>,
 }
 
 impl RegistryServer {
@@ -133,20 +137,33 @@ impl RegistryServer {
                 schema_work: Arc::new(tokio::sync::Semaphore::new(limits.schema_work.max(1))),
             }),
             limits,
+            users: None,
         }
     }
 
     /// Serves under `limits` instead of the defaults.
     pub fn with_limits(self, limits: ServerLimits) -> Self {
-        match Arc::try_unwrap(self.server) {
+        let users = self.users;
+        let server = match Arc::try_unwrap(self.server) {
             Ok(server) => Self::with_store(server.store, limits),
-            Err(server) => Self { server, limits },
-        }
+            Err(server) => Self {
+                server,
+                limits,
+                users: None,
+            },
+        };
+        Self { users, ..server }
+    }
+
+    /// Requires HTTP basic authentication by one of `users` for every request.
+    pub fn with_users(mut self, users: Users) -> Self {
+        self.users = Some(Arc::new(users));
+        self
     }
 
     /// The HTTP routes.
     pub fn router(&self) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/", get(root))
             .route("/contexts", get(contexts))
             .route("/subjects", get(list_subjects))
@@ -198,7 +215,15 @@ impl RegistryServer {
             )
             .fallback(no_route)
             .method_not_allowed_fallback(method_not_allowed)
-            .layer(DefaultBodyLimit::max(self.limits.max_body))
+            .layer(DefaultBodyLimit::max(self.limits.max_body));
+        let router = match &self.users {
+            Some(users) => router.layer(middleware::from_fn_with_state(
+                users.clone(),
+                auth::authenticate,
+            )),
+            None => router,
+        };
+        router
             .layer(middleware::from_fn(log_request))
             .with_state(self.server.clone())
     }
