@@ -482,23 +482,11 @@ impl TestCa {
                 .tempdir()
                 .unwrap(),
         };
-        ca.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
+        ca.new_key(
             "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={}", unique("weir test CA")),
-        ]);
+            &["-x509", "-days", "2", "-out", "ca.crt"],
+            &unique("weir test CA"),
+        );
         ca
     }
 
@@ -522,20 +510,7 @@ impl TestCa {
             extensions = format!("{extensions}subjectAltName={}\n", names.join(","));
         }
         std::fs::write(self.dir.path().join(&ext), extensions).unwrap();
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={cn}"),
-        ]);
+        self.new_key(&key, &["-out", &csr], cn);
         self.openssl(&[
             "x509",
             "-req",
@@ -554,6 +529,26 @@ impl TestCa {
             &ext,
         ]);
         (self.dir.path().join(crt), self.dir.path().join(key))
+    }
+
+    /// `openssl req` making a P-256 key into `key` for the subject `cn`, with `more`
+    /// arguments (what to write: a request, or a self-signed certificate).
+    fn new_key(&self, key: &str, more: &[&str], cn: &str) {
+        let subject = format!("/CN={cn}");
+        let mut args = vec![
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            key,
+            "-subj",
+            &subject,
+        ];
+        args.extend_from_slice(more);
+        self.openssl(&args);
     }
 
     fn openssl(&self, args: &[&str]) {

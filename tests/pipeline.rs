@@ -328,6 +328,16 @@ impl Pipeline {
     }
 }
 
+/// `GET http://127.0.0.1:{port}{path}`: (status, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    rt().block_on(async {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    })
+}
+
 fn query_counts(url: &str) -> (u64, u64) {
     rt().block_on(async {
         let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else {
@@ -477,14 +487,7 @@ fn a_revoked_grant_pauses_the_partition_and_a_restored_one_resumes_it_exactly_on
 
     weir_tests::run_sql(&db.url(), &format!("REVOKE INSERT ON events FROM {role}"));
     let second = produce_range(&broker, &registry.url, 1_500..3_000);
-    let get = |path: &str| {
-        rt().block_on(async {
-            let r = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        })
-    };
+    let get = |path: &str| http_get(port, path);
     wait_until(
         Duration::from_secs(60),
         Duration::from_millis(200),
@@ -631,14 +634,7 @@ fn metrics_expose_the_pipeline_and_shutdown_is_graceful() {
     let port = free_port();
     let mut child = p.spawn(port);
     p.wait_for(3_000, Duration::from_secs(300), &mut [&mut child]);
-    let get = |path: &str| {
-        rt().block_on(async {
-            let r = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        })
-    };
+    let get = |path: &str| http_get(port, path);
     assert_eq!(get("/healthz").0, 200);
     wait_until(
         Duration::from_secs(30),
