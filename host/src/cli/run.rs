@@ -63,6 +63,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let guests = Arc::new(load_guests(&config, runtime)?);
+    metrics.declare(&crate::metrics::Known {
+        pipelines: config.pipelines.iter().map(|p| p.name.clone()).collect(),
+        topics: config
+            .pipelines
+            .iter()
+            .flat_map(|p| p.topics.clone())
+            .collect(),
+        topics_out: config
+            .pipelines
+            .iter()
+            .flat_map(|p| p.topics_out.keys().cloned())
+            .collect(),
+        tables: config
+            .pipelines
+            .iter()
+            .flat_map(|p| p.tables.clone())
+            .collect(),
+        guests: config
+            .pipelines
+            .iter()
+            .filter_map(|p| guests.slot(&p.name))
+            .map(|slot| slot.current().id().name.clone())
+            .collect(),
+    });
     let runner = Runner::start(&config, &guests, metrics.clone(), health.clone()).await?;
     let deploys = runner.deploys();
     let _watcher = if config.guests.watch {

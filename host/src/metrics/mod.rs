@@ -51,6 +51,21 @@ const RESERVED_GUEST_COUNTERS: [&str; 5] = [
     "output_dropped",
 ];
 
+/// The label values known when `weir run` starts (see [`Metrics::declare`]).
+#[derive(Debug, Default, Clone)]
+pub struct Known {
+    /// Pipeline names.
+    pub pipelines: Vec<String>,
+    /// Input topics.
+    pub topics: Vec<String>,
+    /// Topics guests may emit to.
+    pub topics_out: Vec<String>,
+    /// Tables pipelines write.
+    pub tables: Vec<String>,
+    /// Guest names.
+    pub guests: Vec<String>,
+}
+
 /// The host's metrics. Cheap to update from many threads.
 #[derive(Debug)]
 pub struct Metrics {
@@ -377,6 +392,50 @@ impl Metrics {
             .set(i64::from(waiting));
     }
 
+    /// Creates the series of every label value known from the start at 0 — the configured
+    /// pipelines, their topics, tables and guests, every dead-letter stage and guest error
+    /// kind — so that a dashboard shows 0 rather than no data until the first event.
+    pub fn declare(&self, known: &Known) {
+        for topic in &known.topics {
+            let _ = self.records_in.get_or_create(&label("topic", topic));
+        }
+        for topic in &known.topics_out {
+            let _ = self.emitted.get_or_create(&label("topic", topic));
+            let _ = self.produced.get_or_create(&label("topic", topic));
+            let _ = self.produce_errors.get_or_create(&label("topic", topic));
+        }
+        for table in &known.tables {
+            let _ = self.records_out.get_or_create(&label("table", table));
+        }
+        for stage in crate::model::Stage::ALL {
+            let _ = self
+                .dead_letters
+                .get_or_create(&label("stage", stage.as_str()));
+        }
+        for pipeline in &known.pipelines {
+            let _ = self.duplicates.get_or_create(&label("pipeline", pipeline));
+            let _ = self
+                .batch_duration
+                .get_or_create(&label("pipeline", pipeline));
+        }
+        for guest in &known.guests {
+            let _ = self.guest_call.get_or_create(&label("guest", guest));
+            for kind in crate::runtime::GuestErrorKind::NAMES {
+                let _ = self
+                    .guest_errors
+                    .get_or_create(&labels(("guest", guest), ("kind", kind)));
+            }
+            let _ = self
+                .events
+                .guest_swaps
+                .get_or_create(&label("guest", guest));
+            let _ = self
+                .events
+                .guest_refusals
+                .get_or_create(&label("guest", guest));
+        }
+    }
+
     /// Whether `topic`/`partition` is paused, its batch waiting for Postgres.
     pub fn paused(&self, topic: &str, partition: i32, paused: bool) {
         self.sink_paused
@@ -520,6 +579,34 @@ mod tests {
             name: name.into(),
             version: "v".into(),
             short_version: "v".into(),
+        }
+    }
+
+    #[test]
+    fn known_label_values_are_exported_at_zero_from_the_start() {
+        let m = Metrics::new();
+        m.declare(&Known {
+            pipelines: vec!["stocks".into()],
+            topics: vec!["tickers.stocks".into()],
+            topics_out: vec!["alerts".into()],
+            tables: vec!["ticks".into()],
+            guests: vec!["tickers".into()],
+        });
+        let text = m.encode();
+        for series in [
+            "weir_records_in_total{topic=\"tickers.stocks\"} 0",
+            "weir_records_out_total{table=\"ticks\"} 0",
+            "weir_dead_letters_total{stage=\"framing\"} 0",
+            "weir_dead_letters_total{stage=\"sink\"} 0",
+            "weir_emitted_total{topic=\"alerts\"} 0",
+            "weir_duplicates_total{pipeline=\"stocks\"} 0",
+            "weir_batch_duration_seconds_count{pipeline=\"stocks\"} 0",
+            "weir_guest_call_duration_seconds_count{guest=\"tickers\"} 0",
+            "weir_guest_errors_total{guest=\"tickers\",kind=\"panic\"} 0",
+            "weir_guest_swaps_total{guest=\"tickers\"} 0",
+            "weir_guest_swap_refusals_total{guest=\"tickers\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == series), "no {series} in:\n{text}");
         }
     }
 

@@ -21,6 +21,16 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in the order a message meets them.
+    pub const ALL: [Stage; 6] = [
+        Stage::Framing,
+        Stage::Schema,
+        Stage::Decode,
+        Stage::Guest,
+        Stage::Encode,
+        Stage::Sink,
+    ];
+
     /// The stage's name as stored in `dead_letters.stage` and used in metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -119,10 +119,41 @@ pub struct Runner {
     /// partition's last record batch gets nothing from some brokers (tansu), so silence
     /// there is checked by reading from earlier.
     unverified: HashMap<Partition, Instant>,
+    /// The last offset the consumer delivered of each partition since it was last
+    /// positioned: delivery is in order from there, so an expected offset between it and
+    /// the next message delivered holds no message (see [`Runner::dispatch`]).
+    last_seen: HashMap<Partition, i64>,
     last_expiry: Instant,
     /// Cancelled at shutdown: waits for the registry give up.
     stop: CancellationToken,
     deploys: Arc<GroupDeploys>,
+}
+
+/// What to make of a partition's next message coming after the expected offset.
+#[derive(Debug, PartialEq, Eq)]
+enum Resume {
+    /// The offsets between hold no message (compacted away, transaction markers): the
+    /// message before them was delivered, then this one.
+    Gap,
+    /// The log starts after the expected offset: retention deleted what was between.
+    Retention,
+    /// Neither is known: the broker may have skipped messages (some answer a fetch from the
+    /// middle of a record batch with the next batch); read again from earlier.
+    ReadEarlier,
+}
+
+/// Expecting offset `next`, the consumer delivered `got` (> `next`). `before` is the last
+/// offset below `next` delivered since the partition was positioned, if any: delivery is in
+/// order, so nothing lies between it and `got`. `log_start` is the broker's first offset.
+fn resume(next: i64, got: i64, before: Option<i64>, log_start: Option<i64>) -> Resume {
+    debug_assert!(got > next);
+    if before.is_some_and(|b| b < next) {
+        Resume::Gap
+    } else if log_start.is_some_and(|start| start > next && start <= got) {
+        Resume::Retention
+    } else {
+        Resume::ReadEarlier
+    }
 }
 
 /// How long shutdown waits for workers to finish their batches, and to leave the group.
@@ -379,6 +410,7 @@ impl Runner {
             last_discovery: None,
             reread: HashMap::new(),
             unverified: HashMap::new(),
+            last_seen: HashMap::new(),
             last_expiry: Instant::now(),
             stop,
             deploys,
@@ -507,6 +539,7 @@ impl Runner {
                 self.dispatched.remove(p);
                 self.unverified.remove(p);
                 self.reread.remove(p);
+                self.last_seen.remove(p);
                 self.new_epoch(p);
                 if let Some(relay) = &self.shared.relay {
                     relay.revoke(p);
@@ -570,6 +603,17 @@ impl Runner {
         };
         if let Some(next) = next {
             let last = batch.messages.last().map(|m| m.offset);
+            // The last message delivered before the expected one, this batch or earlier.
+            let before = batch
+                .messages
+                .iter()
+                .map(|m| m.offset)
+                .filter(|&o| o < next)
+                .max()
+                .or_else(|| self.last_seen.get(&key).copied().filter(|&o| o < next));
+            if let Some(last) = last {
+                self.last_seen.insert(key.clone(), last);
+            }
             batch.messages.retain(|m| m.offset >= next);
             match batch.messages.first() {
                 None => {
@@ -584,21 +628,46 @@ impl Runner {
                     return Ok(());
                 }
                 Some(first) if first.offset > next => {
-                    // The broker resumed after the expected offset. Some brokers answer a
-                    // fetch from the middle of a record batch with the next batch, so read
-                    // again from further back (the part already handed out is trimmed
-                    // above), further each time.
                     let got = first.offset;
-                    let from = self.read_earlier(&key, next)?;
-                    tracing::warn!(
-                        topic = %key.0,
-                        partition = key.1,
-                        expected = next,
-                        got,
-                        from,
-                        "Fetch resumed past the expected offset; reading again from earlier"
-                    );
-                    return Ok(());
+                    let log_start = if before.is_some() {
+                        None
+                    } else {
+                        Some(self.log_start(&key).await)
+                    };
+                    match resume(next, got, before, log_start) {
+                        Resume::Gap => {
+                            tracing::debug!(topic = %key.0, partition = key.1, expected = next,
+                                got, "No messages at the offsets before this one; going on");
+                            batch.from = Some(next);
+                        }
+                        Resume::Retention => {
+                            tracing::warn!(
+                                topic = %key.0,
+                                partition = key.1,
+                                expected = next,
+                                got,
+                                "The partition's log now starts past the stored offset: \
+                                 retention deleted messages before weir read them; going on \
+                                 from the log's start"
+                            );
+                            batch.from = Some(next);
+                        }
+                        Resume::ReadEarlier => {
+                            // Some brokers answer a fetch from the middle of a record batch
+                            // with the next batch, so read again from further back (the
+                            // part already handed out is trimmed above), further each time.
+                            let from = self.read_earlier(&key, next)?;
+                            tracing::warn!(
+                                topic = %key.0,
+                                partition = key.1,
+                                expected = next,
+                                got,
+                                from,
+                                "Fetch resumed past the expected offset; reading again from earlier"
+                            );
+                            return Ok(());
+                        }
+                    }
                 }
                 Some(_) => {}
             }
@@ -718,11 +787,36 @@ impl Runner {
     /// Notes where a partition was positioned: past its first offset, the broker has yet
     /// to be seen serving it.
     fn positioned(&mut self, partition: &Partition, at: Option<i64>) {
+        self.last_seen.remove(partition);
         if at.is_some_and(|o| o > 0) {
             self.unverified.insert(partition.clone(), Instant::now());
         } else {
             self.unverified.remove(partition);
         }
+    }
+
+    /// The first offset the broker still holds of `key` (its low watermark), or 0 when it
+    /// cannot say.
+    async fn log_start(&mut self, key: &Partition) -> i64 {
+        let client = match &self.lag_client {
+            Some(c) => c.clone(),
+            None => match self.kafka.client_config().create() {
+                Ok(c) => self.lag_client.insert(Arc::new(c)).clone(),
+                Err(_) => return 0,
+            },
+        };
+        let (topic, partition) = key.clone();
+        tokio::task::spawn_blocking(move || {
+            rdkafka::consumer::Consumer::fetch_watermarks(
+                &*client,
+                &topic,
+                partition,
+                Duration::from_secs(5),
+            )
+            .map_or(0, |(low, _)| low)
+        })
+        .await
+        .unwrap_or(0)
     }
 
     /// Moves a partition's reading to further before `next` than its last re-read (512
@@ -736,6 +830,7 @@ impl Runner {
         if let Some(since) = self.unverified.get_mut(key) {
             *since = Instant::now();
         }
+        self.last_seen.remove(key);
         Ok(from)
     }
 
@@ -1019,4 +1114,23 @@ async fn check_kafka(kafka: &Kafka, pipelines: &[PipelineConfig]) -> anyhow::Res
         Ok(())
     })
     .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Resume, resume};
+
+    #[test]
+    fn a_message_past_the_expected_offset_is_a_gap_retention_or_a_reason_to_read_again() {
+        // The message before the expected offset came, then one past it: a gap.
+        assert_eq!(resume(10, 12, Some(9), None), Resume::Gap);
+        assert_eq!(resume(10, 40, Some(7), Some(0)), Resume::Gap);
+        // Nothing before it, and the log starts past the expected offset: retention.
+        assert_eq!(resume(10, 25, None, Some(25)), Resume::Retention);
+        assert_eq!(resume(10, 30, None, Some(25)), Resume::Retention);
+        // Nothing before it and the log holds the expected offset: the broker skipped.
+        assert_eq!(resume(10, 25, None, Some(0)), Resume::ReadEarlier);
+        assert_eq!(resume(10, 25, None, Some(10)), Resume::ReadEarlier);
+        assert_eq!(resume(10, 25, None, None), Resume::ReadEarlier);
+    }
 }

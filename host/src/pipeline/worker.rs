@@ -234,6 +234,11 @@ impl Worker {
             batch: RawBatch {
                 topic: job.batch.topic.clone(),
                 partition: job.batch.partition,
+                // It starts where the part before ends, whatever offsets are missing.
+                from: records
+                    .len()
+                    .checked_sub(1)
+                    .map(|i| job.batch.messages[i].offset + 1),
                 messages: job.batch.messages.split_off(records.len()),
             },
             route: job.route,
@@ -315,7 +320,7 @@ impl Worker {
         SinkBatch {
             topic: batch.topic.clone(),
             partition: batch.partition,
-            start_offset: batch.messages[0].offset,
+            start_offset: batch.start_offset(),
             next_offset: batch.next_offset().expect("non-empty batch"),
             guest_version: Some(guest.id().version.clone()),
             version_column: route.version_column.clone(),
@@ -366,7 +371,7 @@ impl Worker {
             let mut run = RunBatch {
                 topic: &job.batch.topic,
                 partition: job.batch.partition,
-                start_offset: job.batch.messages[0].offset,
+                start_offset: job.batch.start_offset(),
                 next_offset: job.batch.next_offset().expect("non-empty batch"),
                 state: slot.as_mut(),
                 lookups,

@@ -187,6 +187,18 @@ pub enum GuestErrorKind {
 }
 
 impl GuestErrorKind {
+    /// Every [`GuestErrorKind::name`].
+    pub const NAMES: [&'static str; 8] = [
+        "deadline",
+        "out_of_memory",
+        "stack_overflow",
+        "panic",
+        "trap",
+        "bad_output",
+        "instantiate",
+        "config",
+    ];
+
     /// A short stable name for metrics and dead-letter `stage` columns.
     pub fn name(&self) -> &'static str {
         match self {

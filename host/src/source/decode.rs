@@ -487,6 +487,7 @@ mod tests {
         let registry = fake(0, &["t-value"]);
         let decoder = Decoder::new(registry.clone());
         let batch = RawBatch {
+            from: None,
             topic: "t".into(),
             partition: 3,
             messages: vec![
@@ -653,6 +654,7 @@ mod tests {
         assert_eq!(rest.len(), first.len().min(10 - first.len()));
         // A whole batch still comes out whole, in order.
         let batch = RawBatch {
+            from: None,
             topic: "t".into(),
             partition: 0,
             messages,

@@ -83,9 +83,19 @@ pub struct RawBatch {
     pub partition: i32,
     /// Messages in offset order.
     pub messages: Vec<RawMessage>,
+    /// Where the batch starts when that is before its first message: the offsets in
+    /// between hold no message (compacted away, transaction markers, deleted by
+    /// retention), and committing the batch moves past them too.
+    pub from: Option<i64>,
 }
 
 impl RawBatch {
+    /// The offset the batch covers from: [`RawBatch::from`], else its first message's.
+    pub fn start_offset(&self) -> i64 {
+        self.from
+            .unwrap_or_else(|| self.messages.first().map_or(0, |m| m.offset))
+    }
+
     /// The offset to resume from once this batch is done.
     pub fn next_offset(&self) -> Option<i64> {
         self.messages.last().map(|m| m.offset + 1)
@@ -392,6 +402,7 @@ impl KafkaSource {
             topic: pending.topic,
             partition: pending.partition,
             messages: pending.messages,
+            from: None,
         }
     }
 
