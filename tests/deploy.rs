@@ -1211,3 +1211,128 @@ fn kafkas_startup_check_waits_until_the_node_is_in_sync() {
         "1"
     ));
 }
+
+#[test]
+fn tls_and_credentials_come_from_secrets_and_weir_accepts_the_config() {
+    let values = [
+        "kafka.tls.enabled=true",
+        "kafka.tls.caSecret=kafka-ca",
+        "kafka.sasl.mechanism=SCRAM-SHA-512",
+        "kafka.sasl.username=weir",
+        "kafka.sasl.passwordSecret.name=kafka-sasl",
+        "registry.url=https://registry.example:8081",
+        "registry.caSecret=registry-ca",
+        "registry.basicAuthSecret.name=registry-auth",
+        "database.tls.sslmode=verify-full",
+        "database.tls.secret=postgres-tls",
+        "database.tls.clientCertificate=true",
+    ];
+    let extra: Vec<&str> = values.iter().flat_map(|v| ["--set", *v]).collect();
+    let yaml = template("processing", "processing", &extra);
+    validate("processing-tls", &yaml);
+    let all = docs(&yaml);
+    for doc in &all {
+        check_pod_security("processing-tls", doc);
+    }
+    let weir_container = workload_containers(&all, "Deployment", "processing-weir")[0];
+    for (var, secret, key) in [
+        ("KAFKA_SASL_PASSWORD", "kafka-sasl", "password"),
+        (
+            "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+            "registry-auth",
+            "userInfo",
+        ),
+    ] {
+        let env = env_of(weir_container, var).unwrap_or_else(|| panic!("no env {var}"));
+        assert_eq!(
+            str_at(env, &["valueFrom", "secretKeyRef", "name"]),
+            Some(secret)
+        );
+        assert_eq!(
+            str_at(env, &["valueFrom", "secretKeyRef", "key"]),
+            Some(key)
+        );
+    }
+    let deployment = find(&all, "Deployment", "processing-weir");
+    let volumes =
+        serde_yaml::to_string(&deployment["spec"]["template"]["spec"]["volumes"]).unwrap();
+    for secret in ["kafka-ca", "registry-ca", "postgres-tls"] {
+        assert!(
+            volumes.contains(&format!("secretName: {secret}")),
+            "{volumes}"
+        );
+    }
+
+    // The ConfigMap's weir.yaml, with the Secrets' files where the pod mounts them, loads in
+    // weir, and the credentials come from the environment.
+    let ca = weir_tests::TestCa::new();
+    let (cert, key) = ca.issue("weir", &[]);
+    let tls = tempfile::tempdir().unwrap();
+    for (dir, files) in [
+        (
+            "database",
+            vec![
+                ("ca.crt", ca.cert()),
+                ("tls.crt", cert.clone()),
+                ("tls.key", key.clone()),
+            ],
+        ),
+        ("kafka", vec![("ca.crt", ca.cert())]),
+        ("registry", vec![("ca.crt", ca.cert())]),
+    ] {
+        std::fs::create_dir(tls.path().join(dir)).unwrap();
+        for (name, from) in files {
+            std::fs::copy(from, tls.path().join(dir).join(name)).unwrap();
+        }
+    }
+    let cm = find(&all, "ConfigMap", "processing-weir-config");
+    let text = str_at(cm, &["data", "weir.yaml"])
+        .unwrap()
+        .replace("/opt/weir/guests", GUEST_DIR)
+        .replace("/etc/weir/guests", GUEST_DIR)
+        .replace("/etc/weir/tls", tls.path().to_str().unwrap());
+    assert!(!text.contains("s3cr"), "{text}");
+    let path = tls.path().join("weir.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = weir_tests::weir_env(
+        &["config", "render", "--config", path.to_str().unwrap()],
+        &[
+            ("KAFKA_SASL_PASSWORD", "s3cr\"et"),
+            ("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "weir:s3cr:et"),
+        ],
+    );
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: Value = serde_yaml::from_str(&rendered).unwrap();
+    let props = &config["kafka"]["properties"];
+    assert_eq!(props["security.protocol"].as_str(), Some("SASL_SSL"));
+    assert_eq!(props["sasl.mechanism"].as_str(), Some("SCRAM-SHA-512"));
+    assert_eq!(props["sasl.password"].as_str(), Some("s3cr\"et"));
+    assert_eq!(
+        config["registry"]["basic_auth_user_info"].as_str(),
+        Some("weir:s3cr:et")
+    );
+    assert_eq!(config["database"]["sslmode"].as_str(), Some("verify-full"));
+    let out = weir_tests::weir_env(
+        &[
+            "config",
+            "render",
+            "--check",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+        &[
+            ("KAFKA_SASL_PASSWORD", "s3cr\"et"),
+            ("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "weir:s3cr:et"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "weir refuses the chart's TLS config:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -145,3 +145,45 @@ Call with (dict "guest" NAME "root" $).
 {{- printf "%s/%s" (include "processing.builtinGuests" $root) $g -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Where the TLS Secrets are mounted: <dir>/database, <dir>/kafka, <dir>/registry. */}}
+{{- define "processing.tlsDir" -}}
+/etc/weir/tls
+{{- end -}}
+
+{{/*
+kafka.properties with what kafka.tls and kafka.sasl add (security.protocol, ssl.ca.location,
+sasl.mechanism, sasl.username); the SASL password is added by the ConfigMap from the env.
+*/}}
+{{- define "processing.kafkaProperties" -}}
+{{- $p := deepCopy (.Values.kafka.properties | default dict) -}}
+{{- $tls := .Values.kafka.tls.enabled -}}
+{{- $sasl := .Values.kafka.sasl.mechanism -}}
+{{- if and $tls $sasl -}}
+{{- $_ := set $p "security.protocol" "SASL_SSL" -}}
+{{- else if $tls -}}
+{{- $_ := set $p "security.protocol" "SSL" -}}
+{{- else if $sasl -}}
+{{- $_ := set $p "security.protocol" "SASL_PLAINTEXT" -}}
+{{- end -}}
+{{- if and $tls .Values.kafka.tls.caSecret -}}
+{{- $_ := set $p "ssl.ca.location" (printf "%s/kafka/ca.crt" (include "processing.tlsDir" .)) -}}
+{{- end -}}
+{{- if $sasl -}}
+{{- if not .Values.kafka.sasl.passwordSecret.name -}}
+{{- fail "kafka.sasl.passwordSecret.name is required with kafka.sasl.mechanism" -}}
+{{- end -}}
+{{- $_ := set $p "sasl.mechanism" $sasl -}}
+{{- $_ := set $p "sasl.username" .Values.kafka.sasl.username -}}
+{{- end -}}
+{{- toYaml $p -}}
+{{- end -}}
+
+{{/* The TLS Secrets to mount, by what they are for (database, kafka, registry). */}}
+{{- define "processing.tlsSecrets" -}}
+{{- $s := dict -}}
+{{- with .Values.database.tls.secret }}{{ $_ := set $s "database" . }}{{ end -}}
+{{- if .Values.kafka.tls.enabled }}{{ with .Values.kafka.tls.caSecret }}{{ $_ := set $s "kafka" . }}{{ end }}{{ end -}}
+{{- with .Values.registry.caSecret }}{{ $_ := set $s "registry" . }}{{ end -}}
+{{- toYaml $s -}}
+{{- end -}}
