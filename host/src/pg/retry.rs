@@ -37,12 +37,6 @@ impl Backoff {
         base + jitter
     }
 
-    /// Waits [`Backoff::delay`].
-    pub async fn wait(&mut self) {
-        let delay = self.delay();
-        tokio::time::sleep(delay).await;
-    }
-
     /// Failed tries so far.
     pub fn attempts(&self) -> u32 {
         self.attempts
