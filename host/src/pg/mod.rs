@@ -191,7 +191,7 @@ impl PgConfig {
 /// otherwise.
 pub fn with_params(url: &str, params: &[(&str, &str)]) -> String {
     let mut url = url.trim().to_string();
-    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let is_url = is_url(&url);
     for (key, value) in params {
         if is_url {
             let sep = if url.contains('?') { '&' } else { '?' };
@@ -204,6 +204,11 @@ pub fn with_params(url: &str, params: &[(&str, &str)]) -> String {
         }
     }
     url
+}
+
+/// Whether `url` is in the URL form (`postgresql://…`) rather than `key=value` pairs.
+fn is_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Where a Postgres config points, without the password.
@@ -233,7 +238,7 @@ fn split_tls(
     url: &str,
     take: &mut dyn FnMut(&str, &str) -> Result<bool, String>,
 ) -> Result<String, String> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_url(url) {
         let Some((base, query)) = url.split_once('?') else {
             return Ok(url.to_string());
         };

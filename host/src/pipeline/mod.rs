@@ -603,18 +603,17 @@ impl Runner {
         };
         if let Some(next) = next {
             let last = batch.messages.last().map(|m| m.offset);
+            // Messages come in offset order: those before the expected one are a prefix.
+            let earlier = batch.messages.partition_point(|m| m.offset < next);
             // The last message delivered before the expected one, this batch or earlier.
-            let before = batch
-                .messages
-                .iter()
-                .map(|m| m.offset)
-                .filter(|&o| o < next)
-                .max()
+            let before = earlier
+                .checked_sub(1)
+                .map(|i| batch.messages[i].offset)
                 .or_else(|| self.last_seen.get(&key).copied().filter(|&o| o < next));
             if let Some(last) = last {
                 self.last_seen.insert(key.clone(), last);
             }
-            batch.messages.retain(|m| m.offset >= next);
+            batch.messages.drain(..earlier);
             match batch.messages.first() {
                 None => {
                     if last == Some(next - 1) {
@@ -795,15 +794,25 @@ impl Runner {
         }
     }
 
+    /// The client watermarks are read with (lag, log starts), made on first use.
+    fn lag_client(&mut self) -> Option<Arc<BaseConsumer>> {
+        if self.lag_client.is_none() {
+            match self.kafka.client_config().create() {
+                Ok(c) => self.lag_client = Some(Arc::new(c)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "Cannot create the client reading watermarks");
+                    return None;
+                }
+            }
+        }
+        self.lag_client.clone()
+    }
+
     /// The first offset the broker still holds of `key` (its low watermark), or 0 when it
     /// cannot say.
     async fn log_start(&mut self, key: &Partition) -> i64 {
-        let client = match &self.lag_client {
-            Some(c) => c.clone(),
-            None => match self.kafka.client_config().create() {
-                Ok(c) => self.lag_client.insert(Arc::new(c)).clone(),
-                Err(_) => return 0,
-            },
+        let Some(client) = self.lag_client() else {
+            return 0;
         };
         let (topic, partition) = key.clone();
         tokio::task::spawn_blocking(move || {
@@ -895,15 +904,8 @@ impl Runner {
             .iter()
             .map(|p| (p.clone(), self.positions.get(p).copied().flatten()))
             .collect();
-        let client = match &self.lag_client {
-            Some(c) => c.clone(),
-            None => match self.kafka.client_config().create() {
-                Ok(c) => self.lag_client.insert(Arc::new(c)).clone(),
-                Err(e) => {
-                    tracing::debug!(error = %e, "Cannot create the client measuring lag");
-                    return;
-                }
-            },
+        let Some(client) = self.lag_client() else {
+            return;
         };
         let metrics = self.metrics.clone();
         // Watermarks are a network round trip: off the async threads.
