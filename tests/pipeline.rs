@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value as Avro;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use weir::registry::{RegistryClient, SchemaId, frame_into};
 use weir::source::kafka::Kafka;
@@ -119,9 +120,14 @@ fn produce_with(kafka: &Kafka, registry_url: &str, seqs: std::ops::Range<u64>) -
                 produced.good += 1;
             }
             let key = format!("SYM{}", seq % 17);
+            let trace = seq.to_string();
             let record = FutureRecord::to(TOPIC)
                 .partition((seq % 3) as i32)
                 .key(&key)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "trace",
+                    value: Some(&trace),
+                }))
                 .payload(&value);
             // Enqueued synchronously: the delivery future borrows nothing.
             pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
@@ -552,6 +558,154 @@ fn a_revoked_grant_pauses_the_partition_and_a_restored_one_resumes_it_exactly_on
         &db.url(),
         &format!("DROP OWNED BY {role} CASCADE; DROP ROLE {role}"),
     );
+}
+
+#[test]
+fn dead_letters_are_listed_shown_and_once_fixed_replayed_exactly_once() {
+    let db = TestDb::new();
+    let registry = Registry::start(&db.url());
+    let broker = Broker::start();
+    let p = Pipeline::new(&db.url(), &registry.url, &broker.bootstrap);
+    // Prices from 105 on break a rule of the table: those rows dead-letter at the sink.
+    weir_tests::run_sql(
+        &db.url(),
+        "ALTER TABLE events ADD CONSTRAINT events_cheap CHECK (price < 105)",
+    );
+    let produced = produce(&broker, &registry.url, 600);
+    let port = free_port();
+    let config = p.config(port);
+    let mut child = p.spawn(port);
+    p.wait_for(600, Duration::from_secs(120), &mut [&mut child]);
+    let dlq = |args: &[&str]| {
+        let mut all = vec!["dlq", args[0], "--config", config.to_str().unwrap()];
+        all.extend(&args[1..]);
+        let out = weir_tests::weir(&all);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "weir {all:?}: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let lines = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // 99 rows over the limit (seq 500..599 but the poison 599), 6 poison messages.
+    let sink = lines(&dlq(&[
+        "list", "--stage", "sink", "--limit", "500", "--json",
+    ]));
+    assert_eq!(sink.len(), 99);
+    assert!(sink.iter().all(|l| l["pipeline"] == "events"
+        && l["error"].as_str().unwrap().contains("events_cheap")
+        && l["replayed_at"].is_null()));
+    let table = dlq(&["list", "--error", "EVENTS_CHEAP", "--limit", "5"]);
+    assert!(table.contains("5 of 99 dead letters of group"), "{table}");
+    assert!(
+        table.contains("events[") && table.contains("  sink  "),
+        "{table}"
+    );
+    let recent = dlq(&["list", "--since", "10m", "--until", "1m", "--json"]);
+    assert_eq!(
+        lines(&recent).len(),
+        0,
+        "none is older than a minute: {recent}"
+    );
+    let id = sink[0]["id"].as_i64().unwrap();
+    let shown = lines(&dlq(&["show", "--id", &id.to_string()]));
+    assert_eq!(shown.len(), 1);
+    let seq = shown[0]["value"]["fields"]["seq"].as_i64().unwrap();
+    assert!((500..599).contains(&seq), "{}", shown[0]);
+    assert_eq!(
+        shown[0]["headers"],
+        serde_json::json!([{ "key": "trace", "value": seq.to_string() }])
+    );
+    let framing = lines(&dlq(&["show", "--stage", "framing"]));
+    assert_eq!(framing.len(), 2);
+    assert!(
+        framing[0]["value"]["decode_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("framing")
+    );
+
+    // Fixed up: the rule goes, and the letters replay while the pipeline runs.
+    weir_tests::run_sql(&db.url(), "ALTER TABLE events DROP CONSTRAINT events_cheap");
+    let dry = dlq(&["replay", "--stage", "sink", "--dry-run"]);
+    assert!(dry.contains("would replay 99 of 99 pending"), "{dry}");
+    assert_eq!(p.counts(), (495, 105), "a dry run changes nothing");
+    let replayed = dlq(&["replay", "--stage", "sink"]);
+    assert!(
+        replayed.contains("replayed 99 dead letters to their topics"),
+        "{replayed}"
+    );
+    let again = dlq(&["replay", "--stage", "sink"]);
+    assert!(again.contains("nothing to replay"), "{again}");
+    p.wait_for(600 + 99, Duration::from_secs(120), &mut [&mut child]);
+    std::thread::sleep(Duration::from_secs(1));
+    kill9(&mut child);
+    assert_eq!(p.counts(), (produced.good, 105));
+    assert_eq!(
+        weir_tests::query_one_i64(
+            &db.url(),
+            "SELECT count(DISTINCT seq) FROM events WHERE seq BETWEEN 500 AND 598"
+        ),
+        99,
+        "each replayed letter is one row"
+    );
+    let replayed = lines(&dlq(&[
+        "list", "--status", "replayed", "--limit", "500", "--json",
+    ]));
+    assert_eq!(replayed.len(), 99);
+    assert!(
+        replayed
+            .iter()
+            .all(|l| l["stage"] == "sink" && l["replayed_to"] == "events")
+    );
+    assert_eq!(
+        lines(&dlq(&["list", "--status", "pending", "--json"])).len(),
+        6
+    );
+    // The replayed messages are in the topic once each, after the original ones.
+    assert_eq!(weir_tests::committed_offsets(&db.url(), &p.group), 600 + 99);
+    let out = weir_tests::weir(&[
+        "tail",
+        TOPIC,
+        "--from-beginning",
+        "-n",
+        "699",
+        "--brokers",
+        &broker.bootstrap,
+        "--registry",
+        &registry.url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut replays: Vec<String> = lines(&String::from_utf8_lossy(&out.stdout))
+        .iter()
+        .filter_map(|m| {
+            let headers = m["headers"].as_array()?;
+            let h = headers.iter().find(|h| h["key"] == "weir-dlq-replay")?;
+            assert_eq!(
+                headers[0]["key"], "trace",
+                "the original headers first: {m}"
+            );
+            Some(h["value"].as_str().unwrap().to_string())
+        })
+        .collect();
+    replays.sort();
+    let mut want: Vec<String> = replayed
+        .iter()
+        .map(|l| format!("{}:{}", p.group, l["id"]))
+        .collect();
+    want.sort();
+    assert_eq!(replays, want, "each letter replayed once, naming itself");
 }
 
 #[test]

@@ -181,6 +181,7 @@ fn scoped(start: i64, items: Vec<Item>, tables: Vec<String>) -> SinkBatch {
                 offset,
                 key: Some(format!("key-{offset}").into_bytes()),
                 value: Some(format!("value-{offset}").into_bytes()),
+                headers: Vec::new(),
                 actions: actions
                     .into_iter()
                     .map(|a| a.declare(&mut targets))
@@ -884,6 +885,10 @@ async fn pre_sink_dead_letters_are_written_once() {
                 offset: 10,
                 key: Some(b"k10".to_vec()),
                 value: Some(vec![0, 1, 2, 255]),
+                headers: vec![weir::model::Header {
+                    key: "trace".into(),
+                    value: Some(b"t1".to_vec()),
+                }],
                 stage: "decode".into(),
                 error: "truncated Avro at byte 3".into(),
             }),
@@ -892,6 +897,7 @@ async fn pre_sink_dead_letters_are_written_once() {
                 offset: 12,
                 key: None,
                 value: None,
+                headers: Vec::new(),
                 stage: "guest".into(),
                 error: "price \0 is negative".into(),
             }),
@@ -913,6 +919,8 @@ async fn pre_sink_dead_letters_are_written_once() {
             s("sha256:abc"),
             s("\\x6b3130"),
             s("\\x000102ff"),
+            s("sink-tests"),
+            s("\\x050000007472616365020000007431"),
         ],
         vec![
             s("12"),
@@ -921,9 +929,11 @@ async fn pre_sink_dead_letters_are_written_once() {
             s("sha256:abc"),
             None,
             None,
+            s("sink-tests"),
+            None,
         ],
     ];
-    let query = "SELECT \"offset\", stage, error, guest_version, key, value
+    let query = "SELECT \"offset\", stage, error, guest_version, key, value, pipeline, headers
                    FROM dead_letters ORDER BY \"offset\"";
     assert_eq!(rows(&pg, query).await, expected);
     // The same batch again (a redelivery to a stale owner) writes nothing more.

@@ -329,6 +329,7 @@ fn source_ceiling(broker: &Broker, registry: &str, n: u64) -> (Measurement, Vec<
                     offset: raw.offset,
                     key: None,
                     value: None,
+                    headers: Vec::new(),
                     actions: vec![Action::Write(Row { target, values })],
                     emits: Vec::new(),
                 });

@@ -389,7 +389,8 @@ pub fn key_json(key: &Option<Vec<u8>>) -> Json {
     }
 }
 
-fn headers_json(headers: &[Header]) -> Json {
+/// Headers as JSON: `[{"key": …, "value": …}]`, values as [`key_json`] writes them.
+pub fn headers_json(headers: &[Header]) -> Json {
     Json::Array(
         headers
             .iter()

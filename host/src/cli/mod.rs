@@ -2,6 +2,7 @@
 
 mod admin;
 mod config;
+mod dlq;
 mod guest;
 mod ingest;
 pub mod jsonl;
@@ -55,6 +56,9 @@ enum Command {
     Tail(tail::TailArgs),
     /// Run the pipelines of a config: Kafka → guests → Postgres, exactly once.
     Run(run::RunArgs),
+    /// List, show and replay dead letters.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Apply a directory of SQL migrations to Postgres, each file once, in name order.
     Migrate(migrate::MigrateArgs),
 }
@@ -72,6 +76,7 @@ pub fn main() -> ExitCode {
         Command::Tail(args) => block_on(tail::run(args)),
         Command::Run(args) => block_on(run::run(args)),
         Command::Migrate(args) => block_on(migrate::run(args)),
+        Command::Dlq(cmd) => block_on(dlq::run(cmd)),
     };
     match result {
         Ok(code) => code,

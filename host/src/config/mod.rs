@@ -178,6 +178,23 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
 }
 
+/// Kafka group settings that would make librdkafka join the broker's group; weir's group
+/// is kept in Postgres, so these are not passed to its clients.
+const GROUP_PROPERTIES: &[&str] = &["session.timeout.ms", "heartbeat.interval.ms"];
+
+impl KafkaConfig {
+    /// The brokers with the operator's properties (TLS, SASL…) that every Kafka client
+    /// weir makes gets; not the group settings.
+    pub fn clients(&self) -> crate::source::kafka::Kafka {
+        crate::source::kafka::Kafka::with_properties(
+            &self.brokers,
+            self.properties
+                .iter()
+                .filter(|(k, _)| !GROUP_PROPERTIES.contains(&k.as_str())),
+        )
+    }
+}
+
 impl std::fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let properties: Vec<(String, String)> = self

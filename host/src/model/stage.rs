@@ -51,7 +51,7 @@ impl fmt::Display for Stage {
 }
 
 /// A message that cannot go on, with everything needed to look at it later.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
     /// Topic.
     pub topic: String,
@@ -65,6 +65,8 @@ pub struct DeadLetter {
     pub key: Option<Vec<u8>>,
     /// Raw value.
     pub value: Option<Vec<u8>>,
+    /// Record headers.
+    pub headers: Vec<super::Header>,
     /// Where it failed.
     pub stage: Stage,
     /// Why.

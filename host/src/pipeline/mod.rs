@@ -221,16 +221,7 @@ impl Runner {
         }
 
         check_registry(&config.registry.url).await?;
-        // Every Kafka client gets the operator's properties (TLS, SASL…), but not the
-        // group settings: weir's group is kept in Postgres.
-        let kafka = Kafka::with_properties(
-            &config.kafka.brokers,
-            config
-                .kafka
-                .properties
-                .iter()
-                .filter(|(k, _)| !GROUP_PROPERTIES.contains(&k.as_str())),
-        );
+        let kafka = config.kafka.clients();
         check_kafka(&kafka, &config.pipelines).await?;
 
         if let Some(dir) = &config.database.migrations {
@@ -1004,10 +995,6 @@ async fn table_expectations(
         })
         .collect())
 }
-
-/// Kafka group settings that would make librdkafka join the broker's group; weir's group
-/// is kept in Postgres, so these are not passed to the consumer.
-const GROUP_PROPERTIES: &[&str] = &["session.timeout.ms", "heartbeat.interval.ms"];
 
 /// Creates the `topics_out:` topics that do not exist yet, as Kafka's topic auto-creation
 /// and Quix Streams do, each with as many partitions as its pipeline's first input topic.

@@ -315,6 +315,7 @@ mod tests {
             offset: 7,
             key: None,
             value: None,
+            headers: Vec::new(),
             actions: vec![Action::Write(Row {
                 target: 0,
                 values: vec![Value::Int(1), Value::Float(price)],
@@ -358,6 +359,7 @@ mod tests {
                 offset: 7,
                 key: None,
                 value: None,
+                headers: Vec::new(),
                 stage: "guest".into(),
                 error: "trap".into(),
             },

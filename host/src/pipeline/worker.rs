@@ -652,6 +652,7 @@ pub(super) fn run_guest(
         (
             raw.and_then(|r| r.key.clone()),
             raw.and_then(|r| r.value.clone()),
+            raw.map(|r| r.headers.clone()).unwrap_or_default(),
         )
     };
     let mut items: Vec<Option<SinkItem>> = Vec::with_capacity(decoded.len());
@@ -661,11 +662,12 @@ pub(super) fn run_guest(
         match d {
             // Dropped: written as processed, with nothing to do.
             Decoded::Message(m) if duplicates.contains(&m.offset) => {
-                let (key, value) = raw(m.offset);
+                let (key, value, headers) = raw(m.offset);
                 items.push(Some(SinkItem::Actions {
                     offset: m.offset,
                     key,
                     value,
+                    headers,
                     actions: Vec::new(),
                     emits: Vec::new(),
                 }));
@@ -679,6 +681,7 @@ pub(super) fn run_guest(
                 offset: d.offset,
                 key: d.key,
                 value: d.value,
+                headers: d.headers,
                 stage: d.stage.as_str().to_string(),
                 error: d.error,
             })),
@@ -699,13 +702,14 @@ pub(super) fn run_guest(
         destinations: &shared.destinations,
     };
     for ((slot, offset), outcome) in slots.into_iter().zip(offsets).zip(outcomes) {
-        let (key, value) = raw(offset);
+        let (key, value, headers) = raw(offset);
         items[slot] = Some(match outcome {
             Outcome::Actions(actions) => match emitter.emits(offset, &actions, &output.layouts) {
                 Ok(emits) => SinkItem::Actions {
                     offset,
                     key,
                     value,
+                    headers,
                     actions,
                     emits,
                 },
@@ -713,6 +717,7 @@ pub(super) fn run_guest(
                     offset,
                     key,
                     value,
+                    headers,
                     stage: Stage::Encode.as_str().to_string(),
                     error,
                 },
@@ -721,6 +726,7 @@ pub(super) fn run_guest(
                 offset,
                 key,
                 value,
+                headers,
                 stage: Stage::Guest.as_str().to_string(),
                 error: reason,
             },

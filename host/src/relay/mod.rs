@@ -125,7 +125,8 @@ impl Destinations {
     }
 }
 
-async fn partition_counts(
+/// The partition count of each of `topics` that exists.
+pub async fn partition_counts(
     kafka: &Kafka,
     topics: Vec<String>,
 ) -> anyhow::Result<HashMap<String, i32>> {

@@ -28,6 +28,7 @@
 //!   the batch commits, the partition shown as paused ([`SinkEvents`]); anything else is
 //!   returned. [`crate::pg`] classifies the errors.
 
+pub mod dead_letters;
 pub mod deployments;
 mod lookup;
 mod migrate;
@@ -42,7 +43,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::model::{Action, Lookups, StateStore, StateWrites, Target, Value};
+use crate::model::{Action, Header, Lookups, StateStore, StateWrites, Target, Value};
 use crate::pg::{Backoff, Class, PgConfig, classify, error_text};
 
 pub use lookup::{LookupSet, MAX_ROWS as MAX_LOOKUP_ROWS};
@@ -82,6 +83,8 @@ pub enum SinkItem {
         key: Option<Vec<u8>>,
         /// Raw value, kept for dead-lettering.
         value: Option<Vec<u8>>,
+        /// Record headers, kept for dead-lettering.
+        headers: Vec<Header>,
         /// What to write. Rows name the batch's targets by position; the sink writes
         /// `emits` for the `Emit` actions.
         actions: Vec<Action>,
@@ -97,6 +100,8 @@ pub enum SinkItem {
         key: Option<Vec<u8>>,
         /// Raw value.
         value: Option<Vec<u8>>,
+        /// Record headers.
+        headers: Vec<Header>,
         /// Stage name (`framing`, `schema`, `decode`, `guest`, `sink`).
         stage: String,
         /// Why.
@@ -354,6 +359,14 @@ impl From<tokio_postgres::Error> for Failure {
             Class::Data | Class::Fatal => Failure::Fatal(e),
         }
     }
+}
+
+/// Creates weir's own tables where they are missing (and adds the columns newer versions
+/// of weir use).
+pub async fn create_system_tables(
+    client: &tokio_postgres::Client,
+) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(tables::SYSTEM_TABLES).await
 }
 
 impl Sink {
@@ -851,12 +864,18 @@ impl Sink {
             .dead_letters(&self.group_id, batch, &all_rejected)
             .await?;
         if let Some(dedup) = &batch.dedup {
+            // Only messages that commit are remembered: a dead letter replayed later is
+            // not a duplicate.
             let rejected: HashSet<i64> = all_rejected
                 .iter()
                 .filter_map(|(i, _)| match &batch.items[*i] {
                     SinkItem::Actions { offset, .. } => Some(*offset),
                     SinkItem::DeadLetter { .. } => None,
                 })
+                .chain(batch.items.iter().filter_map(|item| match item {
+                    SinkItem::DeadLetter { offset, .. } => Some(*offset),
+                    SinkItem::Actions { .. } => None,
+                }))
                 .collect();
             let keys: Vec<&str> = dedup
                 .keys

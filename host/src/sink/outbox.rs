@@ -4,7 +4,7 @@
 //! per destination partition, the offset the log ended at before it was produced), and
 //! removing what was sent.
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient, Statement};
 
 use super::write::Conn;
 use crate::model::Header;
@@ -87,35 +87,73 @@ impl Conn {
         if messages.is_empty() {
             return Ok(());
         }
-        let offsets: Vec<i64> = messages.iter().map(|(o, _)| *o).collect();
-        let topics: Vec<&str> = messages.iter().map(|(_, m)| m.topic.as_str()).collect();
-        let partitions: Vec<i32> = messages.iter().map(|(_, m)| m.partition).collect();
-        let keys: Vec<Option<&[u8]>> = messages.iter().map(|(_, m)| m.key.as_deref()).collect();
-        let headers: Vec<Vec<u8>> = messages
-            .iter()
-            .map(|(_, m)| encode_headers(&m.headers))
-            .collect();
-        let values: Vec<Option<&[u8]>> = messages.iter().map(|(_, m)| m.value.as_deref()).collect();
         let statement = self.prepare(INSERT).await?;
-        self.client
-            .execute(
-                &statement,
-                &[
-                    &group,
-                    &pipeline,
-                    &topic,
-                    &partition,
-                    &offsets,
-                    &topics,
-                    &partitions,
-                    &keys,
-                    &headers,
-                    &values,
-                ],
-            )
-            .await?;
-        Ok(())
+        store_outbox_with(
+            &*self.client,
+            &statement,
+            group,
+            pipeline,
+            topic,
+            partition,
+            messages,
+        )
+        .await
     }
+}
+
+/// Stores `messages` in the outbox of source partition `topic`/`partition`, in order:
+/// (source offset, message).
+pub(crate) async fn store_outbox(
+    client: &impl GenericClient,
+    group: &str,
+    pipeline: &str,
+    topic: &str,
+    partition: i32,
+    messages: &[(i64, &OutboxMessage)],
+) -> Result<(), tokio_postgres::Error> {
+    let statement = client.prepare(INSERT).await?;
+    store_outbox_with(
+        client, &statement, group, pipeline, topic, partition, messages,
+    )
+    .await
+}
+
+async fn store_outbox_with(
+    client: &impl GenericClient,
+    insert: &Statement,
+    group: &str,
+    pipeline: &str,
+    topic: &str,
+    partition: i32,
+    messages: &[(i64, &OutboxMessage)],
+) -> Result<(), tokio_postgres::Error> {
+    let offsets: Vec<i64> = messages.iter().map(|(o, _)| *o).collect();
+    let topics: Vec<&str> = messages.iter().map(|(_, m)| m.topic.as_str()).collect();
+    let partitions: Vec<i32> = messages.iter().map(|(_, m)| m.partition).collect();
+    let keys: Vec<Option<&[u8]>> = messages.iter().map(|(_, m)| m.key.as_deref()).collect();
+    let headers: Vec<Vec<u8>> = messages
+        .iter()
+        .map(|(_, m)| encode_headers(&m.headers))
+        .collect();
+    let values: Vec<Option<&[u8]>> = messages.iter().map(|(_, m)| m.value.as_deref()).collect();
+    client
+        .execute(
+            insert,
+            &[
+                &group,
+                &pipeline,
+                &topic,
+                &partition,
+                &offsets,
+                &topics,
+                &partitions,
+                &keys,
+                &headers,
+                &values,
+            ],
+        )
+        .await?;
+    Ok(())
 }
 
 /// The relay's statements, on a connection of its own.

@@ -43,6 +43,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     created_at    timestamptz NOT NULL DEFAULT now(),
     UNIQUE (group_id, topic, partition, "offset")
 );
+-- The pipeline a letter failed in, its record headers, and when `weir dlq replay` re-sent
+-- it, to which topic (see cli::dlq); tables made before these columns existed get them.
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS pipeline text;
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS headers bytea;
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS replayed_at timestamptz;
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS replayed_to text;
+CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (group_id, created_at);
 CREATE TABLE IF NOT EXISTS weir_dedup (
     group_id text NOT NULL,
     scope    text NOT NULL,

@@ -17,6 +17,7 @@ use tokio_postgres::{Client, Statement};
 use super::plan::{MessagePlan, Plan, Policy, UpsertShape};
 use super::value::{CellArray, copy_header, copy_trailer};
 use super::{Head, SinkBatch, SinkItem};
+use crate::model::Header;
 
 /// How many prepared statements a connection keeps before it starts over.
 const MAX_STATEMENTS: usize = 512;
@@ -70,10 +71,10 @@ pub(crate) const STORED: &str =
 const ADVANCE: &str = "UPDATE weir_offsets SET next_offset = $4, updated_at = now()
     WHERE group_id = $1 AND topic = $2 AND partition = $3";
 const DEAD_LETTERS: &str = "INSERT INTO dead_letters
-        (group_id, topic, partition, \"offset\", stage, error, guest_version, key, value)
-    SELECT $1, $2, $3, d.o, d.s, d.e, $4, d.k, d.v
-      FROM UNNEST($5::int8[], $6::text[], $7::text[], $8::bytea[], $9::bytea[])
-           AS d(o, s, e, k, v)
+        (group_id, pipeline, topic, partition, \"offset\", stage, error, guest_version, key, value, headers)
+    SELECT $1, $2, $3, $4, d.o, d.s, d.e, $5, d.k, d.v, d.h
+      FROM UNNEST($6::int8[], $7::text[], $8::text[], $9::bytea[], $10::bytea[], $11::bytea[])
+           AS d(o, s, e, k, v, h)
     ON CONFLICT (group_id, topic, partition, \"offset\") DO NOTHING";
 
 const WATERMARKS: &str = "UPDATE weir_offsets AS w SET high_watermark = d.h, watermark_at = now()
@@ -477,43 +478,74 @@ impl Conn {
         batch: &SinkBatch,
         rejected: &[(usize, String)],
     ) -> Result<Vec<(i64, String)>, tokio_postgres::Error> {
-        // (offset, stage, error, key, value)
-        type Letter<'b> = (i64, &'b str, &'b str, Option<&'b [u8]>, Option<&'b [u8]>);
+        // (offset, stage, error, key, value, headers)
+        type Letter<'b> = (
+            i64,
+            &'b str,
+            &'b str,
+            Option<&'b [u8]>,
+            Option<&'b [u8]>,
+            &'b [Header],
+        );
         let mut letters: Vec<Letter<'_>> = Vec::new();
         for item in &batch.items {
             if let SinkItem::DeadLetter {
                 offset,
                 key,
                 value,
+                headers,
                 stage,
                 error,
             } = item
             {
-                letters.push((*offset, stage, error, key.as_deref(), value.as_deref()));
+                letters.push((
+                    *offset,
+                    stage,
+                    error,
+                    key.as_deref(),
+                    value.as_deref(),
+                    headers,
+                ));
             }
         }
         for (index, error) in rejected {
             if let SinkItem::Actions {
-                offset, key, value, ..
+                offset,
+                key,
+                value,
+                headers,
+                ..
             } = &batch.items[*index]
             {
-                letters.push((*offset, "sink", error, key.as_deref(), value.as_deref()));
+                letters.push((
+                    *offset,
+                    "sink",
+                    error,
+                    key.as_deref(),
+                    value.as_deref(),
+                    headers,
+                ));
             }
+        }
+        if letters.is_empty() {
+            return Ok(Vec::new());
         }
         let offsets: Vec<i64> = letters.iter().map(|l| l.0).collect();
         let stages: Vec<_> = letters.iter().map(|l| text(l.1)).collect();
         let errors: Vec<_> = letters.iter().map(|l| text(l.2)).collect();
         let keys: Vec<_> = letters.iter().map(|l| l.3).collect();
         let values: Vec<_> = letters.iter().map(|l| l.4).collect();
-        if offsets.is_empty() {
-            return Ok(Vec::new());
-        }
+        let headers: Vec<Option<Vec<u8>>> = letters
+            .iter()
+            .map(|l| (!l.5.is_empty()).then(|| super::outbox::encode_headers(l.5)))
+            .collect();
         let statement = self.prepare(DEAD_LETTERS).await?;
         self.client
             .execute(
                 &statement,
                 &[
                     &group,
+                    &batch.scope.pipeline,
                     &batch.topic,
                     &batch.partition,
                     &batch.guest_version,
@@ -522,6 +554,7 @@ impl Conn {
                     &errors,
                     &keys,
                     &values,
+                    &headers,
                 ],
             )
             .await?;

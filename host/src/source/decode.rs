@@ -236,6 +236,7 @@ impl<S: SchemaSource> Decoder<S> {
                 timestamp_ms: raw.timestamp_ms,
                 key: raw.key.clone(),
                 value: raw.value.clone(),
+                headers: raw.headers.clone(),
                 stage,
                 error,
             })
