@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use tokio_postgres::Client;
 
-use super::outbox::{OutboxMessage, store_outbox};
+use super::outbox::{INSERT, OutboxMessage, store_outbox};
 use crate::model::Header;
 
 /// The outbox's source partition of replayed letters: a name Kafka cannot give a topic
@@ -109,11 +109,9 @@ impl LetterFilter {
         client: &Client,
         group: &str,
     ) -> Result<Vec<String>, tokio_postgres::Error> {
-        let query = format!(
-            "SELECT DISTINCT topic FROM dead_letters WHERE {WHERE} AND $10::int8 > 0 ORDER BY 1"
-        );
+        let query = format!("SELECT DISTINCT topic FROM dead_letters WHERE {WHERE} ORDER BY 1");
         Ok(client
-            .query(&query, &self.params(&group, &1))
+            .query(&query, &self.params(&group, &0)[..9])
             .await?
             .iter()
             .map(|r| r.get(0))
@@ -150,7 +148,7 @@ impl LetterFilter {
         let messages: Vec<OutboxMessage> = letters.iter().map(&to).collect();
         let queued: Vec<(i64, &OutboxMessage)> =
             letters.iter().map(|l| l.id).zip(messages.iter()).collect();
-        store_outbox(&txn, group, "", REPLAY_SOURCE, 0, &queued).await?;
+        store_outbox(&txn, INSERT, group, "", REPLAY_SOURCE, 0, &queued).await?;
         let ids: Vec<i64> = letters.iter().map(|l| l.id).collect();
         let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
         txn.execute(MARK, &[&group, &ids, &topics]).await?;

@@ -101,8 +101,7 @@ impl Store {
     /// Connects for `group`, making weir's tables if they are missing.
     pub async fn connect(url: &str, group: &str) -> anyhow::Result<Self> {
         let client = connect(url, "weir-deploys").await?;
-        client
-            .batch_execute(super::tables::SYSTEM_TABLES)
+        super::create_system_tables(&client)
             .await
             .context("creating weir's tables")?;
         Ok(Self {

@@ -74,8 +74,7 @@ async fn run(client: &Client, files: &[File]) -> Result<MigrateReport, SinkError
         .map_err(|e| failed("cannot create weir_migrations", e))?;
     // weir's own tables first, so that migrations may refer to them (a view over
     // dead_letters or weir_offsets, say).
-    client
-        .batch_execute(super::tables::SYSTEM_TABLES)
+    super::create_system_tables(client)
         .await
         .map_err(|e| failed("cannot create weir's tables", e))?;
     let recorded: HashMap<String, String> = client

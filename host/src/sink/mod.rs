@@ -385,11 +385,7 @@ impl Sink {
         let mut backoff = Backoff::new();
         let conn = loop {
             let opened = match sink.open().await {
-                Ok(conn) => conn
-                    .client
-                    .batch_execute(tables::SYSTEM_TABLES)
-                    .await
-                    .map(|()| conn),
+                Ok(conn) => create_system_tables(&conn.client).await.map(|()| conn),
                 Err(e) => Err(e),
             };
             match opened {

@@ -4,7 +4,7 @@
 //! per destination partition, the offset the log ended at before it was produced), and
 //! removing what was sent.
 
-use tokio_postgres::{Client, GenericClient, Statement};
+use tokio_postgres::{Client, GenericClient, ToStatement};
 
 use super::write::Conn;
 use crate::model::Header;
@@ -43,7 +43,7 @@ pub struct InFlight {
     pub marks: Vec<(String, i32, i64)>,
 }
 
-const INSERT: &str = "INSERT INTO weir_outbox
+pub(super) const INSERT: &str = "INSERT INTO weir_outbox
         (group_id, pipeline, topic, partition, \"offset\", to_topic, to_partition, key, headers, value)
     SELECT $1, $2, $3, $4, u.o, u.t, u.p, u.k, u.h, u.v
       FROM UNNEST($5::int8[], $6::text[], $7::int4[], $8::bytea[], $9::bytea[], $10::bytea[])
@@ -88,7 +88,7 @@ impl Conn {
             return Ok(());
         }
         let statement = self.prepare(INSERT).await?;
-        store_outbox_with(
+        store_outbox(
             &*self.client,
             &statement,
             group,
@@ -102,25 +102,10 @@ impl Conn {
 }
 
 /// Stores `messages` in the outbox of source partition `topic`/`partition`, in order:
-/// (source offset, message).
-pub(crate) async fn store_outbox(
+/// (source offset, message), with `insert` ([`INSERT`], or its prepared statement).
+pub(super) async fn store_outbox<S: ToStatement + Send + Sync + ?Sized>(
     client: &impl GenericClient,
-    group: &str,
-    pipeline: &str,
-    topic: &str,
-    partition: i32,
-    messages: &[(i64, &OutboxMessage)],
-) -> Result<(), tokio_postgres::Error> {
-    let statement = client.prepare(INSERT).await?;
-    store_outbox_with(
-        client, &statement, group, pipeline, topic, partition, messages,
-    )
-    .await
-}
-
-async fn store_outbox_with(
-    client: &impl GenericClient,
-    insert: &Statement,
+    insert: &S,
     group: &str,
     pipeline: &str,
     topic: &str,
