@@ -5,8 +5,9 @@
 //! locked down with a ServiceAccount of its own, no password is in a ConfigMap or an env
 //! literal and no render makes one up, production needs an image repository, the image is
 //! set once for every release that runs weir, guests given through helmfile survive the
-//! next sync, a bad value is refused by the chart's schema, and the releases reach each
-//! other by the names the charts create.
+//! next sync, a bad value is refused by the chart's schema, the releases reach each
+//! other by the names the charts create, and their NetworkPolicies (when enabled) allow
+//! those connections and no others.
 //!
 //! The tools come from `make tools` (tests/deploy/tools.sh) in `.tools/bin`.
 
@@ -1335,4 +1336,255 @@ fn tls_and_credentials_come_from_secrets_and_weir_accepts_the_config() {
         "weir refuses the chart's TLS config:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The pod labels of a workload named `"Kind name"`.
+fn pod_labels<'a>(all: &'a [Value], workload: &str) -> &'a Value {
+    let (k, n) = workload.split_once(' ').unwrap();
+    &find(all, k, n)["spec"]["template"]["metadata"]["labels"]
+}
+
+/// Whether a label selector (matchLabels only, as the charts write them) selects `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    assert!(selector.get("matchExpressions").is_none(), "{selector:?}");
+    selector
+        .get("matchLabels")
+        .and_then(Value::as_mapping)
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Whether the NetworkPolicies of `all` let a pod labelled `from` reach one labelled `to`
+/// (both in the releases' namespace) on TCP `port`: the policies selecting `to` let it in
+/// and those selecting `from` let it out (a pod no policy of a direction selects is open
+/// in that direction).
+fn np_allows(all: &[Value], from: &Value, to: &Value, port: u64) -> bool {
+    let lets = |pod: &Value, peer: &Value, direction: &str, peers: &str| {
+        let policies: Vec<&Value> = all
+            .iter()
+            .filter(|d| kind(d) == "NetworkPolicy")
+            .filter(|p| selects(&p["spec"]["podSelector"], pod))
+            .filter(|p| {
+                p["spec"]["policyTypes"]
+                    .as_sequence()
+                    .is_some_and(|t| t.iter().any(|t| t.as_str() == Some(direction)))
+            })
+            .collect();
+        let key = direction.to_ascii_lowercase();
+        policies.is_empty()
+            || policies
+                .iter()
+                .flat_map(|p| p["spec"][&key].as_sequence().unwrap())
+                .any(|rule| {
+                    let port_ok =
+                        rule.get("ports")
+                            .and_then(Value::as_sequence)
+                            .is_none_or(|ports| {
+                                ports.iter().any(|p| {
+                                    p["port"].as_u64() == Some(port)
+                                        && p.get("protocol")
+                                            .is_none_or(|x| x.as_str() == Some("TCP"))
+                                })
+                            });
+                    // A peer with a namespaceSelector or an ipBlock is elsewhere.
+                    let peer_ok = rule
+                        .get(peers)
+                        .and_then(Value::as_sequence)
+                        .is_none_or(|ps| {
+                            ps.iter().any(|p| {
+                                p.get("namespaceSelector").is_none()
+                                    && p.get("ipBlock").is_none()
+                                    && selects(&p["podSelector"], peer)
+                            })
+                        });
+                    port_ok && peer_ok
+                })
+    };
+    lets(to, from, "Ingress", "from") && lets(from, to, "Egress", "to")
+}
+
+/// The connections the releases make (as the_releases_reach_each_other_by_the_names_the_charts_create
+/// finds them), as (client workload, server workload, the server pod's port).
+const CONNECTIONS: [(&str, &str, u64); 15] = [
+    (
+        "Deployment processing-weir",
+        "StatefulSet streaming-kafka",
+        9092,
+    ),
+    (
+        "Deployment processing-weir",
+        "Deployment streaming-registry",
+        8081,
+    ),
+    (
+        "Deployment processing-weir",
+        "StatefulSet storage-postgres",
+        5432,
+    ),
+    (
+        "Deployment ingestion-ingest",
+        "StatefulSet streaming-kafka",
+        9092,
+    ),
+    (
+        "Deployment ingestion-ingest",
+        "Deployment streaming-registry",
+        8081,
+    ),
+    (
+        "Deployment streaming-registry",
+        "StatefulSet storage-postgres",
+        5432,
+    ),
+    (
+        "StatefulSet streaming-kafka",
+        "StatefulSet streaming-kafka",
+        9092,
+    ),
+    (
+        "StatefulSet streaming-kafka",
+        "StatefulSet streaming-kafka",
+        9093,
+    ),
+    ("Job streaming-topics", "StatefulSet streaming-kafka", 9092),
+    (
+        "Job streaming-schemas",
+        "Deployment streaming-registry",
+        8081,
+    ),
+    ("Job storage-migrate", "StatefulSet storage-postgres", 5432),
+    (
+        "Deployment monitoring-akhq",
+        "StatefulSet streaming-kafka",
+        9092,
+    ),
+    (
+        "Deployment monitoring-akhq",
+        "Deployment streaming-registry",
+        8081,
+    ),
+    (
+        "Deployment monitoring-prometheus",
+        "Deployment processing-weir",
+        9464,
+    ),
+    (
+        "Deployment monitoring-grafana",
+        "Deployment monitoring-prometheus",
+        9090,
+    ),
+];
+
+#[test]
+fn network_policies_allow_the_connections_the_releases_make_and_no_others() {
+    // Off by default.
+    for (label, yaml) in renderings() {
+        assert!(
+            !docs(yaml).iter().any(|d| kind(d) == "NetworkPolicy"),
+            "{label} renders a NetworkPolicy"
+        );
+    }
+    for env in ENVIRONMENTS {
+        let yaml = helmfile(
+            env,
+            HELMFILE_MODES[1].1,
+            &["--state-values-set", "networkPolicy.enabled=true"],
+        );
+        validate(&format!("{env}-network-policies"), &yaml);
+        let all = docs(&yaml);
+        let policies: Vec<&Value> = all.iter().filter(|d| kind(d) == "NetworkPolicy").collect();
+        // Every pod is isolated both ways, and may ask the DNS.
+        for doc in all.iter().filter(|d| pod_spec(d).is_some()) {
+            let labels = &doc["spec"]["template"]["metadata"]["labels"];
+            let mine: Vec<&&Value> = policies
+                .iter()
+                .filter(|p| selects(&p["spec"]["podSelector"], labels))
+                .collect();
+            let what = format!("{env}: {} {}", kind(doc), name(doc));
+            assert_eq!(mine.len(), 1, "{what}: {} NetworkPolicies", mine.len());
+            let spec = &mine[0]["spec"];
+            assert_eq!(
+                serde_yaml::to_string(&spec["policyTypes"]).unwrap(),
+                "- Ingress\n- Egress\n",
+                "{what}"
+            );
+            let dns = spec["egress"].as_sequence().unwrap().iter().any(|rule| {
+                rule["ports"].as_sequence().into_iter().flatten().any(|p| {
+                    p["port"].as_u64() == Some(53) && p["protocol"].as_str() == Some("UDP")
+                })
+            });
+            assert!(dns, "{what}: no DNS");
+        }
+        for (from, to, port) in CONNECTIONS {
+            let (k, n) = to.split_once(' ').unwrap();
+            let ports = serde_yaml::to_string(&workload_containers(&all, k, n)).unwrap();
+            assert!(
+                ports.contains(&format!("containerPort: {port}")),
+                "{env}: {to} has no port {port}"
+            );
+            assert!(
+                np_allows(&all, pod_labels(&all, from), pod_labels(&all, to), port),
+                "{env}: {from} cannot reach {to}:{port}"
+            );
+        }
+        // Nothing else: not ingestion or AKHQ to Postgres, not ingestion to weir's metrics,
+        // not a pod outside the releases to anything but the UIs.
+        let outsider: Value = serde_yaml::from_str("{app: browser}").unwrap();
+        for (from, to, port) in [
+            (
+                "Deployment ingestion-ingest",
+                "StatefulSet storage-postgres",
+                5432,
+            ),
+            (
+                "Deployment monitoring-akhq",
+                "StatefulSet storage-postgres",
+                5432,
+            ),
+            (
+                "Deployment ingestion-ingest",
+                "Deployment processing-weir",
+                9464,
+            ),
+            (
+                "Deployment processing-weir",
+                "StatefulSet streaming-kafka",
+                9093,
+            ),
+        ] {
+            assert!(
+                !np_allows(&all, pod_labels(&all, from), pod_labels(&all, to), port),
+                "{env}: {from} may reach {to}:{port}"
+            );
+        }
+        for (to, port, open) in [
+            ("Deployment monitoring-grafana", 3000, true),
+            ("Deployment monitoring-akhq", 8080, true),
+            ("StatefulSet storage-postgres", 5432, false),
+            ("StatefulSet streaming-kafka", 9092, false),
+            ("Deployment streaming-registry", 8081, false),
+        ] {
+            assert_eq!(
+                np_allows(&all, &outsider, pod_labels(&all, to), port),
+                open,
+                "{env}: from outside to {to}:{port}"
+            );
+        }
+    }
+    // The other releases may be in other namespaces, by a selector.
+    let all = docs(&template(
+        "processing",
+        "processing",
+        &[
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "networkPolicy.namespaceSelector.matchLabels.team=data",
+        ],
+    ));
+    let egress =
+        serde_yaml::to_string(&find(&all, "NetworkPolicy", "processing-weir")["spec"]["egress"])
+            .unwrap();
+    assert_eq!(egress.matches("team: data").count(), 3, "{egress}");
 }

@@ -142,3 +142,48 @@ Key of Grafana's admin password in that Secret.
 admin-password
 {{- end -}}
 {{- end -}}
+
+{{/*
+NetworkPolicies (networkPolicy.enabled). A peer: the pods of release `release` with
+component `component` (their app.kubernetes.io/instance and component labels), in the
+namespaces of networkPolicy.namespaceSelector when it is set and the release is another.
+Call with (dict "root" $ "release" RELEASE "component" COMPONENT); fromYaml the result.
+*/}}
+{{- define "monitoring.networkPolicyPeer" -}}
+{{- $peer := dict "podSelector" (dict "matchLabels" (dict "app.kubernetes.io/instance" .release "app.kubernetes.io/component" .component)) -}}
+{{- if and .root.Values.networkPolicy.namespaceSelector (ne .release .root.Release.Name) -}}
+{{- $_ := set $peer "namespaceSelector" .root.Values.networkPolicy.namespaceSelector -}}
+{{- end -}}
+{{- toYaml $peer -}}
+{{- end -}}
+
+{{/*
+The spec of the NetworkPolicy of this release's pods of one component: only the ingress
+and egress rules given, DNS (networkPolicy.dns, port 53) and networkPolicy.extraIngress /
+extraEgress. Call with (dict "root" $ "component" COMPONENT "ingress" RULES "egress" RULES).
+*/}}
+{{- define "monitoring.networkPolicySpec" -}}
+{{- $np := .root.Values.networkPolicy -}}
+{{- $dns := dict "to" $np.dns "ports" (list (dict "protocol" "UDP" "port" 53) (dict "protocol" "TCP" "port" 53)) -}}
+podSelector:
+  matchLabels:
+    app.kubernetes.io/instance: {{ .root.Release.Name }}
+    app.kubernetes.io/component: {{ .component }}
+policyTypes: [Ingress, Egress]
+{{- $ingress := concat .ingress $np.extraIngress }}
+{{- if $ingress }}
+ingress:
+  {{- toYaml $ingress | nindent 2 }}
+{{- else }}
+ingress: []
+{{- end }}
+egress:
+  {{- toYaml (concat .egress (list $dns) $np.extraEgress) | nindent 2 }}
+{{- end -}}
+
+{{/* TCP ports of a NetworkPolicy rule. Call with a list of numbers; fromYamlArray the result. */}}
+{{- define "monitoring.networkPolicyPorts" -}}
+{{- $ports := list -}}
+{{- range . }}{{ $ports = append $ports (dict "protocol" "TCP" "port" (int .)) }}{{ end -}}
+{{- toYaml $ports -}}
+{{- end -}}
