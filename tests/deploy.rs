@@ -6,8 +6,9 @@
 //! literal and no render makes one up, production needs an image repository, the image is
 //! set once for every release that runs weir, guests given through helmfile survive the
 //! next sync, a bad value is refused by the chart's schema, the releases reach each
-//! other by the names the charts create, and their NetworkPolicies (when enabled) allow
-//! those connections and no others.
+//! other by the names the charts create, their NetworkPolicies (when enabled) allow those
+//! connections and no others, and the ingestion release's Kafka TLS, SASL and registry
+//! credentials come from Secrets.
 //!
 //! The tools come from `make tools` (tests/deploy/tools.sh) in `.tools/bin`.
 
@@ -1587,4 +1588,125 @@ fn network_policies_allow_the_connections_the_releases_make_and_no_others() {
         serde_yaml::to_string(&find(&all, "NetworkPolicy", "processing-weir")["spec"]["egress"])
             .unwrap();
     assert_eq!(egress.matches("team: data").count(), 3, "{egress}");
+}
+
+/// The env var `var` of `container` comes from the Secret `secret`, key `key`.
+fn assert_env_from_secret(container: &Value, var: &str, secret: &str, key: &str) {
+    let env = env_of(container, var).unwrap_or_else(|| panic!("no env {var}"));
+    assert_eq!(
+        (
+            str_at(env, &["valueFrom", "secretKeyRef", "name"]),
+            str_at(env, &["valueFrom", "secretKeyRef", "key"]),
+        ),
+        (Some(secret), Some(key)),
+        "env {var}"
+    );
+}
+
+/// Renders a chart with `--set` values, validated and locked down.
+fn template_checked(chart: &str, values: &[&str]) -> Vec<Value> {
+    let extra: Vec<&str> = values.iter().flat_map(|v| ["--set", *v]).collect();
+    let yaml = template(chart, chart, &extra);
+    validate(&format!("{chart}-secrets"), &yaml);
+    let all = docs(&yaml);
+    for doc in &all {
+        check_pod_security(chart, doc);
+    }
+    all
+}
+
+#[test]
+fn ingestion_takes_kafka_tls_sasl_and_registry_credentials_from_secrets() {
+    let all = template_checked(
+        "ingestion",
+        &[
+            "kafka.tls.enabled=true",
+            "kafka.tls.caSecret=kafka-ca",
+            "kafka.sasl.mechanism=SCRAM-SHA-512",
+            "kafka.sasl.username=ingest",
+            "kafka.sasl.passwordSecret.name=kafka-sasl",
+            "registry.url=https://127.0.0.1:1",
+            "registry.caSecret=registry-ca",
+            "registry.basicAuthSecret.name=registry-reader",
+        ],
+    );
+    let deployment = find(&all, "Deployment", "ingestion-ingest");
+    let spec = pod_spec(deployment).unwrap();
+    let volumes = serde_yaml::to_string(&spec["volumes"]).unwrap();
+    for secret in ["kafka-ca", "registry-ca"] {
+        assert!(
+            volumes.contains(&format!("secretName: {secret}")),
+            "{volumes}"
+        );
+    }
+    let ingest = &spec["containers"][0];
+    let args: Vec<String> = ingest["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let joined = args.join(" ");
+    for property in [
+        "security.protocol=SASL_SSL",
+        "ssl.ca.location=/etc/weir/tls/kafka/ca.crt",
+        "sasl.mechanism=SCRAM-SHA-512",
+        "sasl.username=ingest",
+    ] {
+        assert!(joined.contains(&format!("-X {property}")), "{joined}");
+    }
+    assert_env_from_secret(
+        ingest,
+        "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+        "registry-reader",
+        "userInfo",
+    );
+    // The SASL password: from the Secret into the --kafka-config file, by the init
+    // container's script.
+    let init = &spec["initContainers"][0];
+    assert_env_from_secret(init, "KAFKA_SASL_PASSWORD", "kafka-sasl", "password");
+    let at = args.iter().position(|a| a == "--kafka-config").unwrap();
+    let config = &args[at + 1];
+    let dir = tempfile::tempdir().unwrap();
+    let local = |path: &str| {
+        path.replace("/run/weir/kafka", dir.path().to_str().unwrap())
+            .replace("/etc/weir/tls/registry", dir.path().to_str().unwrap())
+    };
+    let script = local(init["command"][2].as_str().unwrap());
+    let out = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .env("KAFKA_SASL_PASSWORD", "s3cr:e=t")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read_to_string(local(config)).unwrap();
+    assert_eq!(written, "sasl.password=s3cr:e=t\n");
+    // weir ingest takes the arguments and the file, and gets as far as asking the registry.
+    let ca = weir_tests::TestCa::new();
+    std::fs::copy(ca.cert(), dir.path().join("ca.crt")).unwrap();
+    let args: Vec<String> = args.iter().map(|a| local(a)).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = |var: &str| {
+        str_at(env_of(ingest, var).unwrap(), &["value"])
+            .unwrap()
+            .to_string()
+    };
+    let out = weir_tests::weir_env(
+        &args,
+        &[
+            ("KAFKA_BROKERS", "127.0.0.1:1"),
+            ("SCHEMA_REGISTRY_URL", &env("SCHEMA_REGISTRY_URL")),
+            ("SCHEMA_REGISTRY_CA", &local(&env("SCHEMA_REGISTRY_CA"))),
+            ("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "reader:pw"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("push the schemas first"),
+        "{stderr}"
+    );
 }

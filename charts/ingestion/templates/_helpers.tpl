@@ -74,6 +74,50 @@ helm.sh/chart: {{ include "ingestion.chart" . }}
 {{- .Values.registry.url | default (printf "http://%s-registry:8081" .Values.streaming.release) -}}
 {{- end -}}
 
+{{/* Where the TLS Secrets are mounted: <dir>/kafka, <dir>/registry. */}}
+{{- define "ingestion.tlsDir" -}}/etc/weir/tls{{- end -}}
+
+{{/* The librdkafka properties file holding the SASL password, written by the init container. */}}
+{{- define "ingestion.kafkaConfigDir" -}}/run/weir/kafka{{- end -}}
+{{- define "ingestion.kafkaConfigFile" -}}{{ include "ingestion.kafkaConfigDir" . }}/client.properties{{- end -}}
+
+{{/*
+What kafka.tls and kafka.sasl make of librdkafka properties (security.protocol,
+ssl.ca.location, sasl.mechanism, sasl.username), as the processing chart renders them; the
+SASL password goes in the --kafka-config file.
+*/}}
+{{- define "ingestion.kafkaProperties" -}}
+{{- $p := dict -}}
+{{- $tls := .Values.kafka.tls.enabled -}}
+{{- $sasl := .Values.kafka.sasl.mechanism -}}
+{{- if and $tls $sasl -}}
+{{- $_ := set $p "security.protocol" "SASL_SSL" -}}
+{{- else if $tls -}}
+{{- $_ := set $p "security.protocol" "SSL" -}}
+{{- else if $sasl -}}
+{{- $_ := set $p "security.protocol" "SASL_PLAINTEXT" -}}
+{{- end -}}
+{{- if and $tls .Values.kafka.tls.caSecret -}}
+{{- $_ := set $p "ssl.ca.location" (printf "%s/kafka/ca.crt" (include "ingestion.tlsDir" .)) -}}
+{{- end -}}
+{{- if $sasl -}}
+{{- if not .Values.kafka.sasl.passwordSecret.name -}}
+{{- fail "ingestion: kafka.sasl.passwordSecret.name is required with kafka.sasl.mechanism" -}}
+{{- end -}}
+{{- $_ := set $p "sasl.mechanism" $sasl -}}
+{{- $_ := set $p "sasl.username" .Values.kafka.sasl.username -}}
+{{- end -}}
+{{- toYaml $p -}}
+{{- end -}}
+
+{{/* The TLS Secrets to mount, by what they are for (kafka, registry). */}}
+{{- define "ingestion.tlsSecrets" -}}
+{{- $s := dict -}}
+{{- if .Values.kafka.tls.enabled }}{{ with .Values.kafka.tls.caSecret }}{{ $_ := set $s "kafka" . }}{{ end }}{{ end -}}
+{{- with .Values.registry.caSecret }}{{ $_ := set $s "registry" . }}{{ end -}}
+{{- toYaml $s -}}
+{{- end -}}
+
 {{/* A number as text for an argument (no exponent, no trailing .0 noise). */}}
 {{- define "ingestion.num" -}}
 {{- $v := . -}}
@@ -97,6 +141,8 @@ helm.sh/chart: {{ include "ingestion.chart" . }}
 {{- if not (kindIs "invalid" .Values.seed) }}{{ $args = concat $args (list "--seed" (include "ingestion.num" .Values.seed)) }}{{ end -}}
 {{- with .Values.startTime }}{{ $args = concat $args (list "--start-time" .) }}{{ end -}}
 {{- end -}}
+{{- range $k, $v := (include "ingestion.kafkaProperties" . | fromYaml) }}{{ $args = concat $args (list "-X" (printf "%s=%s" $k $v)) }}{{ end -}}
+{{- if .Values.kafka.sasl.mechanism }}{{ $args = concat $args (list "--kafka-config" (include "ingestion.kafkaConfigFile" .)) }}{{ end -}}
 {{- toJson $args -}}
 {{- end -}}
 
@@ -120,6 +166,35 @@ securityContext:
   fsGroup: 10001
   seccompProfile:
     type: RuntimeDefault
+{{- if .Values.kafka.sasl.mechanism }}
+initContainers:
+  # Writes the SASL password from the Secret into the --kafka-config file (memory-backed,
+  # readable by the pod's user only), so it is in no argument and no ConfigMap.
+  - name: kafka-config
+    image: {{ include "ingestion.image" . | quote }}
+    imagePullPolicy: {{ .Values.image.pullPolicy }}
+    command:
+      - /bin/sh
+      - -c
+      - umask 077 && printf 'sasl.password=%s\n' "$KAFKA_SASL_PASSWORD" > {{ include "ingestion.kafkaConfigFile" . }}
+    env:
+      - name: KAFKA_SASL_PASSWORD
+        valueFrom:
+          secretKeyRef:
+            name: {{ .Values.kafka.sasl.passwordSecret.name }}
+            key: {{ .Values.kafka.sasl.passwordSecret.key }}
+    securityContext:
+      allowPrivilegeEscalation: false
+      readOnlyRootFilesystem: true
+      runAsNonRoot: true
+      capabilities:
+        drop: ["ALL"]
+    resources:
+      {{- toYaml .Values.resources | nindent 6 }}
+    volumeMounts:
+      - name: kafka-config
+        mountPath: {{ include "ingestion.kafkaConfigDir" . }}
+{{- end }}
 containers:
   - name: ingest
     image: {{ include "ingestion.image" . | quote }}
@@ -131,6 +206,19 @@ containers:
         value: {{ include "ingestion.kafkaBrokers" . | quote }}
       - name: SCHEMA_REGISTRY_URL
         value: {{ include "ingestion.registryUrl" . | quote }}
+      {{- if .Values.registry.caSecret }}
+      - name: SCHEMA_REGISTRY_CA
+        value: {{ include "ingestion.tlsDir" . }}/registry/ca.crt
+      {{- end }}
+      {{- with .Values.registry.basicAuthSecret }}
+      {{- if .name }}
+      - name: SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO
+        valueFrom:
+          secretKeyRef:
+            name: {{ .name }}
+            key: {{ .key }}
+      {{- end }}
+      {{- end }}
       - name: WEIR_LOG
         value: {{ .Values.logLevel | quote }}
       - name: WEIR_LOG_FORMAT
@@ -156,10 +244,32 @@ containers:
         mountPath: {{ include "ingestion.replayDir" . }}
         readOnly: true
       {{- end }}
+      {{- if .Values.kafka.sasl.mechanism }}
+      - name: kafka-config
+        mountPath: {{ include "ingestion.kafkaConfigDir" . }}
+        readOnly: true
+      {{- end }}
+      {{- range $what, $secret := (include "ingestion.tlsSecrets" . | fromYaml) }}
+      - name: tls-{{ $what }}
+        mountPath: {{ include "ingestion.tlsDir" $ }}/{{ $what }}
+        readOnly: true
+      {{- end }}
 volumes:
   - name: tmp
     emptyDir:
       sizeLimit: {{ .Values.tmpSizeLimit }}
+  {{- if .Values.kafka.sasl.mechanism }}
+  - name: kafka-config
+    emptyDir:
+      medium: Memory
+      sizeLimit: 1Mi
+  {{- end }}
+  {{- range $what, $secret := (include "ingestion.tlsSecrets" . | fromYaml) }}
+  - name: tls-{{ $what }}
+    secret:
+      secretName: {{ $secret }}
+      defaultMode: 0440
+  {{- end }}
   {{- if eq .Values.source "replay" }}
   - name: replay
     configMap:
