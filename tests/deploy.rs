@@ -7,8 +7,8 @@
 //! set once for every release that runs weir, guests given through helmfile survive the
 //! next sync, a bad value is refused by the chart's schema, the releases reach each
 //! other by the names the charts create, their NetworkPolicies (when enabled) allow those
-//! connections and no others, and the ingestion release's Kafka TLS, SASL and registry
-//! credentials come from Secrets.
+//! connections and no others, and TLS and credentials (Kafka, the registry's users and
+//! clients) come from Secrets.
 //!
 //! The tools come from `make tools` (tests/deploy/tools.sh) in `.tools/bin`.
 
@@ -1613,6 +1613,113 @@ fn template_checked(chart: &str, values: &[&str]) -> Vec<Value> {
         check_pod_security(chart, doc);
     }
     all
+}
+
+#[test]
+fn registry_auth_takes_the_users_and_every_clients_credentials_from_secrets() {
+    let auth = "registry.auth.usersSecret.name=registry-users";
+    // The schemas Job must have credentials then.
+    let (success, _, stderr) = run(
+        &tool("helm"),
+        &["template", "streaming", "charts/streaming", "--set", auth],
+    );
+    assert!(
+        !success && stderr.contains("jobs.schemas.basicAuthSecret.name"),
+        "{stderr}"
+    );
+    let all = template_checked(
+        "streaming",
+        &[auth, "jobs.schemas.basicAuthSecret.name=registry-writer"],
+    );
+    // The users file is the Secret's, mounted read-only where --users-file reads it.
+    let registry = find(&all, "Deployment", "streaming-registry");
+    let spec = pod_spec(registry).unwrap();
+    let container = &containers(spec)[0];
+    let command: Vec<&str> = container["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let at = command
+        .iter()
+        .position(|a| *a == "--users-file")
+        .expect("--users-file");
+    let file = Path::new(command[at + 1]);
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| Some(file.parent().unwrap().to_str().unwrap()) == str_at(m, &["mountPath"]))
+        .unwrap_or_else(|| panic!("nothing is mounted at {}", file.display()));
+    assert_eq!(mount["readOnly"].as_bool(), Some(true));
+    let volume = spec["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(
+        str_at(volume, &["secret", "secretName"]),
+        Some("registry-users")
+    );
+    assert_eq!(
+        str_at(&volume["secret"]["items"][0], &["path"]),
+        file.file_name().unwrap().to_str()
+    );
+    // The probes need no credentials: every path does then.
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        assert!(
+            container[probe].get("httpGet").is_none(),
+            "{probe}: {:?}",
+            container[probe]
+        );
+        assert!(container[probe].get("tcpSocket").is_some(), "{probe}");
+    }
+    // weir's registry has the flag the chart passes.
+    let help = weir(&["registry", "serve", "--help"]);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--users-file"));
+    // The clients: the schemas Job, ingestion, AKHQ (processing: the TLS test above).
+    let schemas = workload_containers(&all, "Job", "streaming-schemas");
+    assert_env_from_secret(
+        schemas.last().unwrap(),
+        "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+        "registry-writer",
+        "userInfo",
+    );
+    let all = template_checked(
+        "ingestion",
+        &["registry.basicAuthSecret.name=registry-reader"],
+    );
+    assert_env_from_secret(
+        workload_containers(&all, "Deployment", "ingestion-ingest")[0],
+        "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+        "registry-reader",
+        "userInfo",
+    );
+    let all = template_checked(
+        "monitoring",
+        &[
+            "akhq.schemaRegistry.basicAuth.username=akhq",
+            "akhq.schemaRegistry.basicAuth.passwordSecret.name=registry-akhq",
+        ],
+    );
+    let akhq = workload_containers(&all, "Deployment", "monitoring-akhq")[0];
+    assert_env_from_secret(akhq, "WEIR_REGISTRY_PASSWORD", "registry-akhq", "password");
+    let app: Value = serde_yaml::from_str(
+        str_at(
+            find(&all, "ConfigMap", "monitoring-akhq"),
+            &["data", "application.yml"],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let registry = &app["akhq"]["connections"]["weir"]["schema-registry"];
+    assert_eq!(registry["basic-auth-username"].as_str(), Some("akhq"));
+    assert_eq!(
+        registry["basic-auth-password"].as_str(),
+        Some("${WEIR_REGISTRY_PASSWORD}")
+    );
 }
 
 #[test]
