@@ -12,8 +12,8 @@ guests: toolchain
 	cd guests && cargo build --target wasm32-wasip2 --release
 
 # What building and testing need from the system: OpenSSL for librdkafka's TLS (with
-# pkg-config to find it), openssl and socat for the TLS tests. Installed from Debian's
-# packages when missing.
+# pkg-config to find it), openssl and socat for the TLS tests, Prometheus for the test that
+# evaluates the shipped dashboard's queries. Installed from Debian's packages when missing.
 .PHONY: system
 system:
 	@missing=""; \
@@ -21,6 +21,7 @@ system:
 	dpkg -s libssl-dev >/dev/null 2>&1 || missing="$$missing libssl-dev"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v socat >/dev/null || missing="$$missing socat"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -6,6 +6,7 @@
 //! [`guest_path`] finds them.
 
 pub mod native;
+pub mod prometheus;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

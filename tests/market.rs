@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value as Json, json};
 use weir::ingest::simulate::{AssetClass, SimConfig, Simulator, Symbol};
 use weir::registry::{RegisteredSchema, RegistryClient};
+use weir_tests::prometheus::Prometheus;
 use weir_tests::{
     Broker, GUEST_DIR, Registry, TestDb, free_port, kill9, query, repo_root, rt, wait_until,
     weir_bin, weir_env,
@@ -468,6 +469,8 @@ fn rules_dead_letter_with_their_reason_and_the_views_answer_on_demo_data() {
     let mut m = Market::start();
     let url = m.url();
     let mut run = m.spawn();
+    // A real Prometheus scrapes `weir run` from its start, as the monitoring release does.
+    let prometheus = Prometheus::start("weir", &format!("127.0.0.1:{}", m.http_port), "weir-0");
 
     // The demo's data: the simulator on the wall clock, a few ticks late, a few twice.
     let out = weir_env(
@@ -707,8 +710,28 @@ fn rules_dead_letter_with_their_reason_and_the_views_answer_on_demo_data() {
     );
 
     check_views(&url, &m.group, cases.len() as i64);
+    check_dashboard(&prometheus);
     kill9(&mut run);
     check_lag_arithmetic(&url, &m.group);
+}
+
+/// Every query of the shipped Grafana dashboard returns data from a real Prometheus
+/// scraping the demo pipeline — the panels of events that have not happened (guest errors,
+/// swaps, produce errors) included, at 0.
+fn check_dashboard(prometheus: &Prometheus) {
+    prometheus.wait_scraped("weir", 5);
+    let empty = prometheus
+        .empty_dashboard_queries(&repo_root().join("charts/monitoring/files/weir-dashboard.json"));
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}\nPrometheus log:\n{}",
+        empty.join("\n"),
+        prometheus.log()
+    );
+    // Declared at 0: no guest was swapped, yet the series exist for each guest.
+    let swaps = prometheus.query("weir_guest_swaps_total");
+    assert_eq!(swaps.len(), 1, "one guest (tickers): {swaps:?}");
+    assert_eq!(swaps[0]["value"][1], "0", "{swaps:?}");
 }
 
 /// A `top_movers` row: first price, last price, change percent, rank, ticks.
