@@ -925,3 +925,274 @@ fn group_deploys_reach_every_member_at_one_switch_and_survive_restarts() {
     );
     assert_eq!(mismatched, 0);
 }
+
+/// `GET http://127.0.0.1:{port}{path}`: (status, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    rt().block_on(async {
+        match reqwest::get(format!("http://127.0.0.1:{port}{path}")).await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    })
+}
+
+/// The value of the sample `series` (name and labels, as exposed) on `port`, 0 if absent.
+fn sample(port: u16, series: &str) -> f64 {
+    http_get(port, "/metrics")
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A version that fails on every message trips its pipeline's breaker instead of
+/// dead-lettering message after message: swapped in while running, it is rolled back for
+/// the group and the batches go on with the version before; run as the only version, it
+/// pauses the pipeline (in `/readyz` and `/metrics`) until a good one is deployed. Nothing
+/// is dead-lettered, and every message is written exactly once by a good version.
+#[test]
+fn a_version_failing_every_message_is_rolled_back_or_pauses_the_pipeline() {
+    const TOPIC: &str = "tickers.stocks";
+    let db = TestDb::new();
+    let url = db.url();
+    let registry = Registry::start(&url);
+    let broker = Broker::start();
+    prepare_marked(&db, &registry, &broker, TOPIC);
+    weir_tests::run_sql(&url, "CREATE TABLE marked_b (LIKE marked)");
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, broken) = (
+        bytes("fixture_marker_a"),
+        bytes("fixture_marker_b"),
+        bytes("fixture_broken"),
+    );
+    let token_file = tmp.path().join("admin-token");
+    std::fs::write(&token_file, "breaker-token").unwrap();
+    let token = token_file.to_str().unwrap();
+    // One member of `group` writing `table`, its guest file `first`, and its metrics port.
+    let member = |group: &str, first: &[u8], table: &str| -> (Member, u16) {
+        let dir = tmp.path().join(group);
+        std::fs::create_dir_all(dir.join("guests")).unwrap();
+        std::fs::write(dir.join("guests/marker.wasm"), first).unwrap();
+        std::fs::copy(&token_file, dir.join("admin-token")).unwrap();
+        let (http_port, admin_port) = (free_port(), free_port());
+        let config = dir.join("weir.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "kafka:\n  brokers: \"{}\"\n  group_id: {group}\n\
+                 registry:\n  url: \"{}\"\n\
+                 database:\n  url: \"{url}\"\n\
+                 http:\n  listen: \"127.0.0.1:{http_port}\"\n\
+                 admin:\n  listen: \"127.0.0.1:{admin_port}\"\n  token_file: admin-token\n\
+                 guests:\n  dir: guests\n\
+                 pipelines:\n  - name: stocks\n    topic: {TOPIC}\n    guest: marker.wasm\n    batch: {{size: 100, linger: 20ms}}\n    config: {{table: {table}}}\n    tables: [{table}]\n    version_column: guest_version\n    breaker: {{window: 50, min_failures: 10, pause: 1s, max_pause: 2s}}\n",
+                broker.bootstrap, registry.url,
+            ),
+        )
+        .unwrap();
+        let mut m = Member {
+            config,
+            log: dir.join("run.log"),
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            child: None,
+        };
+        m.spawn();
+        m.wait_admin();
+        (m, http_port)
+    };
+    let deploy = |m: &Member, module: &[u8], name: &str| {
+        let file = tmp.path().join(name);
+        std::fs::write(&file, module).unwrap();
+        let out = weir(&[
+            "guest",
+            "deploy",
+            "--admin",
+            &m.admin,
+            "--token-file",
+            token,
+            "marker",
+            file.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "deploy {name}: {out:?}\n{}",
+            log_tail(&m.log)
+        );
+    };
+    let wait = |what: &str, m: &Member, mut done: Box<dyn FnMut() -> bool + '_>| {
+        let start = Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "timed out waiting until {what}; log:\n{}",
+                log_tail(&m.log)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let trips = |port: u16, action: &str| {
+        sample(
+            port,
+            &format!("weir_guest_breaker_trips_total{{pipeline=\"stocks\",action=\"{action}\"}}"),
+        )
+    };
+    let rows = |table: &str| count(&url, &format!("SELECT count(*) FROM {table}"));
+
+    // Swapped in while running: rolled back, the stream goes on with marker a.
+    let (m1, port1) = member("breaker-rollback", &a, "marked");
+    let simulate_log = tmp.path().join("simulate.log");
+    let mut simulate = simulate(
+        &broker,
+        &registry,
+        "400",
+        "5",
+        "AAPL,MSFT,NVDA,TSLA,JPM,AMZN,GOOG,META,NFLX",
+        &simulate_log,
+    );
+    wait("marker a writes", &m1, Box::new(|| rows("marked") >= 300));
+    deploy(&m1, &broken, "broken.wasm");
+    wait(
+        "the breaker rolls the broken version back",
+        &m1,
+        Box::new(|| trips(port1, "rolled_back") >= 1.0),
+    );
+    let after = rows("marked");
+    wait(
+        "marker a writes again",
+        &m1,
+        Box::new(|| rows("marked") >= after + 300),
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &simulate.0.id().to_string()])
+        .status();
+    assert!(simulate.0.wait().unwrap().success());
+    let total = delivered(&simulate_log);
+    wait(
+        "everything produced is written",
+        &m1,
+        Box::new(|| {
+            rows("marked")
+                + count(
+                    &url,
+                    "SELECT count(*) FROM dead_letters WHERE group_id = 'breaker-rollback'",
+                )
+                >= total
+        }),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // Exactly once: each message one row by marker a, or — the few the broken version
+    // failed on before the breaker had seen enough (fewer than min_failures) — one dead
+    // letter, for `weir dlq replay`.
+    let dead = count(
+        &url,
+        "SELECT count(*) FROM dead_letters WHERE group_id = 'breaker-rollback'",
+    );
+    assert!(
+        dead < 10,
+        "{dead} dead letters: the breaker did not stop them"
+    );
+    assert_eq!(
+        count(
+            &url,
+            &format!(
+                "SELECT count(*) FROM dead_letters WHERE stage <> 'guest' OR guest_version <> '{}'",
+                sha(&broken)
+            )
+        ),
+        0,
+        "dead letters only of the broken version"
+    );
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(*) FROM (SELECT kafka_partition, kafka_offset FROM marked
+               UNION SELECT partition, \"offset\" FROM dead_letters) m"
+        ),
+        total,
+        "every message once, as a row or a dead letter"
+    );
+    assert_eq!(rows("marked") + dead, total, "a message written twice");
+    assert_eq!(
+        count(
+            &url,
+            &format!(
+                "SELECT count(*) FROM marked WHERE guest_version <> '{}'",
+                sha(&a)
+            )
+        ),
+        0,
+        "every row by marker a"
+    );
+    assert_eq!(trips(port1, "paused"), 0.0);
+    assert!(
+        sample(
+            port1,
+            "weir_guest_errors_total{guest=\"marker\",kind=\"panic\"}"
+        ) >= 10.0,
+        "the broken version's failures are counted"
+    );
+    let log = std::fs::read_to_string(&m1.log).unwrap();
+    assert!(
+        log.contains("rolled the group back to the version before it"),
+        "{}",
+        log_tail(&m1.log)
+    );
+    let history = weir(&[
+        "guest",
+        "history",
+        "--admin",
+        &m1.admin,
+        "--token-file",
+        token,
+        "--json",
+        "marker",
+    ]);
+    assert!(history.status.success(), "{history:?}");
+    let history: weir::admin::History = serde_json::from_slice(&history.stdout).unwrap();
+    let live = history.versions.last().unwrap();
+    assert_eq!(live.sha256, sha(&a), "{history:?}");
+    assert_eq!(live.status, "live");
+    assert!(live.origin.contains("guest breaker"), "{live:?}");
+    drop(m1);
+
+    // The only version: the pipeline pauses, nothing is written or dead-lettered, until
+    // a good version is deployed; then every message is written once.
+    let (m2, port2) = member("breaker-pause", &broken, "marked_b");
+    wait(
+        "the breaker pauses the pipeline",
+        &m2,
+        Box::new(|| {
+            sample(port2, "weir_guest_breaker_open{pipeline=\"stocks\"}") == 1.0
+                && http_get(port2, "/readyz").1.contains("guest breaker")
+        }),
+    );
+    wait(
+        "the pause is tried again, and trips again",
+        &m2,
+        Box::new(|| trips(port2, "paused") >= 2.0),
+    );
+    let dead_b = "SELECT count(*) FROM dead_letters WHERE group_id = 'breaker-pause'";
+    assert_eq!(rows("marked_b"), 0);
+    assert_eq!(count(&url, dead_b), 0);
+    deploy(&m2, &b, "b.wasm");
+    wait(
+        "marker b writes everything",
+        &m2,
+        Box::new(|| rows("marked_b") >= total),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM marked_b WHERE marker = 'b'"
+        ),
+        total
+    );
+    assert_eq!(rows("marked_b"), total);
+    assert_eq!(count(&url, dead_b), 0);
+    wait(
+        "the breaker closes",
+        &m2,
+        Box::new(|| sample(port2, "weir_guest_breaker_open{pipeline=\"stocks\"}") == 0.0),
+    );
+}

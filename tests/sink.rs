@@ -1548,7 +1548,7 @@ async fn state_is_read_and_written_in_the_batchs_transaction() {
     };
     sink.run_batch(&mut run, |store, _| {
         seen.push((*store.expect("state for a stateful batch")).clone());
-        made(0, &[("a", "1"), ("b", "2")], &[])
+        Ok(made(0, &[("a", "1"), ("b", "2")], &[]))
     })
     .await
     .unwrap();
@@ -1581,7 +1581,7 @@ async fn state_is_read_and_written_in_the_batchs_transaction() {
             Arc::ptr_eq(&store, &held.1),
             "the held state, not read again"
         );
-        made(2, &[("c", "3")], &["a"])
+        Ok(made(2, &[("c", "3")], &["a"]))
     })
     .await
     .unwrap();
@@ -1616,7 +1616,7 @@ async fn state_is_read_and_written_in_the_batchs_transaction() {
             let store = store.unwrap();
             assert_eq!(store.len(), 2);
             assert_eq!(store.get(b"c"), Some(&b"3"[..]));
-            made(4, &[("d", "4")], &[])
+            Ok(made(4, &[("d", "4")], &[]))
         })
         .await
         .unwrap();
@@ -1633,7 +1633,7 @@ async fn state_is_read_and_written_in_the_batchs_transaction() {
     let stale = sink
         .run_batch(&mut run, |_, _| {
             ran = true;
-            made(4, &[("e", "5")], &[])
+            Ok(made(4, &[("e", "5")], &[]))
         })
         .await
         .unwrap_err();
@@ -1714,7 +1714,7 @@ async fn lookups_in_a_batch(url: String) {
         answers.push(ask("EUR"));
         answers.push(lookups.query("rate", &[Value::Int(3)]));
         answers.push(lookups.query("nope", &[]));
-        numbered(0, 2)
+        Ok(numbered(0, 2))
     })
     .await
     .unwrap();
@@ -1761,7 +1761,7 @@ async fn lookups_in_a_batch(url: String) {
     };
     sink.run_batch(&mut run, |_, lookups| {
         refused = Some(lookups.unwrap().query("rate", &[Value::Text("EUR".into())]));
-        numbered(2, 2)
+        Ok(numbered(2, 2))
     })
     .await
     .unwrap();

@@ -104,6 +104,13 @@
 //!       - candles.clean            # fields encoded with the latest schema of candles.clean-value…
 //!       - {topic: audit, subject: audit-events}   # …or of the subject given
 //!     outbox: {max_pending: 100000}   # emits of one partition waiting to be produced before it pauses (the default)
+//!     breaker:                     # a guest failing on too many messages pauses the pipeline (these are the defaults)
+//!       failure_rate: 0.5          # share of the window's messages it failed on (trapped, out of time or memory)…
+//!       min_failures: 10           # …once at least this many failed
+//!       window: 100                # the last messages given to the guest version
+//!       pause: 30s                 # before trying again, doubling on each trip in a row…
+//!       max_pause: 5m              # …up to this
+//!       # enabled: false           # every failure is isolated and dead-lettered instead
 //! {% for p in values.extra_pipelines | default(value=[]) %}
 //!   - name: {{ p.name }}
 //!     topic: {{ p.topic }}
@@ -504,6 +511,64 @@ pub struct PipelineConfig {
     /// The most emitted messages of one source partition waiting in the outbox; past it
     /// the partition pauses until the relay catches up.
     pub outbox_max_pending: u64,
+    /// When a guest failing on many messages stops the pipeline.
+    pub breaker: BreakerConfig,
+}
+
+/// `breaker:` of a pipeline (see [`crate::pipeline::breaker`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Off: every failed message is isolated and dead-lettered.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The share of the window's messages the guest failed on that trips it.
+    #[serde(default = "default_failure_rate")]
+    pub failure_rate: f64,
+    /// The fewest failed messages that trip it.
+    #[serde(default = "default_min_failures")]
+    pub min_failures: usize,
+    /// The last messages of a guest version the rate is measured over.
+    #[serde(default = "default_breaker_window")]
+    pub window: usize,
+    /// How long the pipeline pauses after a trip; doubles on each trip in a row.
+    #[serde(default = "default_breaker_pause", deserialize_with = "de::duration")]
+    pub pause: Duration,
+    /// The longest pause.
+    #[serde(
+        default = "default_breaker_max_pause",
+        deserialize_with = "de::duration"
+    )]
+    pub max_pause: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failure_rate: default_failure_rate(),
+            min_failures: default_min_failures(),
+            window: default_breaker_window(),
+            pause: default_breaker_pause(),
+            max_pause: default_breaker_max_pause(),
+        }
+    }
+}
+
+const fn default_failure_rate() -> f64 {
+    0.5
+}
+const fn default_min_failures() -> usize {
+    10
+}
+const fn default_breaker_window() -> usize {
+    100
+}
+const fn default_breaker_pause() -> Duration {
+    Duration::from_secs(30)
+}
+const fn default_breaker_max_pause() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// The default of `outbox.max_pending`.
@@ -754,6 +819,9 @@ struct PipelineFile {
     /// Bounds on the outbox.
     #[serde(default)]
     outbox: OutboxFile,
+    /// The guest breaker.
+    #[serde(default)]
+    breaker: BreakerConfig,
 }
 
 /// One item of `topics_out:`: a topic, or a topic and the subject to encode with.
@@ -1468,6 +1536,29 @@ impl Checker<'_> {
             }
         }
 
+        let b = &p.breaker;
+        if !(b.failure_rate > 0.0 && b.failure_rate <= 1.0) {
+            return Err(self.invalid(
+                key("breaker.failure_rate"),
+                "must be more than 0 and at most 1",
+                line(&["breaker", "failure_rate"]),
+            ));
+        }
+        if b.min_failures == 0 || b.min_failures > b.window {
+            return Err(self.invalid(
+                key("breaker.min_failures"),
+                format!("must be from 1 to breaker.window ({})", b.window),
+                line(&["breaker", "min_failures"]),
+            ));
+        }
+        if b.pause.is_zero() || b.max_pause < b.pause {
+            return Err(self.invalid(
+                key("breaker.pause"),
+                "must be more than 0 and at most breaker.max_pause",
+                line(&["breaker", "pause"]),
+            ));
+        }
+
         Ok(PipelineConfig {
             name: p.name,
             topics,
@@ -1493,6 +1584,7 @@ impl Checker<'_> {
             lookups: p.lookups,
             topics_out,
             outbox_max_pending: p.outbox.max_pending,
+            breaker: p.breaker,
         })
     }
 
@@ -1663,6 +1755,53 @@ pipelines:
             .to_string();
         assert!(err.contains("workers: must be at least 1"), "{err}");
         assert!(err.contains("(line 12)"), "{err}");
+    }
+
+    #[test]
+    fn the_breaker_is_on_by_default_and_bad_settings_are_refused_with_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("g.wasm"), b"").unwrap();
+        let defaults = parse_in(dir.path(), MINIMAL).unwrap().pipelines.remove(0);
+        assert_eq!(defaults.breaker, BreakerConfig::default());
+        assert!(defaults.breaker.enabled);
+        let text = format!(
+            "{MINIMAL}    breaker: {{failure_rate: 0.9, window: 20, min_failures: 5, pause: 2s, max_pause: 1m}}\n"
+        );
+        let b = parse_in(dir.path(), &text)
+            .unwrap()
+            .pipelines
+            .remove(0)
+            .breaker;
+        assert_eq!(
+            (
+                b.failure_rate,
+                b.window,
+                b.min_failures,
+                b.pause,
+                b.max_pause
+            ),
+            (0.9, 20, 5, Duration::from_secs(2), Duration::from_secs(60))
+        );
+        for (bad, says) in [
+            (
+                "{failure_rate: 1.5}",
+                "breaker.failure_rate: must be more than 0 and at most 1",
+            ),
+            ("{failure_rate: 0}", "breaker.failure_rate"),
+            (
+                "{window: 5, min_failures: 6}",
+                "breaker.min_failures: must be from 1 to breaker.window (5)",
+            ),
+            (
+                "{pause: 10m}",
+                "breaker.pause: must be more than 0 and at most breaker.max_pause",
+            ),
+        ] {
+            let err = parse_in(dir.path(), &format!("{MINIMAL}    breaker: {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

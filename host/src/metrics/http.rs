@@ -63,6 +63,12 @@ impl Health {
         self.set_waiting_for("Postgres", topic, partition, why);
     }
 
+    /// Whether `topic`/`partition` waits for its pipeline's guest breaker to close
+    /// (`Some(why)`), or not.
+    pub fn set_breaker_open(&self, topic: &str, partition: i32, why: Option<&str>) {
+        self.set_waiting_for("its guest breaker to close", topic, partition, why);
+    }
+
     fn set_waiting_for(&self, what: &'static str, topic: &str, partition: i32, why: Option<&str>) {
         let mut s = self.lock();
         let key = (topic.to_string(), partition, what);

@@ -51,6 +51,10 @@ const RESERVED_GUEST_COUNTERS: [&str; 5] = [
     "output_dropped",
 ];
 
+/// What a tripped guest breaker does: the `action` label of
+/// `weir_guest_breaker_trips_total`.
+const BREAKER_ACTIONS: [&str; 2] = ["paused", "rolled_back"];
+
 /// The label values known when `weir run` starts (see [`Metrics::declare`]).
 #[derive(Debug, Default, Clone)]
 pub struct Known {
@@ -90,6 +94,8 @@ pub struct Metrics {
     shadow_compared: Family<Labels1, Counter>,
     shadow_differences: Family<Labels2, Counter>,
     shadow_skipped: Family<Labels1, Counter>,
+    breaker_trips: Family<Labels2, Counter>,
+    breaker_open: Family<Labels1, Gauge>,
     events: Arc<MetricsEvents>,
 }
 
@@ -134,6 +140,8 @@ impl Metrics {
             shadow_compared: Family::default(),
             shadow_differences: Family::default(),
             shadow_skipped: Family::default(),
+            breaker_trips: Family::default(),
+            breaker_open: Family::default(),
             events: Arc::new(MetricsEvents::default()),
         };
         let mut registry = Registry::default();
@@ -214,6 +222,16 @@ impl Metrics {
             "weir_shadow_skipped_batches",
             "Batches a shadow candidate did not run because it was still busy with earlier ones, by guest",
             m.shadow_skipped.clone(),
+        );
+        registry.register(
+            "weir_guest_breaker_trips",
+            "Times a pipeline's guest breaker tripped (its guest failed on most of its last messages), by pipeline and what was done (paused, rolled_back)",
+            m.breaker_trips.clone(),
+        );
+        registry.register(
+            "weir_guest_breaker_open",
+            "1 while a pipeline is paused by its guest breaker, else 0",
+            m.breaker_open.clone(),
         );
         registry.register(
             "weir_consumer_lag",
@@ -382,6 +400,20 @@ impl Metrics {
             .set(next_offset);
     }
 
+    /// `pipeline`'s guest breaker tripped; `action` is `paused` or `rolled_back`.
+    pub fn breaker_trip(&self, pipeline: &str, action: &str) {
+        self.breaker_trips
+            .get_or_create(&labels(("pipeline", pipeline), ("action", action)))
+            .inc();
+    }
+
+    /// Whether `pipeline` is paused by its guest breaker.
+    pub fn breaker_open(&self, pipeline: &str, open: bool) {
+        self.breaker_open
+            .get_or_create(&label("pipeline", pipeline))
+            .set(i64::from(open));
+    }
+
     /// Whether `topic`/`partition` waits for the schema registry.
     pub fn waiting_for_registry(&self, topic: &str, partition: i32, waiting: bool) {
         self.registry_waits
@@ -417,6 +449,14 @@ impl Metrics {
             let _ = self
                 .batch_duration
                 .get_or_create(&label("pipeline", pipeline));
+            let _ = self
+                .breaker_open
+                .get_or_create(&label("pipeline", pipeline));
+            for action in BREAKER_ACTIONS {
+                let _ = self
+                    .breaker_trips
+                    .get_or_create(&labels(("pipeline", pipeline), ("action", action)));
+            }
         }
         for guest in &known.guests {
             let _ = self.guest_call.get_or_create(&label("guest", guest));

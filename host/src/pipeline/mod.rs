@@ -10,6 +10,7 @@
 //! Partitions are spread over a group's processes by leases in Postgres
 //! ([`membership`]), not by the broker's group coordinator.
 
+pub mod breaker;
 pub mod deploys;
 pub mod membership;
 mod shadow;
@@ -76,6 +77,8 @@ struct Route {
     /// The guest's name when the group deploys its versions: a batch commits only with
     /// the group's live version.
     barrier: Option<String>,
+    /// Stops calling a guest that fails on most messages.
+    breaker: Arc<breaker::Breaker>,
 }
 
 /// A running `weir run`: everything connected and checked.
@@ -217,6 +220,7 @@ impl Runner {
                 topics_out: p.topics_out.clone(),
                 outbox_max_pending: p.outbox_max_pending,
                 barrier: None,
+                breaker: Arc::new(breaker::Breaker::new(p.breaker.clone())),
             });
         }
 
@@ -346,6 +350,8 @@ impl Runner {
             destinations,
             relay,
             deploys: deploys.clone(),
+            health: health.clone(),
+            stop: stop.clone(),
         });
         let shadows =
             shadow::Shadows::start(shared.clone(), &config.database.url, &config.kafka.group_id)?;

@@ -151,7 +151,7 @@ impl Runner {
             live,
             live_targets,
         } = job;
-        let (items, output, _) = run_guest(
+        let Ok((items, output, _)) = run_guest(
             &self.shared,
             route,
             &candidate,
@@ -160,7 +160,9 @@ impl Runner {
             &duplicates,
             CallContext::default(),
             Run::Shadow,
-        );
+        ) else {
+            unreachable!("a shadow run has no breaker to trip")
+        };
         let pipeline = &self.shared.routes[route].name;
         let guest = &candidate.id().name;
         let mut diffs = Vec::new();

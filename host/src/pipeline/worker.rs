@@ -8,16 +8,18 @@
 //! batch before it committed: it reads the state that batch left, and its lookups read the
 //! transaction's snapshot.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::Route;
+use super::breaker::{Breaker, Trip};
 use super::deploys::GroupDeploys;
 use super::shadow::{ShadowJob, Shadows};
-use crate::metrics::Metrics;
+use crate::metrics::{Health, Metrics};
 use crate::model::{
     Batch, Lookups, Outcome, Output, Partition, Record, Stage, StateTxn, Value, batch_of,
 };
@@ -43,6 +45,10 @@ pub(super) struct Shared {
     pub relay: Option<Arc<Relay>>,
     /// The group's guest deploys.
     pub deploys: Arc<GroupDeploys>,
+    /// Where partitions paused by their guest's breaker show.
+    pub health: Arc<Health>,
+    /// Cancelled at shutdown: a wait for a breaker ends.
+    pub stop: CancellationToken,
 }
 
 impl Shared {
@@ -109,6 +115,26 @@ struct Prepared {
     duplicates: usize,
 }
 
+/// What [`Worker::prepare`] made of a job.
+enum Prepare {
+    /// Ready to write, with the part of the job past the decode budget, if any.
+    Ready(Prepared, Option<Job>),
+    /// The guest's breaker tripped: the whole job is to be read again.
+    Again(Job),
+    /// Shutting down stopped decoding.
+    Stopped,
+}
+
+impl Job {
+    /// This job with `rest`, the part split off it, joined back.
+    fn rejoin(mut self, rest: Option<Job>) -> Job {
+        if let Some(rest) = rest {
+            self.batch.messages.extend(rest.batch.messages);
+        }
+        self
+    }
+}
+
 /// A batch decoded, before its guest.
 struct Decoding {
     records: Vec<Decoded>,
@@ -128,18 +154,21 @@ fn shape(guest: &Guest) -> Shape {
 
 impl Worker {
     /// Processes jobs until the runner drops the sender. A batch whose decoded messages
-    /// pass the decode budget is written in parts, the rest going next.
+    /// pass the decode budget is written in parts, the rest going next; a batch whose
+    /// guest breaker tripped is read again, first.
     pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         let mut writing: Option<(Write, Prepared)> = None;
-        let mut rest: Option<Job> = None;
+        // Jobs before the next one received, in order.
+        let mut pending: VecDeque<Job> = VecDeque::new();
         loop {
-            let job = match (rest.take(), writing.as_mut()) {
+            let job = match (pending.pop_front(), writing.as_mut()) {
                 (Some(job), _) => Some(job),
                 (None, Some((write, _))) => tokio::select! {
                     result = write => {
                         let (_, prepared) = writing.take().expect("a write in flight");
-                        if !self.finish(result, prepared).await {
-                            return;
+                        match self.finish(result, prepared).await {
+                            Ok(again) => pending.extend(again),
+                            Err(()) => return,
                         }
                         continue;
                     }
@@ -148,6 +177,10 @@ impl Worker {
                 (None, None) => jobs.recv().await,
             };
             let Some(job) = job else { break };
+            // While the pipeline's guest breaker is open, its partitions wait.
+            if !self.breaker_closed(&job).await {
+                break;
+            }
             let partition = (job.batch.topic.clone(), job.batch.partition);
             if !self.shared.current(&partition, job.epoch) {
                 continue;
@@ -163,13 +196,23 @@ impl Worker {
             let guest = self.shared.routes[job.route].guest.current();
             if guest.uses_state() || guest.uses_lookups() {
                 // The batch before must commit first: this one reads what it left.
-                if let Some((write, previous)) = writing.take()
-                    && !self.finish(write.await, previous).await
-                {
-                    return;
+                if let Some((write, previous)) = writing.take() {
+                    match self.finish(write.await, previous).await {
+                        Err(()) => return,
+                        Ok(Some(again)) => {
+                            pending.push_front(job);
+                            pending.push_front(again);
+                            continue;
+                        }
+                        Ok(None) => {}
+                    }
                 }
                 match self.transact(job, &guest).await {
-                    Ok(Some(more)) => rest = more,
+                    Ok(Some(next)) => {
+                        if let Some(next) = next {
+                            pending.push_front(next);
+                        }
+                    }
                     Ok(None) => break,
                     Err(()) => return,
                 }
@@ -178,29 +221,128 @@ impl Worker {
             let in_flight = writing
                 .as_ref()
                 .and_then(|(_, p)| p.sink_batch.dedup.as_ref());
-            let prepared = match self.prepare(job, &guest, in_flight).await {
-                Ok(Some((p, more))) => {
-                    rest = more;
-                    p
+            let (prepared, more) = match self.prepare(job, &guest, in_flight).await {
+                Ok(Prepare::Ready(p, more)) => (p, more),
+                // Read again, after the batch in flight.
+                Ok(Prepare::Again(job)) => {
+                    pending.push_front(job);
+                    if let Some((write, previous)) = writing.take() {
+                        match self.finish(write.await, previous).await {
+                            Err(()) => return,
+                            Ok(again) => {
+                                if let Some(again) = again {
+                                    pending.push_front(again);
+                                }
+                            }
+                        }
+                    }
+                    continue;
                 }
                 // Shutting down while the registry is awaited: the batch is left
                 // uncommitted, to be read again.
-                Ok(None) => break,
+                Ok(Prepare::Stopped) => break,
                 Err(e) => {
                     let _ = self.reports.send(Report::Failed(e));
                     return;
                 }
             };
-            if let Some((write, previous)) = writing.take()
-                && !self.finish(write.await, previous).await
-            {
-                return;
+            if let Some(more) = more {
+                pending.push_front(more);
+            }
+            if let Some((write, previous)) = writing.take() {
+                match self.finish(write.await, previous).await {
+                    Err(()) => return,
+                    // The batch before is read again, and this one after it.
+                    Ok(Some(again)) => {
+                        pending.push_front(prepared.job);
+                        pending.push_front(again);
+                        continue;
+                    }
+                    Ok(None) => {}
+                }
             }
             writing = Some((self.write(&prepared), prepared));
         }
         if let Some((write, previous)) = writing.take() {
-            self.finish(write.await, previous).await;
+            let _ = self.finish(write.await, previous).await;
         }
+    }
+
+    /// Waits while the guest breaker of `job`'s pipeline is open, the partition shown
+    /// paused. False when shutting down.
+    async fn breaker_closed(&self, job: &Job) -> bool {
+        let route = &self.shared.routes[job.route];
+        let (topic, partition) = (&job.batch.topic, job.batch.partition);
+        let mut paused = false;
+        while let Some((left, why)) = route.breaker.wait() {
+            if !paused {
+                let why = format!("pipeline {}: {why}", route.name);
+                self.shared
+                    .health
+                    .set_breaker_open(topic, partition, Some(&why));
+                paused = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(left) => {}
+                _ = self.shared.stop.cancelled() => return false,
+            }
+        }
+        if paused {
+            self.shared.metrics.breaker_open(&route.name, false);
+            self.shared.health.set_breaker_open(topic, partition, None);
+        }
+        true
+    }
+
+    /// After `guest`'s breaker in pipeline `route` tripped: a version swapped in that never
+    /// ran a healthy window is rolled back for the group; otherwise the pipeline pauses.
+    async fn tripped(&self, route: usize, guest: &Guest, trip: Trip) {
+        let route = &self.shared.routes[route];
+        let name = guest.id().name.clone();
+        let metrics = &self.shared.metrics;
+        // Replaced meanwhile (rolled back by another worker): the batch runs again with
+        // the version now in use.
+        if route.guest.current().id().version != trip.version {
+            return;
+        }
+        if !trip.established && route.guest.previous_version().is_some() {
+            if route.breaker.rolling_back(&trip.version) {
+                return;
+            }
+            if route.breaker.start_rollback(&trip) {
+                let origin = format!("the guest breaker of pipeline {}: {trip}", route.name);
+                let deploys = self.shared.deploys.clone();
+                let guest = name.clone();
+                let rolled = tokio::task::spawn_blocking(move || {
+                    crate::runtime::Deployer::rollback(&*deploys, &guest, &origin)
+                })
+                .await;
+                let rolled = rolled
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                match rolled {
+                    Ok(swapped) => {
+                        route.breaker.rolled_back(Some(&swapped.new_version));
+                        metrics.breaker_trip(&route.name, "rolled_back");
+                        tracing::error!(pipeline = %route.name, guest = %name, version = %trip.version,
+                            back_to = %swapped.new_version, failures = trip.failures, messages = trip.messages,
+                            error = %trip.last_error,
+                            "The guest breaker tripped: the version swapped in fails on most messages; rolled the group back to the version before it");
+                        return;
+                    }
+                    Err(e) => {
+                        route.breaker.rolled_back(None);
+                        tracing::warn!(pipeline = %route.name, guest = %name, error = %e, "The guest breaker tripped and the rollback failed; pausing instead");
+                    }
+                }
+            }
+        }
+        let pause = route.breaker.open(&trip);
+        metrics.breaker_trip(&route.name, "paused");
+        metrics.breaker_open(&route.name, true);
+        tracing::error!(pipeline = %route.name, guest = %name, version = %trip.version,
+            failures = trip.failures, messages = trip.messages, error = %trip.last_error, pause = ?pause,
+            "The guest breaker tripped: the guest fails on most messages; pausing the pipeline instead of dead-lettering them");
     }
 
     /// The relay lane of a partition whose pipeline emits.
@@ -249,18 +391,17 @@ impl Worker {
 
     /// Decodes, deduplicates (keys of the batch still being written count as seen) and
     /// runs the guest. When the decoded messages pass the decode budget, only the first
-    /// part of the batch is prepared and the rest comes back as a job of its own. `None`
-    /// when shutting down stopped decoding.
+    /// part of the batch is prepared and the rest comes back as a job of its own.
     async fn prepare(
         &self,
         mut job: Job,
         guest: &Guest,
         in_flight: Option<&DedupKeys>,
-    ) -> anyhow::Result<Option<(Prepared, Option<Job>)>> {
+    ) -> anyhow::Result<Prepare> {
         let started = Instant::now();
         let route = &self.shared.routes[job.route];
         let Some(Decoding { records, rest }) = self.decode(&mut job, guest).await else {
-            return Ok(None);
+            return Ok(Prepare::Stopped);
         };
         let (duplicates, dedup) = self.deduplicate(route, &records, in_flight).await?;
         // A shadow candidate gets a copy, when it has room for one.
@@ -272,7 +413,7 @@ impl Worker {
                 None
             }
         });
-        let (items, output, _) = run_guest(
+        let ran = run_guest(
             &self.shared,
             job.route,
             guest,
@@ -282,6 +423,13 @@ impl Worker {
             CallContext::default(),
             Run::Live,
         );
+        let (items, output, _) = match ran {
+            Ok(ran) => ran,
+            Err(trip) => {
+                self.tripped(job.route, guest, trip).await;
+                return Ok(Prepare::Again(job.rejoin(rest)));
+            }
+        };
         if let Some((candidate, decoded)) = shadow {
             self.shadows.submit(ShadowJob {
                 route: job.route,
@@ -294,7 +442,7 @@ impl Worker {
             });
         }
         let sink_batch = self.sink_batch(route, guest, &job.batch, items, output, dedup, None);
-        Ok(Some((
+        Ok(Prepare::Ready(
             Prepared {
                 job,
                 started,
@@ -302,7 +450,7 @@ impl Worker {
                 duplicates: duplicates.len(),
             },
             rest,
-        )))
+        ))
     }
 
     /// The batch to write: the guest's output over the batch's items.
@@ -380,6 +528,7 @@ impl Worker {
                     version: guest.id().version.clone(),
                 }),
             };
+            let mut trip = None;
             let made = self
                 .sink
                 .run_batch(&mut run, |store, lookups: Option<Arc<dyn Lookups>>| {
@@ -387,7 +536,7 @@ impl Worker {
                         state: store.map(|s| StateTxn::new(s, route.state)),
                         lookups,
                     };
-                    let (items, output, state) = run_guest(
+                    let ran = run_guest(
                         &self.shared,
                         job.route,
                         guest,
@@ -397,7 +546,12 @@ impl Worker {
                         context,
                         Run::Live,
                     );
-                    self.sink_batch(
+                    let (items, output, state) = ran.map_err(|t| {
+                        let why = t.to_string();
+                        trip = Some(t);
+                        why
+                    })?;
+                    Ok(self.sink_batch(
                         route,
                         guest,
                         &job.batch,
@@ -405,7 +559,7 @@ impl Worker {
                         output,
                         dedup.clone(),
                         state,
-                    )
+                    ))
                 })
                 .await;
             let report = match made {
@@ -441,6 +595,13 @@ impl Worker {
                     self.superseded(&guest, partition.clone(), start_offset, job.epoch)
                         .await
                 }
+                Err(SinkError::Aborted(why)) => {
+                    let trip = trip.take().ok_or_else(|| {
+                        let _ = self.reports.send(Report::Failed(anyhow::anyhow!(why)));
+                    })?;
+                    self.tripped(job.route, guest, trip).await;
+                    return Ok(Some(Some(job.rejoin(rest))));
+                }
                 Err(e) => Report::Failed(e.into()),
             };
             let failed = matches!(report, Report::Failed(_));
@@ -452,12 +613,14 @@ impl Worker {
     }
 
     /// Reports a write's result; a batch whose deduplication keys another batch committed
-    /// meanwhile is prepared and written again. False when the worker must stop.
+    /// meanwhile is prepared and written again. `Ok(Some(job))`: the batch is to be read
+    /// again (its guest's breaker tripped when it was prepared again); `Err` when the
+    /// worker must stop.
     async fn finish(
         &self,
         result: Result<Result<WriteReport, SinkError>, tokio::task::JoinError>,
         mut prepared: Prepared,
-    ) -> bool {
+    ) -> Result<Option<Job>, ()> {
         let mut result = result
             .unwrap_or_else(|e| Err(SinkError::Database(format!("the write task failed: {e}"))));
         loop {
@@ -482,11 +645,12 @@ impl Worker {
                     // the guest version that made them.
                     let guest = self.shared.routes[prepared.job.route].guest.current();
                     prepared = match self.prepare(prepared.job, &guest, None).await {
-                        Ok(Some((p, _))) => p,
-                        Ok(None) => return false,
+                        Ok(Prepare::Ready(p, _)) => p,
+                        Ok(Prepare::Again(job)) => return Ok(Some(job)),
+                        Ok(Prepare::Stopped) => return Err(()),
                         Err(e) => {
                             let _ = self.reports.send(Report::Failed(e));
-                            return false;
+                            return Err(());
                         }
                     };
                     result = self.sink.write_batch(&prepared.sink_batch).await;
@@ -515,7 +679,11 @@ impl Worker {
                 Err(e) => Report::Failed(e.into()),
             };
             let failed = matches!(report, Report::Failed(_));
-            return self.reports.send(report).is_ok() && !failed;
+            return if self.reports.send(report).is_ok() && !failed {
+                Ok(None)
+            } else {
+                Err(())
+            };
         }
     }
 
@@ -634,7 +802,9 @@ pub(super) enum Run {
 /// message the guest fails on, become dead letters. A failed call is split in halves
 /// until the message(s) at fault are isolated. Returns the items, the guest's output
 /// (its targets; its outcomes are in the items) and the state handed in, with the
-/// writes of the calls that succeeded.
+/// writes of the calls that succeeded — or, when the live version fails on so many
+/// messages that the pipeline's breaker trips, why (nothing of the batch is to be
+/// written).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_guest(
     shared: &Shared,
@@ -645,7 +815,7 @@ pub(super) fn run_guest(
     duplicates: &HashSet<i64>,
     context: CallContext,
     run: Run,
-) -> (Vec<SinkItem>, Output, Option<StateTxn>) {
+) -> Result<(Vec<SinkItem>, Output, Option<StateTxn>), Trip> {
     let raws: HashMap<i64, &RawMessage> = batch.messages.iter().map(|m| (m.offset, m)).collect();
     let raw = |offset: i64| {
         let raw = raws.get(&offset);
@@ -690,12 +860,23 @@ pub(super) fn run_guest(
     let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
     let CallContext { mut state, lookups } = context;
     let mut output = Output::empty();
+    let route = &shared.routes[route];
     if !records.is_empty() {
         let batch = batch_of(&batch.topic, batch.partition, records);
-        call_isolating(shared, guest, batch, &mut state, &lookups, &mut output, run);
+        let mut call = Isolating {
+            shared,
+            guest,
+            lookups: &lookups,
+            run,
+            breaker: (run == Run::Live).then_some(&*route.breaker),
+            trip: None,
+        };
+        call.call(batch, &mut state, &mut output);
+        if let Some(trip) = call.trip {
+            return Err(trip);
+        }
     }
     let outcomes = std::mem::take(&mut output.outcomes);
-    let route = &shared.routes[route];
     let emitter = Emitter {
         pipeline: &route.name,
         topics_out: &route.topics_out,
@@ -736,57 +917,77 @@ pub(super) fn run_guest(
         .into_iter()
         .map(|i| i.expect("every slot filled"))
         .collect();
-    (items, output, state)
+    Ok((items, output, state))
 }
 
-/// Appends one outcome per message of `batch` to `output` (a failed message's is its
-/// dead letter, the guest's error), bisecting failed calls.
-fn call_isolating(
-    shared: &Shared,
-    guest: &Guest,
-    batch: Batch,
-    state: &mut Option<StateTxn>,
-    lookups: &Option<Arc<dyn Lookups>>,
-    output: &mut Output,
+/// One batch's guest calls, failed ones split until the messages at fault are isolated.
+struct Isolating<'a> {
+    shared: &'a Shared,
+    guest: &'a Guest,
+    lookups: &'a Option<Arc<dyn Lookups>>,
     run: Run,
-) {
-    let n = batch.messages.len();
-    if n == 0 {
-        return;
-    }
-    let started = Instant::now();
-    let context = CallContext {
-        state: state.take(),
-        lookups: lookups.clone(),
-    };
-    // A guest call is CPU work that may run to its deadline: keep the runtime's other
-    // tasks (metrics, signals) going while it runs.
-    let call = tokio::task::block_in_place(|| guest.process(&batch, context));
-    *state = call.state;
-    if run == Run::Live {
-        shared
-            .metrics
-            .guest_call(&guest.id().name, started.elapsed().as_secs_f64());
-    }
-    match call.output {
-        Ok(out) => output.append(out),
-        Err(e) => {
-            let live = run == Run::Live;
-            if live {
-                shared.metrics.guest_error(&guest.id().name, e.kind.name());
-            }
-            if n == 1 {
-                if live {
-                    tracing::warn!(guest = %e.guest, offset = batch.messages[0].offset, error = %e, "Guest failed on a message; dead-lettering it");
+    /// The pipeline's breaker, for the live version's calls.
+    breaker: Option<&'a Breaker>,
+    /// Set when the breaker tripped: no more calls.
+    trip: Option<Trip>,
+}
+
+impl Isolating<'_> {
+    /// Appends one outcome per message of `batch` to `output` (a failed message's is its
+    /// dead letter, the guest's error), bisecting failed calls; stops when the breaker
+    /// trips.
+    fn call(&mut self, batch: Batch, state: &mut Option<StateTxn>, output: &mut Output) {
+        let n = batch.messages.len();
+        if n == 0 || self.trip.is_some() {
+            return;
+        }
+        let (shared, guest) = (self.shared, self.guest);
+        let started = Instant::now();
+        let context = CallContext {
+            state: state.take(),
+            lookups: self.lookups.clone(),
+        };
+        // A guest call is CPU work that may run to its deadline: keep the runtime's other
+        // tasks (metrics, signals) going while it runs.
+        let call = tokio::task::block_in_place(|| guest.process(&batch, context));
+        *state = call.state;
+        let live = self.run == Run::Live;
+        if live {
+            shared
+                .metrics
+                .guest_call(&guest.id().name, started.elapsed().as_secs_f64());
+        }
+        let version = &guest.id().version;
+        match call.output {
+            Ok(out) => {
+                if let Some(breaker) = self.breaker {
+                    breaker.succeeded(version, n);
                 }
-                output.outcomes.push(Outcome::DeadLetter(e.to_string()));
-                return;
+                output.append(out);
             }
-            if live {
-                tracing::info!(guest = %e.guest, messages = n, error = %e, "Guest call failed; splitting the batch to isolate the message at fault");
-            }
-            for half in halves(batch) {
-                call_isolating(shared, guest, half, state, lookups, output, run);
+            Err(e) => {
+                if live {
+                    shared.metrics.guest_error(&guest.id().name, e.kind.name());
+                }
+                if n == 1 {
+                    if let Some(breaker) = self.breaker {
+                        self.trip = breaker.failed(version, &e.to_string());
+                        if self.trip.is_some() {
+                            return;
+                        }
+                    }
+                    if live {
+                        tracing::warn!(guest = %e.guest, offset = batch.messages[0].offset, error = %e, "Guest failed on a message; dead-lettering it");
+                    }
+                    output.outcomes.push(Outcome::DeadLetter(e.to_string()));
+                    return;
+                }
+                if live {
+                    tracing::info!(guest = %e.guest, messages = n, error = %e, "Guest call failed; splitting the batch to isolate the message at fault");
+                }
+                for half in halves(batch) {
+                    self.call(half, state, output);
+                }
             }
         }
     }

@@ -272,6 +272,10 @@ pub enum SinkError {
         /// The batch's start offset.
         start_offset: i64,
     },
+    /// [`Sink::run_batch`]'s maker gave the batch up (its guest's breaker tripped), with
+    /// why: nothing was written.
+    #[error("{0}")]
+    Aborted(String),
 }
 
 /// How many times [`Sink::connect`] tries to reach Postgres before it gives up.
@@ -319,6 +323,8 @@ enum Failure {
     /// wait and try again, as for a transient error.
     Pause(String),
     Fatal(tokio_postgres::Error),
+    /// The batch's maker gave it up: nothing is written.
+    Aborted(String),
 }
 
 /// Which batch a try is of.
@@ -553,7 +559,7 @@ impl Sink {
         mut make: F,
     ) -> Result<(WriteReport, SinkBatch), SinkError>
     where
-        F: FnMut(Option<Arc<StateStore>>, Option<Arc<dyn Lookups>>) -> SinkBatch,
+        F: FnMut(Option<Arc<StateStore>>, Option<Arc<dyn Lookups>>) -> Result<SinkBatch, String>,
     {
         let mut backoff = Backoff::new();
         let mut attempts = 0;
@@ -637,6 +643,7 @@ impl Sink {
                 self.wait(head, backoff, &why).await;
                 Ok(())
             }
+            Failure::Aborted(why) => Err(SinkError::Aborted(why)),
             Failure::Fatal(e) => Err(SinkError::Database(format!(
                 "{}[{}] at offset {}: {} (in {})",
                 head.topic,
@@ -735,7 +742,7 @@ impl Sink {
         in_doubt: &mut Option<(WriteReport, SinkBatch)>,
     ) -> Result<(WriteReport, SinkBatch), Failure>
     where
-        F: FnMut(Option<Arc<StateStore>>, Option<Arc<dyn Lookups>>) -> SinkBatch,
+        F: FnMut(Option<Arc<StateStore>>, Option<Arc<dyn Lookups>>) -> Result<SinkBatch, String>,
     {
         let State { conn, tables } = state;
         let conn = self.ready(conn).await?;
@@ -791,7 +798,8 @@ impl Sink {
                 )))
             }
         };
-        let batch = make(store, lookups.clone().map(|l| l as Arc<dyn Lookups>));
+        let batch = make(store, lookups.clone().map(|l| l as Arc<dyn Lookups>))
+            .map_err(Failure::Aborted)?;
         let mut rows_savepoint = "SAVEPOINT weir_rows";
         if let Some(lookups) = lookups {
             if let Some(e) = lookups.broken() {
