@@ -1,4 +1,4 @@
-//! `weir ingest simulate` and `weir ingest replay`.
+//! `weir ingest simulate`, `weir ingest replay` and `weir ingest coinbase`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +18,8 @@ pub enum IngestCommand {
     Simulate(SimulateArgs),
     /// Produce the ticks in a JSON lines or CSV file.
     Replay(ReplayArgs),
+    /// Produce the Coinbase Exchange feed's tickers to tickers.crypto.
+    Coinbase(CoinbaseArgs),
 }
 
 /// Where to produce.
@@ -104,12 +106,106 @@ pub struct ReplayArgs {
     format: Option<Format>,
 }
 
+/// Arguments of `weir ingest coinbase`.
+#[derive(Debug, Args)]
+pub struct CoinbaseArgs {
+    /// Kafka and the registry; subject `tickers.crypto-value` must be registered.
+    #[command(flatten)]
+    endpoints: super::Endpoints,
+    /// Products to subscribe to.
+    #[arg(long, value_delimiter = ',', default_value = "BTC-USD,ETH-USD")]
+    products: Vec<String>,
+    /// The feed's websocket URL.
+    #[arg(long, default_value = crate::ingest::coinbase::DEFAULT_URL)]
+    url: String,
+    /// Reconnect when the feed sends nothing for this long.
+    #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
+    stale_after: Duration,
+    /// First delay before reconnecting; it doubles (with jitter) up to --backoff-max.
+    #[arg(long, default_value = "500ms", value_parser = super::parse_duration)]
+    backoff_min: Duration,
+    /// Longest delay before reconnecting.
+    #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
+    backoff_max: Duration,
+    /// Event ids remembered to drop updates redelivered across a reconnect.
+    #[arg(long, default_value_t = 100_000)]
+    dedup_window: usize,
+    /// Serve /metrics and /healthz on this address (`127.0.0.1:9102`).
+    #[arg(long)]
+    http: Option<std::net::SocketAddr>,
+    /// Create tickers.crypto if missing with this many partitions (0: do not create).
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+}
+
 /// Runs a `weir ingest` command.
 pub async fn run(cmd: IngestCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         IngestCommand::Simulate(args) => simulate(args).await,
         IngestCommand::Replay(args) => replay(args).await,
+        IngestCommand::Coinbase(args) => coinbase(args).await,
     }
+}
+
+async fn coinbase(args: CoinbaseArgs) -> anyhow::Result<ExitCode> {
+    use crate::ingest::coinbase::{self, CoinbaseConfig, TOPIC};
+    use crate::ingest::feed::{self, FeedMetrics};
+    let products: Vec<String> = args
+        .products
+        .iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    anyhow::ensure!(!products.is_empty(), "--products: no products given");
+    anyhow::ensure!(
+        !args.stale_after.is_zero(),
+        "--stale-after must be longer than 0"
+    );
+    let metrics = FeedMetrics::new(&[TOPIC]);
+    // Listen before connecting anywhere: a taken port is refused at once.
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = match args.http {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--http): {e}"))?;
+            tracing::info!(address = %addr, "Serving /metrics and /healthz");
+            Some(tokio::spawn(feed::serve(
+                listener,
+                metrics.clone(),
+                async {
+                    let _ = http_stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
+    let kafka = args.endpoints.kafka()?;
+    let topics = [TOPIC.to_string()];
+    if args.partitions > 0 {
+        ensure_topics(&kafka, &topics, args.partitions).await?;
+    }
+    let registry = args.endpoints.registry.client()?;
+    let producer = Producer::connect(&kafka, &registry, &topics).await?;
+    let config = CoinbaseConfig {
+        url: args.url,
+        products,
+        stale_after: args.stale_after,
+        backoff_min: args.backoff_min,
+        backoff_max: args.backoff_max,
+        dedup_capacity: args.dedup_window,
+    };
+    let result = coinbase::run(config, producer, metrics, shutdown_signal()).await;
+    let _ = stop_http.send(());
+    if let Some(http) = http {
+        let _ = http.await;
+    }
+    let summary = result?;
+    eprintln!(
+        "ingest coinbase: {} ticks produced, {} redeliveries dropped",
+        summary.produced, summary.duplicates
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn symbols(class: AssetClass, given: &Option<Vec<String>>) -> anyhow::Result<Vec<Symbol>> {

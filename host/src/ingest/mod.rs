@@ -1,8 +1,11 @@
 //! Producing ticks to Kafka as Confluent-framed Avro: the simulator and file replay share
 //! one idempotent producer, schemas looked up by subject `<topic>-value`, and progress
-//! reporting on stderr.
+//! reporting on stderr. Live feeds ([`coinbase`]) share [`feed`]'s metrics, backoff and
+//! redelivery filter.
 
+pub mod coinbase;
 pub mod encode;
+pub mod feed;
 pub mod replay;
 pub mod simulate;
 
