@@ -60,6 +60,16 @@ fuzz: system guests services
 	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release -p weir --lib avro_props
 	PROPTEST_CASES=$$(( $(FUZZ_CASES) / 10 )) cargo test --release -p weir-tests --test hostile random_requests
 
+# The failure tests at full size, not run by `make test` (RELIABILITY.md has their last
+# figures): `weir run` SIGKILLed 50 times under load with poison, the broker (tansu on its
+# SQLite storage, built into .tools/tansu-lite) and Postgres restarted mid-run, and stored
+# offsets inside holes of the log.
+.PHONY: chaos
+chaos: system guests services
+	@test -x .tools/tansu-lite/bin/tansu || \
+		cargo install tansu@0.6.0 --locked --features dynostore,libsql --root .tools/tansu-lite
+	cargo test -p weir-tests --test pipeline -- --ignored --test-threads 1 --nocapture
+
 # weir's whole path against its ceilings and a hand-written Python pipeline (BENCHMARKS.md);
 # RECORDS ticks (default 1,000,000). Starts its own broker, registry and database schema.
 # ONLY: a comma-separated subset of source,sink,passthrough,native,market,baseline,latency.

@@ -217,6 +217,96 @@ impl Broker {
     }
 }
 
+/// A tansu broker whose storage survives it being killed: tansu's SQLite storage engine
+/// (its libsql build, which makes its tables itself), in a file of its own, on a fixed
+/// port so that clients find it again after [`DurableBroker::kill`] and
+/// [`DurableBroker::start_again`]. For the chaos tests (`make chaos` installs this build
+/// into `.tools/tansu-lite`). Killed on drop.
+pub struct DurableBroker {
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    pub bootstrap: String,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl DurableBroker {
+    /// Starts the broker on a new, empty storage file.
+    pub fn start() -> Self {
+        let mut broker = Self {
+            bootstrap: format!("127.0.0.1:{}", free_port()),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        broker.start_again();
+        broker
+    }
+
+    /// SIGKILLs the broker.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill9(&mut child);
+        }
+    }
+
+    /// Starts the broker (again) on its port and storage.
+    pub fn start_again(&mut self) {
+        let bin = repo_root().join(".tools/tansu-lite/bin/tansu");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .unwrap();
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                // tansu opens the file relative to its working directory.
+                "--storage-engine",
+                "sqlite://tansu.db",
+                "--listener-url",
+                &format!("tcp://{}", self.bootstrap),
+                "--advertised-listener-url",
+                &format!("tcp://{}", self.bootstrap),
+            ])
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {} (make chaos installs it): {e}", bin.display()));
+        self.child = Some(child);
+        wait_for_port(&self.bootstrap, Duration::from_secs(30));
+    }
+
+    /// Runs `sql` on the broker's storage (while it is down), with Python's sqlite3.
+    pub fn edit_storage(&self, sql: &str) {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()",
+            ])
+            .arg(self.dir.path().join("tansu.db"))
+            .arg(sql)
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The broker's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for DurableBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A TCP proxy in front of a Kafka broker that can cut off the clients with one
 /// `client.id`: their connections are closed and new ones are closed as soon as their
 /// first request names them, while every other client goes on. It reads the client id

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value as Avro;
@@ -13,7 +15,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use weir::registry::{RegistryClient, SchemaId, frame_into};
 use weir::source::kafka::Kafka;
 use weir_tests::{
-    Broker, PgCluster, Registry, TestDb, free_port, guest_path, kill9, rt, wait_until, weir_bin,
+    Broker, DurableBroker, PgCluster, Registry, TestDb, free_port, guest_path, kill9, rt,
+    wait_until, weir_bin,
 };
 
 const TOPIC: &str = "events";
@@ -400,6 +403,244 @@ fn exactly_once_through_poison_and_repeated_sigkills() {
     std::thread::sleep(Duration::from_secs(2));
     kill9(&mut child);
     p.assert_exactly_once(&produced);
+}
+
+/// Messages arriving while a chaos run does its damage: events produced on a thread of
+/// their own, 2,000 at a time (numbered on from 0, every 100th poison), until
+/// [`Load::finish`]. A chunk whose start the broker refuses (it is down) is tried again.
+struct Load {
+    stop: Arc<AtomicBool>,
+    producer: std::thread::JoinHandle<Produced>,
+    started: Instant,
+}
+
+impl Load {
+    fn start(bootstrap: &str, registry_url: &str) -> Self {
+        let (kafka, registry_url) = (Kafka::new(bootstrap), registry_url.to_string());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let producer = std::thread::spawn(move || {
+            let mut produced = Produced::default();
+            let mut next = 0;
+            while !stopped.load(Ordering::Relaxed) {
+                let seqs = next..next + 2_000;
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    produce_with(&kafka, &registry_url, seqs)
+                })) {
+                    Ok(more) => {
+                        produced = produced.and(more);
+                        next += 2_000;
+                    }
+                    Err(_) => eprintln!("producing {next}.. failed; trying again"),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            produced
+        });
+        Self {
+            stop,
+            producer,
+            started: Instant::now(),
+        }
+    }
+
+    /// Stops producing, waits until `p` has accounted for every message, stops `child`
+    /// and checks exactly once. Returns what was checked, for the record.
+    fn finish(self, p: &Pipeline, mut child: Child) -> String {
+        self.stop.store(true, Ordering::Relaxed);
+        let produced = self.producer.join().unwrap();
+        let total = produced.good + produced.poison_total();
+        p.wait_for(total, Duration::from_secs(900), &mut [&mut child]);
+        std::thread::sleep(Duration::from_secs(2));
+        kill9(&mut child);
+        p.assert_exactly_once(&produced);
+        format!(
+            "in {:.0} s under load; {total} messages ({} poison), each exactly once",
+            self.started.elapsed().as_secs_f64(),
+            produced.poison_total()
+        )
+    }
+}
+
+/// The chaos runs' sizes: `WEIR_CHAOS_<name>`, else `default`.
+fn chaos_setting(name: &str, default: u64) -> u64 {
+    std::env::var(format!("WEIR_CHAOS_{name}"))
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `make chaos`: `weir run` SIGKILLed 50 times (`WEIR_CHAOS_KILLS`) at random moments
+/// while messages, every 100th poison, keep arriving: each good one is exactly one row,
+/// each poison one exactly one dead letter, and the stored offsets are at the end.
+#[test]
+#[ignore = "make chaos (minutes long)"]
+fn chaos_sigkills_under_load_with_poison() {
+    let kills = chaos_setting("KILLS", 50);
+    let db = TestDb::new();
+    let registry = Registry::start(&db.url());
+    let broker = Broker::start();
+    let p = Pipeline::new(&db.url(), &registry.url, &broker.bootstrap);
+    let port = free_port();
+    let load = Load::start(&broker.bootstrap, &registry.url);
+    let mut seed = 0xc4a05_u64;
+    let mut child = p.spawn(port);
+    for kill in 1..=kills {
+        // Each kill lands while it processes: after the restarted process wrote something.
+        let before = p.counts();
+        wait_until(
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+            || p.counts() != before,
+            || format!("nothing written after restart {kill}; logs:\n{}", p.logs()),
+        );
+        std::thread::sleep(jitter(&mut seed, 200, 3000));
+        let (rows, dead) = p.counts();
+        kill9(&mut child);
+        eprintln!("SIGKILL {kill} at {rows} rows + {dead} dead letters");
+        child = p.spawn(port);
+    }
+    eprintln!(
+        "chaos: {kills} SIGKILLs of weir run {}",
+        load.finish(&p, child)
+    );
+}
+
+/// Waits until `n` more rows than now are written.
+fn more_rows(p: &Pipeline, broker: &DurableBroker, n: u64) {
+    let from = p.counts().0;
+    wait_until(
+        Duration::from_secs(300),
+        Duration::from_millis(200),
+        || p.counts().0 >= from + n,
+        || {
+            format!(
+                "rows stopped at {}; logs:\n{}\nbroker:\n{}",
+                p.counts().0,
+                p.logs(),
+                broker.log()
+            )
+        },
+    );
+}
+
+/// `make chaos`: the broker (tansu on its SQLite storage, which survives it) SIGKILLed
+/// and started again, then weir's Postgres stopped and started again, while messages keep
+/// arriving and `weir run` runs: still each exactly once.
+#[test]
+#[ignore = "make chaos (needs tansu built with its SQLite storage)"]
+fn chaos_broker_and_postgres_restarts_mid_run() {
+    let db = TestDb::new();
+    let registry = Registry::start(&db.url());
+    let mut broker = DurableBroker::start();
+    let cluster = PgCluster::start();
+    let p = Pipeline::new(&cluster.url(), &registry.url, &broker.bootstrap);
+    let port = free_port();
+    let load = Load::start(&broker.bootstrap, &registry.url);
+    let child = p.spawn(port);
+    more_rows(&p, &broker, 5_000);
+    broker.kill();
+    eprintln!("broker killed at {:?} rows + dead letters", p.counts());
+    std::thread::sleep(Duration::from_secs(3));
+    broker.start_again();
+    more_rows(&p, &broker, 5_000);
+    cluster.stop();
+    eprintln!("Postgres stopped");
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.start_again();
+    more_rows(&p, &broker, 5_000);
+    eprintln!(
+        "chaos: broker killed and restarted, Postgres restarted, {}",
+        load.finish(&p, child)
+    );
+}
+
+/// `make chaos`: stored offsets that point into a hole of the log resume at the next
+/// message there is, once and without reading in circles — in partition 0 a gap in the
+/// middle (as compaction leaves), in partition 1 the start of the log moved past it (as
+/// retention does). The holes are made in the broker's own storage while it is down.
+#[test]
+#[ignore = "make chaos (needs tansu built with its SQLite storage)"]
+fn chaos_stored_offsets_inside_a_gap_or_before_the_log_start_resume() {
+    let db = TestDb::new();
+    let registry = Registry::start(&db.url());
+    let mut broker = DurableBroker::start();
+    // 100 events per partition, 3 of them poison.
+    let produced = produce_with(&Kafka::new(&broker.bootstrap), &registry.url, 0..300);
+    let p = Pipeline::new(&db.url(), &registry.url, &broker.bootstrap);
+    let port = free_port();
+    let mut child = p.spawn(port);
+    p.wait_for(300, Duration::from_secs(120), &mut [&mut child]);
+    std::thread::sleep(Duration::from_millis(500));
+    kill9(&mut child);
+    p.assert_exactly_once(&produced);
+
+    // The holes: partition 0 loses offsets 40..60, partition 1 everything before 30.
+    broker.kill();
+    broker.edit_storage(&format!(
+        "DELETE FROM record WHERE topition = (SELECT tp.id FROM topition tp JOIN topic t ON t.id = tp.topic
+            WHERE t.name = '{TOPIC}' AND tp.partition = 0) AND offset_id >= 40 AND offset_id < 60;
+         DELETE FROM record WHERE topition = (SELECT tp.id FROM topition tp JOIN topic t ON t.id = tp.topic
+            WHERE t.name = '{TOPIC}' AND tp.partition = 1) AND offset_id < 30;
+         UPDATE watermark SET low = 30 WHERE topition = (SELECT tp.id FROM topition tp JOIN topic t
+            ON t.id = tp.topic WHERE t.name = '{TOPIC}' AND tp.partition = 1);"
+    ));
+    broker.start_again();
+    // As if weir had stopped at offset 50 of partition 0 and 10 of partition 1.
+    weir_tests::run_sql(
+        &db.url(),
+        &format!(
+            "DELETE FROM events WHERE (kafka_partition = 0 AND kafka_offset >= 50)
+                OR (kafka_partition = 1 AND kafka_offset >= 10);
+             DELETE FROM dead_letters WHERE (partition = 0 AND \"offset\" >= 50)
+                OR (partition = 1 AND \"offset\" >= 10);
+             UPDATE weir_offsets SET next_offset = CASE partition WHEN 0 THEN 50 ELSE 10 END
+              WHERE group_id = '{}' AND partition IN (0, 1)",
+            p.group
+        ),
+    );
+    let mut child = p.spawn(port);
+    // Everything that is still in the log: 300 less the 10 of partition 0 past offset 50
+    // in the gap and the 20 of partition 1 from offset 10 that retention took.
+    p.wait_for(270, Duration::from_secs(120), &mut [&mut child]);
+    std::thread::sleep(Duration::from_secs(2));
+    kill9(&mut child);
+    let per_partition = weir_tests::query(
+        &db.url(),
+        "SELECT p, count(*), count(DISTINCT o), min(o) FILTER (WHERE o >= 10),
+                count(*) FILTER (WHERE o >= 40 AND o < 60) FROM (
+            SELECT kafka_partition AS p, kafka_offset AS o FROM events
+            UNION ALL SELECT partition, \"offset\" FROM dead_letters) m GROUP BY p ORDER BY p",
+    );
+    let got: Vec<(i32, i64, i64, Option<i64>, i64)> = per_partition
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, 90, 90, Some(10), 10),
+            (1, 80, 80, Some(30), 20),
+            (2, 100, 100, Some(10), 20),
+        ],
+        "(partition, messages, distinct offsets, first offset from 10, offsets in 40..60); logs:\n{}",
+        p.logs()
+    );
+    let offsets = weir_tests::query(
+        &db.url(),
+        &format!(
+            "SELECT partition, next_offset FROM weir_offsets WHERE group_id = '{}' ORDER BY 1",
+            p.group
+        ),
+    );
+    let next: Vec<i64> = offsets.iter().map(|r| r.get(1)).collect();
+    assert_eq!(next, vec![100, 100, 100], "stored next offsets");
+    assert!(
+        p.logs()
+            .contains("retention deleted messages before weir read them"),
+        "{}",
+        p.logs()
+    );
 }
 
 /// A process that died after committing part of a partition's last record batch
