@@ -17,8 +17,9 @@ use serde_json::{Map, Value as Json, json};
 use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::feed::{Backoff, FeedMetrics, RecentIds};
+use super::feed::{FeedMetrics, RecentIds};
 use super::{Producer, now_ms};
+use crate::pg::Backoff;
 
 /// The topic Coinbase ticks go to.
 pub const TOPIC: &str = "tickers.crypto";
@@ -250,7 +251,7 @@ pub async fn run(
 ) -> anyhow::Result<Summary> {
     anyhow::ensure!(!config.products.is_empty(), "no products to subscribe to");
     let tls = Arc::new(tls_config()?);
-    let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
+    let mut backoff = Backoff::between(config.backoff_min, config.backoff_max);
     let mut reader = Reader {
         seen: RecentIds::new(config.dedup_capacity),
         sequences: HashMap::new(),
@@ -272,7 +273,7 @@ pub async fn run(
         match end {
             End::Shutdown => break,
             End::Lost(why) => {
-                let delay = backoff.next_delay();
+                let delay = backoff.delay();
                 tracing::warn!(url = %reader.config.url, reason = %why, delay = ?delay, "Feed connection lost; reconnecting");
                 tokio::select! {
                     _ = &mut shutdown => break,

@@ -17,7 +17,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use rand::Rng;
 
 use crate::serve::ListenerLimits;
 
@@ -181,41 +180,6 @@ pub async fn serve(
         })
 }
 
-/// Capped exponential backoff with jitter: the n-th consecutive failure waits a random
-/// time between half and all of `min × 2ⁿ`, at most `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    /// A backoff from `min` up to `max`.
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max: max.max(min),
-            failures: 0,
-        }
-    }
-
-    /// The wait before the next attempt; each call doubles the next.
-    pub fn next_delay(&mut self) -> Duration {
-        let exp = self.min.saturating_mul(1u32 << self.failures.min(20));
-        let cap = exp.min(self.max);
-        self.failures = self.failures.saturating_add(1);
-        let low = cap / 2;
-        let jitter = rand::rng().random_range(0.0..=1.0);
-        low + (cap - low).mul_f64(jitter)
-    }
-
-    /// A connection worked: start again from `min`.
-    pub fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
 /// The last `capacity` ids seen, to recognise a redelivery within them.
 #[derive(Debug)]
 pub struct RecentIds<T> {
@@ -263,20 +227,6 @@ impl<T: Hash + Eq + Clone> RecentIds<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        for want in [100u64, 200, 400, 800, 1000, 1000] {
-            let d = b.next_delay();
-            assert!(
-                d >= Duration::from_millis(want / 2) && d <= Duration::from_millis(want),
-                "{d:?} for {want}"
-            );
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-    }
 
     #[test]
     fn recent_ids_forget_the_oldest() {

@@ -482,8 +482,9 @@ impl Worker {
     }
 
     /// Runs a batch whose guest keeps state or runs lookups, inside its transaction, and
-    /// reports how it went. `Ok(rest)`: the part of the job past the decode budget, if
-    /// any; `Ok(None)` when shutting down stopped decoding; `Err` when the worker must
+    /// reports how it went. `Ok(Some(next))`: what to do next, if anything — the part of
+    /// the job past the decode budget, or the whole job again when its guest's breaker
+    /// tripped; `Ok(None)` when shutting down stopped decoding; `Err` when the worker must
     /// stop.
     async fn transact(&mut self, mut job: Job, guest: &Guest) -> Result<Option<Option<Job>>, ()> {
         let started = Instant::now();
