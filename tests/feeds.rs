@@ -1,7 +1,11 @@
-//! `weir ingest coinbase` against a websocket server in the test that speaks the Coinbase
-//! Exchange protocol, a real broker (tansu) and weir's registry: every distinct update is
-//! exactly one message on tickers.crypto, through a dropped connection, a redelivery, a
-//! malformed frame, a sequence gap and a feed gone silent.
+//! The live feeds against websocket servers in the test that speak their protocols, a real
+//! broker (tansu) and weir's registry:
+//! - `weir ingest coinbase` and the Coinbase Exchange feed: every distinct update is exactly
+//!   one message on tickers.crypto, through a dropped connection, a redelivery, a malformed
+//!   frame, a sequence gap and a feed gone silent;
+//! - `weir ingest yahoo` and Yahoo Finance's streamer, over TLS with a generated CA: each
+//!   quote on the topic of its quote type, exactly once through a drop and a redelivery,
+//!   with malformed frames and quote types weir has no topic for skipped and counted.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -167,16 +171,25 @@ struct Ingest {
 }
 
 impl Ingest {
+    /// `weir ingest coinbase` of BTC-USD and ETH-USD.
     fn start(s: &Services, url: &str, extra: &[&str]) -> Self {
+        Self::feed(
+            s,
+            &["coinbase", "--products", "BTC-USD,ETH-USD"],
+            url,
+            extra,
+        )
+    }
+
+    /// `weir ingest <feed…>` reading `url`.
+    fn feed(s: &Services, feed: &[&str], url: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("ingest.log");
         let http = format!("127.0.0.1:{}", free_port());
         let child = Command::new(weir_bin())
+            .arg("ingest")
+            .args(feed)
             .args([
-                "ingest",
-                "coinbase",
-                "--products",
-                "BTC-USD,ETH-USD",
                 "--url",
                 url,
                 "--brokers",
@@ -268,15 +281,15 @@ impl Drop for Ingest {
     }
 }
 
-/// How many messages tickers.crypto holds: read from the beginning until 2 s pass quietly.
-fn messages_on_topic(s: &Services) -> usize {
+/// How many messages `topic` holds: read from the beginning until 2 s pass quietly.
+fn messages_on_topic(s: &Services, topic: &str) -> usize {
     let consumer: BaseConsumer = weir::source::kafka::client_config(&s.broker.bootstrap)
         .set("group.id", weir_tests::unique("feeds"))
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
     let mut list = rdkafka::TopicPartitionList::new();
-    list.add_partition_offset("tickers.crypto", 0, rdkafka::Offset::Beginning)
+    list.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
         .unwrap();
     consumer.assign(&list).unwrap();
     let mut n = 0;
@@ -293,10 +306,10 @@ fn messages_on_topic(s: &Services) -> usize {
     n
 }
 
-fn tail(s: &Services, count: usize) -> Vec<Value> {
+fn tail(s: &Services, topic: &str, count: usize) -> Vec<Value> {
     let out = weir(&[
         "tail",
-        "tickers.crypto",
+        topic,
         "--brokers",
         &s.broker.bootstrap,
         "--registry",
@@ -393,8 +406,12 @@ fn every_update_once_through_a_drop_a_redelivery_a_gap_and_a_bad_frame() {
         );
     }
 
-    assert_eq!(messages_on_topic(&s), 7, "each update exactly once");
-    let lines = tail(&s, 7);
+    assert_eq!(
+        messages_on_topic(&s, "tickers.crypto"),
+        7,
+        "each update exactly once"
+    );
+    let lines = tail(&s, "tickers.crypto", 7);
     let want = [
         (BTC, 1, 64000.10),
         (ETH, 11, 3100.20),
@@ -473,5 +490,193 @@ fn a_silent_feed_is_reconnected_by_the_watchdog() {
     let log = ingest.stop();
     assert!(log.contains("sent nothing for 1s"), "{log}");
     assert_eq!(server.subscribes.lock().unwrap().len(), 2);
-    assert_eq!(messages_on_topic(&s), 2);
+    assert_eq!(messages_on_topic(&s, "tickers.crypto"), 2);
+}
+
+/// A protobuf field key: `field` number and wire type.
+fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
+    varint(out, u64::from(field) << 3 | u64::from(wire));
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A Yahoo `PricingData` message, encoded field by field as the streamer sends it:
+/// string id (1), float price (2), sint64 time (3), string currency (4), string exchange
+/// (5), enum quoteType (6), enum marketHours (7), float bid (23), float ask (25), sint64
+/// lastSize (22), sint64 dayVolume (9).
+#[allow(clippy::too_many_arguments)]
+fn pricing(
+    id: &str,
+    price: f32,
+    time: i64,
+    quote_type: u64,
+    bid: f32,
+    ask: f32,
+    size: i64,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let string = |out: &mut Vec<u8>, field: u32, s: &str| {
+        key(out, field, 2);
+        varint(out, s.len() as u64);
+        out.extend_from_slice(s.as_bytes());
+    };
+    let float = |out: &mut Vec<u8>, field: u32, v: f32| {
+        key(out, field, 5);
+        out.extend_from_slice(&v.to_le_bytes());
+    };
+    let sint = |out: &mut Vec<u8>, field: u32, v: i64| {
+        key(out, field, 0);
+        varint(out, ((v << 1) ^ (v >> 63)) as u64);
+    };
+    string(&mut out, 1, id);
+    float(&mut out, 2, price);
+    sint(&mut out, 3, time);
+    string(&mut out, 4, "USD");
+    string(&mut out, 5, "NMS");
+    key(&mut out, 6, 0);
+    varint(&mut out, quote_type);
+    key(&mut out, 7, 0);
+    varint(&mut out, 1);
+    sint(&mut out, 9, 1_000_000);
+    sint(&mut out, 22, size);
+    float(&mut out, 23, bid);
+    float(&mut out, 25, ask);
+    out
+}
+
+/// A streamer frame (version 2): JSON with the base64 message.
+fn yahoo_frame(pricing: &[u8]) -> String {
+    use base64::Engine as _;
+    json!({
+        "type": "pricing",
+        "message": base64::engine::general_purpose::STANDARD.encode(pricing),
+    })
+    .to_string()
+}
+
+#[test]
+fn yahoo_quotes_reach_the_topic_of_their_type_once_over_tls() {
+    let rt = rt();
+    let s = services();
+    let t0 = 1_764_748_800_000_i64;
+    let aapl = yahoo_frame(&pricing("AAPL", 187.25, t0, 8, 187.2, 187.3, 100));
+    let btc = yahoo_frame(&pricing(
+        "BTC-USD",
+        64012.5,
+        t0 + 1,
+        41,
+        64010.0,
+        64015.0,
+        2,
+    ));
+    let eur = yahoo_frame(&pricing("EURUSD=X", 1.0825, t0 + 2, 14, 1.0824, 1.0826, 0));
+    let option = yahoo_frame(&pricing(
+        "AAPL260116C00200000",
+        4.1,
+        t0 + 3,
+        13,
+        4.0,
+        4.2,
+        1,
+    ));
+    let msft = yahoo_frame(&pricing("MSFT", 415.5, t0 + 4, 8, 415.4, 415.6, 50));
+    let server = feed_server(
+        &rt,
+        vec![
+            vec![
+                Step::Subscribe,
+                Step::Send(aapl.clone()),
+                Step::Send(btc),
+                Step::Send(r#"{"type":"pricing","message":"not base64!"}"#.into()),
+                Step::Send(eur),
+                Step::Send(option),
+                Step::Drop,
+            ],
+            // After the reconnect: AAPL again (a redelivery), then MSFT.
+            vec![Step::Subscribe, Step::Send(aapl), Step::Send(msft)],
+        ],
+    );
+    // TLS in front of the server, with a certificate of a CA made here.
+    let ca = weir_tests::TestCa::new();
+    let (cert, key) = ca.issue("localhost", &["DNS:localhost", "IP:127.0.0.1"]);
+    let port = free_port();
+    let tls =
+        weir_tests::TlsTerminator::start(port, server.url.trim_start_matches("ws://"), &cert, &key);
+    let url = format!("wss://localhost:{port}/?version=2");
+    let ca_file = ca.cert();
+    let ingest = Ingest::feed(
+        &s,
+        &["yahoo", "--symbols", "AAPL,BTC-USD,EURUSD=X,MSFT"],
+        &url,
+        &["--ca-file", ca_file.to_str().unwrap()],
+    );
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            ingest.metric(&rt, "weir_ingest_duplicates_total") >= 1.0
+                && ingest.metric(&rt, "weir_ingest_produced_total{topic=\"tickers.stocks\"}") >= 2.0
+        },
+        || format!("metrics: {:?}\nlog:\n{}", ingest.metrics(&rt), ingest.log()),
+    );
+    let m = |name: &str| ingest.metric(&rt, name);
+    assert_eq!(
+        m("weir_ingest_produced_total{topic=\"tickers.crypto\"}"),
+        1.0
+    );
+    assert_eq!(
+        m("weir_ingest_produced_total{topic=\"tickers.currency\"}"),
+        1.0
+    );
+    assert_eq!(m("weir_ingest_decode_errors_total"), 1.0);
+    assert_eq!(m("weir_ingest_unrouted_total"), 1.0);
+    assert!(m("weir_ingest_reconnects_total") >= 1.0);
+    ingest.stop();
+    drop(tls);
+    let subscribes = server.subscribes.lock().unwrap().clone();
+    assert_eq!(subscribes.len(), 2, "subscribed, and again after the drop");
+    for sub in &subscribes {
+        assert_eq!(
+            sub,
+            &json!({"subscribe": ["AAPL", "BTC-USD", "EURUSD=X", "MSFT"]})
+        );
+    }
+    assert_eq!(
+        messages_on_topic(&s, "tickers.stocks"),
+        2,
+        "AAPL once, MSFT"
+    );
+    assert_eq!(messages_on_topic(&s, "tickers.crypto"), 1);
+    assert_eq!(messages_on_topic(&s, "tickers.currency"), 1);
+    let stocks = tail(&s, "tickers.stocks", 2);
+    let aapl = stocks
+        .iter()
+        .find(|l| l["fields"]["id"] == "AAPL")
+        .expect("AAPL");
+    let v = &aapl["fields"];
+    assert_eq!(v["quote_type"], "EQUITY");
+    assert_eq!(v["market_hours"], "REGULAR_MARKET");
+    assert_eq!(aapl["key"], "AAPL");
+    assert_eq!(v["price"], 187.25);
+    assert_eq!(v["bid"], 187.2);
+    assert_eq!(v["ask"], 187.3);
+    assert_eq!(v["last_size"], 100.0);
+    assert_eq!(v["day_volume"], 1_000_000);
+    assert_eq!(v["source"], "yahoo");
+    let btc = &tail(&s, "tickers.crypto", 1)[0]["fields"];
+    assert_eq!(
+        (btc["id"].as_str(), btc["quote_type"].as_str()),
+        (Some("BTC-USD"), Some("CRYPTOCURRENCY"))
+    );
+    let eur = &tail(&s, "tickers.currency", 1)[0]["fields"];
+    assert_eq!(
+        (eur["id"].as_str(), eur["quote_type"].as_str()),
+        (Some("EURUSD=X"), Some("CURRENCY"))
+    );
 }

@@ -1,4 +1,5 @@
-//! `weir ingest simulate`, `weir ingest replay` and `weir ingest coinbase`.
+//! `weir ingest simulate`, `weir ingest replay`, and the live feeds `weir ingest coinbase`
+//! and `weir ingest yahoo`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +21,8 @@ pub enum IngestCommand {
     Replay(ReplayArgs),
     /// Produce the Coinbase Exchange feed's tickers to tickers.crypto.
     Coinbase(CoinbaseArgs),
+    /// Produce Yahoo Finance's streaming quotes to tickers.stocks, .crypto and .currency.
+    Yahoo(YahooArgs),
 }
 
 /// Where to produce.
@@ -106,18 +109,12 @@ pub struct ReplayArgs {
     format: Option<Format>,
 }
 
-/// Arguments of `weir ingest coinbase`.
+/// What every live feed (`weir ingest coinbase`, `weir ingest yahoo`) takes.
 #[derive(Debug, Args)]
-pub struct CoinbaseArgs {
-    /// Kafka and the registry; subject `tickers.crypto-value` must be registered.
+pub struct FeedArgs {
+    /// Kafka and the registry; the feed's topics' `TOPIC-value` subjects must be registered.
     #[command(flatten)]
     endpoints: super::Endpoints,
-    /// Products to subscribe to.
-    #[arg(long, value_delimiter = ',', default_value = "BTC-USD,ETH-USD")]
-    products: Vec<String>,
-    /// The feed's websocket URL.
-    #[arg(long, default_value = crate::ingest::coinbase::DEFAULT_URL)]
-    url: String,
     /// Reconnect when the feed sends nothing for this long.
     #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
     stale_after: Duration,
@@ -133,9 +130,38 @@ pub struct CoinbaseArgs {
     /// Serve /metrics and /healthz on this address (`127.0.0.1:9102`).
     #[arg(long)]
     http: Option<std::net::SocketAddr>,
-    /// Create tickers.crypto if missing with this many partitions (0: do not create).
+    /// Create the feed's topics if missing with this many partitions (0: do not create).
     #[arg(long, default_value_t = 3)]
     partitions: i32,
+    /// CA certificates (PEM) to trust for `wss://`, besides the system's.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
+/// Arguments of `weir ingest coinbase`.
+#[derive(Debug, Args)]
+pub struct CoinbaseArgs {
+    #[command(flatten)]
+    feed: FeedArgs,
+    /// Products to subscribe to.
+    #[arg(long, value_delimiter = ',', default_value = "BTC-USD,ETH-USD")]
+    products: Vec<String>,
+    /// The feed's websocket URL.
+    #[arg(long, default_value = crate::ingest::coinbase::DEFAULT_URL)]
+    url: String,
+}
+
+/// Arguments of `weir ingest yahoo`.
+#[derive(Debug, Args)]
+pub struct YahooArgs {
+    #[command(flatten)]
+    feed: FeedArgs,
+    /// Symbols to subscribe to, as Yahoo Finance names them (`AAPL,BTC-USD,EURUSD=X`).
+    #[arg(long, value_delimiter = ',', required = true)]
+    symbols: Vec<String>,
+    /// The streamer's websocket URL.
+    #[arg(long, default_value = crate::ingest::yahoo::DEFAULT_URL)]
+    url: String,
 }
 
 /// Runs a `weir ingest` command.
@@ -143,25 +169,49 @@ pub async fn run(cmd: IngestCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         IngestCommand::Simulate(args) => simulate(args).await,
         IngestCommand::Replay(args) => replay(args).await,
-        IngestCommand::Coinbase(args) => coinbase(args).await,
+        IngestCommand::Coinbase(args) => {
+            let products = names(&args.products, "--products")?;
+            let coinbase = crate::ingest::coinbase::Coinbase::new(products);
+            live(
+                args.feed,
+                args.url,
+                &[crate::ingest::coinbase::TOPIC],
+                coinbase,
+            )
+            .await
+        }
+        IngestCommand::Yahoo(args) => {
+            let symbols = names(&args.symbols, "--symbols")?;
+            let yahoo = crate::ingest::yahoo::Yahoo::new(symbols);
+            live(args.feed, args.url, &crate::ingest::yahoo::TOPICS, yahoo).await
+        }
     }
 }
 
-async fn coinbase(args: CoinbaseArgs) -> anyhow::Result<ExitCode> {
-    use crate::ingest::coinbase::{self, CoinbaseConfig, TOPIC};
-    use crate::ingest::feed::{self, FeedMetrics};
-    let products: Vec<String> = args
-        .products
+/// The names given to a feed's `flag`, trimmed; at least one.
+fn names(given: &[String], flag: &str) -> anyhow::Result<Vec<String>> {
+    let names: Vec<String> = given
         .iter()
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
         .collect();
-    anyhow::ensure!(!products.is_empty(), "--products: no products given");
+    anyhow::ensure!(!names.is_empty(), "{flag}: none given");
+    Ok(names)
+}
+
+/// Reads a live feed at `url` with `protocol` into `topics` until SIGTERM or SIGINT.
+async fn live<P: crate::ingest::feed::Protocol>(
+    args: FeedArgs,
+    url: String,
+    topics: &[&str],
+    protocol: P,
+) -> anyhow::Result<ExitCode> {
+    use crate::ingest::feed::{self, FeedConfig, FeedMetrics};
     anyhow::ensure!(
         !args.stale_after.is_zero(),
         "--stale-after must be longer than 0"
     );
-    let metrics = FeedMetrics::new(&[TOPIC]);
+    let metrics = FeedMetrics::new(topics);
     // Listen before connecting anywhere: a taken port is refused at once.
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = match args.http {
@@ -181,28 +231,28 @@ async fn coinbase(args: CoinbaseArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let kafka = args.endpoints.kafka()?;
-    let topics = [TOPIC.to_string()];
+    let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
     if args.partitions > 0 {
         ensure_topics(&kafka, &topics, args.partitions).await?;
     }
     let registry = args.endpoints.registry.client()?;
     let producer = Producer::connect(&kafka, &registry, &topics).await?;
-    let config = CoinbaseConfig {
-        url: args.url,
-        products,
+    let config = FeedConfig {
+        url,
         stale_after: args.stale_after,
         backoff_min: args.backoff_min,
         backoff_max: args.backoff_max,
         dedup_capacity: args.dedup_window,
+        ca_file: args.ca_file,
     };
-    let result = coinbase::run(config, producer, metrics, shutdown_signal()).await;
+    let result = feed::run(protocol, config, producer, metrics, shutdown_signal()).await;
     let _ = stop_http.send(());
     if let Some(http) = http {
         let _ = http.await;
     }
     let summary = result?;
     eprintln!(
-        "ingest coinbase: {} ticks produced, {} redeliveries dropped",
+        "ingest: {} ticks produced, {} redeliveries dropped",
         summary.produced, summary.duplicates
     );
     Ok(ExitCode::SUCCESS)

@@ -1,25 +1,16 @@
 //! The Coinbase Exchange public websocket feed (`wss://ws-feed.exchange.coinbase.com`):
 //! `ticker` and `heartbeat` channels, each ticker one tick on `tickers.crypto`.
 //!
-//! The feed is read through reconnects: a dropped, failed or stale connection (nothing
-//! received for `stale_after`) is opened again after a capped, jittered exponential
-//! backoff and subscribed again. An update redelivered across a reconnect keeps its event
-//! id (derived from product and trade id) and is dropped. Jumps in a product's `sequence`
-//! are counted and logged; a frame that cannot be read is counted, logged with a sample,
-//! and skipped.
+//! Read through [`run`](super::feed::run) (reconnects, the stale-feed watchdog, redeliveries dropped
+//! by event id, malformed frames skipped). An update keeps its event id (derived from
+//! product and trade id) across redeliveries. Jumps in a product's `sequence` are counted
+//! and logged.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use serde_json::{Map, Value as Json, json};
-use sha2::{Digest, Sha256};
-use tokio_tungstenite::tungstenite::Message;
 
-use super::feed::{FeedMetrics, RecentIds};
-use super::{Producer, now_ms};
-use crate::pg::Backoff;
+use super::feed::{self, FeedMetrics, Protocol, Tick};
 
 /// The topic Coinbase ticks go to.
 pub const TOPIC: &str = "tickers.crypto";
@@ -27,23 +18,6 @@ pub const TOPIC: &str = "tickers.crypto";
 pub const DEFAULT_URL: &str = "wss://ws-feed.exchange.coinbase.com";
 /// The `source` field of every tick.
 pub const SOURCE: &str = "coinbase";
-
-/// How the feed is read.
-#[derive(Debug, Clone)]
-pub struct CoinbaseConfig {
-    /// The websocket URL.
-    pub url: String,
-    /// Products to subscribe to (`BTC-USD`).
-    pub products: Vec<String>,
-    /// Reconnect when nothing arrives for this long.
-    pub stale_after: Duration,
-    /// First reconnect delay.
-    pub backoff_min: Duration,
-    /// Longest reconnect delay.
-    pub backoff_max: Duration,
-    /// Event ids remembered to drop redeliveries.
-    pub dedup_capacity: usize,
-}
 
 /// The subscribe message for `products`.
 pub fn subscribe_message(products: &[String]) -> String {
@@ -84,10 +58,12 @@ pub enum Frame {
 
 /// The event id of `product`'s trade `trade_id`: the same for every delivery of it.
 pub fn event_id(product: &str, trade_id: u64) -> uuid::Uuid {
-    let digest = Sha256::digest(format!("coinbase/{product}/{trade_id}").as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    feed::event_id(&[
+        b"coinbase/",
+        product.as_bytes(),
+        b"/",
+        trade_id.to_string().as_bytes(),
+    ])
 }
 
 fn string<'a>(m: &'a Map<String, Json>, field: &str) -> Result<&'a str, String> {
@@ -217,250 +193,93 @@ fn ticker(m: &Map<String, Json>, ingestion_ms: i64) -> Result<Frame, String> {
     })
 }
 
-/// What a run did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Summary {
-    /// Ticks produced.
-    pub produced: u64,
-    /// Redelivered updates dropped.
-    pub duplicates: u64,
-}
-
-/// The reader's state across connections.
-struct Reader {
-    config: CoinbaseConfig,
-    metrics: Arc<FeedMetrics>,
-    seen: RecentIds<uuid::Uuid>,
+/// The Coinbase protocol for [`run`](super::feed::run): its subscription, and each ticker one tick,
+/// with the jumps in each product's `sequence` counted.
+pub struct Coinbase {
+    products: Vec<String>,
+    /// The last sequence number seen per product.
     sequences: HashMap<String, u64>,
-    summary: Summary,
 }
 
-/// Why a connection ended.
-enum End {
-    Shutdown,
-    Lost(String),
-}
-
-/// Reads the feed into `producer` until `shutdown` completes, then delivers everything
-/// queued.
-pub async fn run(
-    config: CoinbaseConfig,
-    mut producer: Producer,
-    metrics: Arc<FeedMetrics>,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<Summary> {
-    anyhow::ensure!(!config.products.is_empty(), "no products to subscribe to");
-    let tls = Arc::new(tls_config()?);
-    let mut backoff = Backoff::between(config.backoff_min, config.backoff_max);
-    let mut reader = Reader {
-        seen: RecentIds::new(config.dedup_capacity),
-        sequences: HashMap::new(),
-        summary: Summary::default(),
-        metrics,
-        config,
-    };
-    tokio::pin!(shutdown);
-    let mut first = true;
-    loop {
-        if !first {
-            reader.metrics.reconnect();
-        }
-        first = false;
-        let end = tokio::select! {
-            _ = &mut shutdown => End::Shutdown,
-            end = reader.connection(&mut producer, &tls, &mut backoff) => end?,
-        };
-        match end {
-            End::Shutdown => break,
-            End::Lost(why) => {
-                let delay = backoff.delay();
-                tracing::warn!(url = %reader.config.url, reason = %why, delay = ?delay, "Feed connection lost; reconnecting");
-                tokio::select! {
-                    _ = &mut shutdown => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
-    let summary = reader.summary;
-    tracing::info!(
-        produced = summary.produced,
-        duplicates = summary.duplicates,
-        "Stopping; delivering what was received"
-    );
-    producer.finish().await?;
-    Ok(summary)
-}
-
-fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::debug!(error = %e, "Skipping a system CA certificate");
-    }
-    for cert in native.certs {
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        tracing::warn!(
-            "No system CA certificates found: wss:// connections will fail (install ca-certificates)"
-        );
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-impl Reader {
-    /// One connection: connect, subscribe, read until it is lost. Only Kafka failing is
-    /// an error.
-    async fn connection(
-        &mut self,
-        producer: &mut Producer,
-        tls: &Arc<rustls::ClientConfig>,
-        backoff: &mut Backoff,
-    ) -> anyhow::Result<End> {
-        let url = self.config.url.clone();
-        let stale = self.config.stale_after;
-        let connect = tokio_tungstenite::connect_async_tls_with_config(
-            url.as_str(),
-            None,
-            true,
-            Some(tokio_tungstenite::Connector::Rustls(tls.clone())),
-        );
-        let mut ws = match tokio::time::timeout(stale, connect).await {
-            Ok(Ok((ws, _))) => ws,
-            Ok(Err(e)) => return Ok(End::Lost(format!("cannot connect: {e}"))),
-            Err(_) => return Ok(End::Lost(format!("no connection within {stale:?}"))),
-        };
-        if let Err(e) = ws
-            .send(Message::text(subscribe_message(&self.config.products)))
-            .await
-        {
-            return Ok(End::Lost(format!("cannot subscribe: {e}")));
-        }
-        tracing::info!(url = %url, products = ?self.config.products, "Connected and subscribed");
-        let mut working = false;
-        loop {
-            let next = match tokio::time::timeout(stale, ws.next()).await {
-                Err(_) => {
-                    return Ok(End::Lost(format!(
-                        "the feed sent nothing for {stale:?} (--stale-after)"
-                    )));
-                }
-                Ok(None) => return Ok(End::Lost("the feed closed the connection".into())),
-                Ok(Some(Err(e))) => return Ok(End::Lost(format!("read error: {e}"))),
-                Ok(Some(Ok(m))) => m,
-            };
-            self.metrics.received();
-            if !working {
-                // The connection works: the next failure starts the backoff afresh.
-                working = true;
-                backoff.reset();
-            }
-            let text = match &next {
-                Message::Text(t) => t.as_str().to_string(),
-                Message::Binary(b) => match std::str::from_utf8(b) {
-                    Ok(t) => t.to_string(),
-                    Err(_) => {
-                        self.malformed("binary frame is not UTF-8", &format!("{b:?}"));
-                        continue;
-                    }
-                },
-                Message::Close(frame) => {
-                    return Ok(End::Lost(format!(
-                        "the feed closed the connection: {frame:?}"
-                    )));
-                }
-                // Pings are answered by the websocket layer; they still show it is alive.
-                _ => continue,
-            };
-            self.frame(producer, &text).await?;
-            producer.report();
+impl Coinbase {
+    /// Reading `products`.
+    pub fn new(products: Vec<String>) -> Self {
+        Self {
+            products,
+            sequences: HashMap::new(),
         }
     }
 
-    fn malformed(&self, why: &str, sample: &str) {
-        self.metrics.decode_error();
-        let sample: String = sample.chars().take(200).collect();
-        tracing::warn!(error = why, sample = %sample, "Skipping a malformed feed message");
-    }
-
-    fn sequence(&mut self, product: &str, sequence: Option<u64>) {
+    fn sequence(&mut self, product: &str, sequence: Option<u64>, metrics: &FeedMetrics) {
         let Some(seq) = sequence else { return };
-        match self.sequences.get_mut(product) {
-            Some(last) => {
-                if seq > *last + 1 {
-                    self.metrics.sequence_gap();
-                    let gaps = self.metrics.totals()[3];
-                    // Logged, but not without end on a feed that skips a lot.
-                    if gaps <= 10 || gaps.is_power_of_two() {
-                        tracing::warn!(
-                            product,
-                            expected = *last + 1,
-                            got = seq,
-                            missing = seq - *last - 1,
-                            gaps_so_far = gaps,
-                            "Sequence gap"
-                        );
-                    }
-                }
-                if seq > *last {
-                    *last = seq;
-                }
-            }
-            None => {
-                self.sequences.insert(product.to_string(), seq);
+        let Some(last) = self.sequences.get_mut(product) else {
+            self.sequences.insert(product.to_string(), seq);
+            return;
+        };
+        if seq > *last + 1 {
+            let gaps = metrics.sequence_gap();
+            // Logged, but not without end on a feed that skips a lot.
+            if gaps <= 10 || gaps.is_power_of_two() {
+                tracing::warn!(
+                    product,
+                    expected = *last + 1,
+                    got = seq,
+                    missing = seq - *last - 1,
+                    gaps_so_far = gaps,
+                    "Sequence gap"
+                );
             }
         }
+        *last = (*last).max(seq);
+    }
+}
+
+impl Protocol for Coinbase {
+    fn subscribe(&self) -> String {
+        subscribe_message(&self.products)
     }
 
-    async fn frame(&mut self, producer: &mut Producer, text: &str) -> anyhow::Result<()> {
-        let frame = match parse(text, now_ms()) {
-            Ok(f) => f,
-            Err(e) => {
-                self.malformed(&e, text);
-                return Ok(());
-            }
-        };
-        match frame {
+    fn read(
+        &mut self,
+        text: &str,
+        ingestion_ms: i64,
+        metrics: &FeedMetrics,
+    ) -> Result<Vec<Tick>, String> {
+        Ok(match parse(text, ingestion_ms)? {
             Frame::Ticker {
                 product,
                 sequence,
                 record,
             } => {
-                self.sequence(&product, sequence);
-                let id = record["event_id"]
+                self.sequence(&product, sequence, metrics);
+                let event_id = record["event_id"]
                     .as_str()
                     .and_then(|s| uuid::Uuid::parse_str(s).ok())
                     .unwrap_or_default();
-                if !self.seen.insert(id) {
-                    self.summary.duplicates += 1;
-                    self.metrics.duplicate();
-                    tracing::debug!(product, %id, "Dropping a redelivered update");
-                    return Ok(());
-                }
-                match producer.send(TOPIC, &product, &record).await? {
-                    Ok(()) => {
-                        self.summary.produced += 1;
-                        self.metrics.produced(TOPIC);
-                    }
-                    Err(e) => self.malformed(
-                        &format!("does not fit the registered schema of {TOPIC}: {e}"),
-                        text,
-                    ),
-                }
+                vec![Tick {
+                    topic: TOPIC,
+                    key: product,
+                    event_id,
+                    record,
+                }]
             }
-            Frame::Heartbeat { product, sequence } => self.sequence(&product, sequence),
-            Frame::Subscriptions => tracing::debug!("Subscription acknowledged"),
+            Frame::Heartbeat { product, sequence } => {
+                self.sequence(&product, sequence, metrics);
+                Vec::new()
+            }
+            Frame::Subscriptions => {
+                tracing::debug!("Subscription acknowledged");
+                Vec::new()
+            }
             Frame::Error(message) => {
-                tracing::warn!(%message, "The feed reports an error")
+                tracing::warn!(%message, "The feed reports an error");
+                Vec::new()
             }
-            Frame::Other(kind) => tracing::debug!(kind, "Ignoring a message type"),
-        }
-        Ok(())
+            Frame::Other(kind) => {
+                tracing::debug!(kind, "Ignoring a message type");
+                Vec::new()
+            }
+        })
     }
 }
 

@@ -1,13 +1,14 @@
 //! Producing ticks to Kafka as Confluent-framed Avro: the simulator and file replay share
 //! one idempotent producer, schemas looked up by subject `<topic>-value`, and progress
-//! reporting on stderr. Live feeds ([`coinbase`]) share [`feed`]'s metrics, backoff and
-//! redelivery filter.
+//! reporting on stderr. The live feeds ([`coinbase`], [`yahoo`]) are read by [`feed`]:
+//! reconnects, the stale-feed watchdog, the redelivery filter and their metrics.
 
 pub mod coinbase;
 pub mod encode;
 pub mod feed;
 pub mod replay;
 pub mod simulate;
+pub mod yahoo;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};

@@ -155,8 +155,11 @@ enum Check {
     Full,
 }
 
-/// The certificates of a PEM file, at least one.
-fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The certificates of a PEM file, at least one; errors name the file as `what`.
+pub(crate) fn certificates(
+    path: &Path,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("{what} {}: {e}", path.display()))?;
