@@ -680,3 +680,126 @@ fn yahoo_quotes_reach_the_topic_of_their_type_once_over_tls() {
         (Some("EURUSD=X"), Some("CURRENCY"))
     );
 }
+
+/// `POST`s (or `GET`s) `path` of the control endpoint at `addr`, with `token` if given:
+/// (status, body as JSON or null).
+fn control(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    get: bool,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, Value) {
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}{path}");
+        let mut request = if get {
+            client.get(url)
+        } else {
+            client.post(url)
+        };
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    })
+}
+
+#[test]
+fn the_control_endpoint_stops_and_starts_the_feed_and_refuses_without_the_token() {
+    let rt = rt();
+    let s = services();
+    let server = feed_server(
+        &rt,
+        vec![
+            vec![
+                Step::Subscribe,
+                Step::Send(ticker(BTC, 1, 1, 64000.10)),
+                Step::Heartbeats(vec![(BTC, 1)]),
+            ],
+            vec![
+                Step::Subscribe,
+                Step::Send(ticker(BTC, 2, 2, 64000.20)),
+                Step::Heartbeats(vec![(BTC, 2)]),
+            ],
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "feed-token\n").unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let ingest = Ingest::start(
+        &s,
+        &server.url,
+        &[
+            "--control",
+            &addr,
+            "--control-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    let produced = |ingest: &Ingest| {
+        ingest.metric(&rt, "weir_ingest_produced_total{topic=\"tickers.crypto\"}")
+    };
+    let status = || control(&rt, &addr, true, "/status", Some("feed-token")).1;
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || produced(&ingest) == 1.0 && status()["connected"] == true,
+        || format!("status {}; log:\n{}", status(), ingest.log()),
+    );
+    assert_eq!(status()["state"], "running");
+
+    // Refused without the token, or with another one, and nothing changes.
+    for token in [None, Some("wrong")] {
+        assert_eq!(
+            control(&rt, &addr, false, "/stop", token).0,
+            401,
+            "{token:?}"
+        );
+        assert_eq!(
+            control(&rt, &addr, true, "/status", token).0,
+            401,
+            "{token:?}"
+        );
+    }
+    assert_eq!(status()["state"], "running");
+
+    let (code, body) = control(&rt, &addr, false, "/stop", Some("feed-token"));
+    assert_eq!(
+        (code, &body),
+        (200, &json!({"state": "stopped", "changed": true}))
+    );
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || status()["connected"] == false,
+        || format!("still connected: {}", status()),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(status()["state"], "stopped");
+    assert_eq!(
+        server.subscribes.lock().unwrap().len(),
+        1,
+        "not connected again"
+    );
+    assert_eq!(produced(&ingest), 1.0);
+
+    let (code, body) = control(&rt, &addr, false, "/start", Some("feed-token"));
+    assert_eq!(
+        (code, &body),
+        (200, &json!({"state": "running", "changed": true}))
+    );
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || produced(&ingest) == 2.0 && status()["connected"] == true,
+        || format!("status {}; log:\n{}", status(), ingest.log()),
+    );
+    assert_eq!(server.subscribes.lock().unwrap().len(), 2);
+    assert_eq!(status()["reconnects"], 0, "a stop is not a lost connection");
+    ingest.stop();
+    assert_eq!(messages_on_topic(&s, "tickers.crypto"), 2);
+}

@@ -222,7 +222,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/guests/{name}/promote", post(promote))
         .route("/guests/{name}/diff", get(diff))
         .layer(DefaultBodyLimit::max(state.max_body))
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(state.token.clone(), bearer))
         .with_state(state)
 }
 
@@ -238,8 +238,11 @@ pub async fn serve(
         .context("serving the admin API")
 }
 
-async fn authorize(
-    State(state): State<AdminState>,
+/// Lets a request through only with the bearer token `token` holds now (the admin API's
+/// check, and that of a live feed's control endpoint); else a 401 that closes the
+/// connection, or a 503 when the server has no token to check against.
+pub async fn bearer(
+    State(token): State<TokenSource>,
     headers: HeaderMap,
     request: Request,
     next: Next,
@@ -249,10 +252,10 @@ async fn authorize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let expected = match state.token.read() {
+    let expected = match token.read() {
         Ok(t) => t,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "Admin API refused a request: no token to check it against");
+            tracing::error!(error = %format!("{e:#}"), "Refused a request: no bearer token to check it against");
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the admin token is not available on the server",
@@ -262,7 +265,7 @@ async fn authorize(
     match presented {
         Some(p) if expected.matches(p) => next.run(request).await,
         _ => {
-            tracing::warn!(method = %request.method(), path = %request.uri().path(), token_given = presented.is_some(), "Admin API refused a request: missing or wrong bearer token");
+            tracing::warn!(method = %request.method(), path = %request.uri().path(), token_given = presented.is_some(), "Refused a request: missing or wrong bearer token");
             let mut response = closing(error(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token: send Authorization: Bearer TOKEN",

@@ -136,6 +136,16 @@ pub struct FeedArgs {
     /// CA certificates (PEM) to trust for `wss://`, besides the system's.
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// Serve the control endpoint (POST /start, POST /stop, GET /status) on this address;
+    /// off without it. Every request needs `Authorization: Bearer TOKEN`.
+    #[arg(long, requires = "control_token")]
+    control: Option<std::net::SocketAddr>,
+    /// The control endpoint's bearer token: a file holding it…
+    #[arg(long, group = "control_token")]
+    control_token_file: Option<PathBuf>,
+    /// …or an environment variable holding it.
+    #[arg(long, group = "control_token")]
+    control_token_env: Option<String>,
 }
 
 /// Arguments of `weir ingest coinbase`.
@@ -206,13 +216,43 @@ async fn live<P: crate::ingest::feed::Protocol>(
     topics: &[&str],
     protocol: P,
 ) -> anyhow::Result<ExitCode> {
-    use crate::ingest::feed::{self, FeedConfig, FeedMetrics};
+    use crate::ingest::feed::{self, Control, FeedConfig, FeedMetrics};
+    use anyhow::Context as _;
     anyhow::ensure!(
         !args.stale_after.is_zero(),
         "--stale-after must be longer than 0"
     );
     let metrics = FeedMetrics::new(topics);
-    // Listen before connecting anywhere: a taken port is refused at once.
+    let control = Control::new(&url);
+    // Listen before connecting anywhere: a taken port or a missing token is refused at once.
+    let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
+    let control_server = match args.control {
+        Some(addr) => {
+            let token = match (args.control_token_file, args.control_token_env) {
+                (Some(file), _) => crate::admin::TokenSource::File(file),
+                (None, Some(var)) => crate::admin::TokenSource::Env(var),
+                (None, None) => {
+                    anyhow::bail!("--control needs --control-token-file or --control-token-env")
+                }
+            };
+            token.read().context("--control")?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--control): {e}"))?;
+            tracing::info!(address = %addr, "Serving the control endpoint");
+            let router = feed::control_router(control.clone(), metrics.clone(), token);
+            Some(tokio::spawn(crate::serve::serve(
+                "control",
+                listener,
+                router,
+                crate::config::HttpConfig::default().limits(),
+                async {
+                    let _ = control_stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = match args.http {
         Some(addr) => {
@@ -245,10 +285,22 @@ async fn live<P: crate::ingest::feed::Protocol>(
         dedup_capacity: args.dedup_window,
         ca_file: args.ca_file,
     };
-    let result = feed::run(protocol, config, producer, metrics, shutdown_signal()).await;
+    let result = feed::run(
+        protocol,
+        config,
+        producer,
+        metrics,
+        control,
+        shutdown_signal(),
+    )
+    .await;
     let _ = stop_http.send(());
+    let _ = stop_control.send(());
     if let Some(http) = http {
         let _ = http.await;
+    }
+    if let Some(control) = control_server {
+        let _ = control.await;
     }
     let summary = result?;
     eprintln!(

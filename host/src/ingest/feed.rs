@@ -81,6 +81,95 @@ pub fn event_id(parts: &[&[u8]]) -> uuid::Uuid {
     uuid::Builder::from_custom_bytes(id).into_uuid()
 }
 
+/// Whether the feed is to be read, and whether it is connected: shared by the reader and
+/// the control endpoint ([`control_router`]).
+#[derive(Debug)]
+pub struct Control {
+    wanted: tokio::sync::watch::Sender<bool>,
+    connected: std::sync::atomic::AtomicBool,
+    url: String,
+}
+
+impl Control {
+    /// A feed of `url`, to be read from the start.
+    pub fn new(url: &str) -> Arc<Self> {
+        Arc::new(Self {
+            wanted: tokio::sync::watch::channel(true).0,
+            connected: std::sync::atomic::AtomicBool::new(false),
+            url: url.to_string(),
+        })
+    }
+
+    /// Starts (`true`) or stops reading the feed; true if that changed anything.
+    pub fn set_running(&self, running: bool) -> bool {
+        self.wanted.send_replace(running) != running
+    }
+
+    fn running(&self) -> bool {
+        *self.wanted.borrow()
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.connected
+            .store(connected, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `GET /status`: state, connection and counters.
+    fn status(&self, metrics: &FeedMetrics) -> Json {
+        let [
+            received,
+            reconnects,
+            decode_errors,
+            sequence_gaps,
+            duplicates,
+        ] = metrics.totals();
+        serde_json::json!({
+            "state": if self.running() { "running" } else { "stopped" },
+            "connected": self.connected.load(std::sync::atomic::Ordering::Relaxed),
+            "url": self.url,
+            "received": received,
+            "reconnects": reconnects,
+            "decode_errors": decode_errors,
+            "sequence_gaps": sequence_gaps,
+            "duplicates": duplicates,
+            "seconds_since_last_message": metrics.since_last_message().as_secs_f64(),
+        })
+    }
+}
+
+/// The control endpoint, behind `token`: `POST /start`, `POST /stop` (the connection is
+/// closed and the feed not read until started again; the process stays up, its metrics
+/// served) and `GET /status`.
+pub fn control_router(
+    control: Arc<Control>,
+    metrics: Arc<FeedMetrics>,
+    token: crate::admin::TokenSource,
+) -> Router {
+    let switch = |running: bool| {
+        let control = control.clone();
+        move || async move {
+            let changed = control.set_running(running);
+            let state = if running { "running" } else { "stopped" };
+            if changed {
+                tracing::info!(state, "The feed was switched through the control endpoint");
+            }
+            axum::Json(serde_json::json!({ "state": state, "changed": changed }))
+        }
+    };
+    let status = {
+        let control = control.clone();
+        move || async move { axum::Json(control.status(&metrics)) }
+    };
+    Router::new()
+        .route("/start", axum::routing::post(switch(true)))
+        .route("/stop", axum::routing::post(switch(false)))
+        .route("/status", get(status))
+        .layer(axum::middleware::from_fn_with_state(
+            token,
+            crate::admin::bearer,
+        ))
+}
+
 /// How a feed is read.
 #[derive(Debug, Clone)]
 pub struct FeedConfig {
@@ -110,16 +199,20 @@ pub struct Summary {
 /// Why a connection ended.
 enum End {
     Shutdown,
+    /// Stopped through the control endpoint.
+    Stopped,
     Lost(String),
 }
 
 /// Reads the feed at `config.url` with `protocol` into `producer` until `shutdown`
-/// completes, then delivers everything queued.
+/// completes, then delivers everything queued. While `control` says stopped, the feed is
+/// not connected.
 pub async fn run<P: Protocol>(
     protocol: P,
     config: FeedConfig,
     mut producer: Producer,
     metrics: Arc<FeedMetrics>,
+    control: Arc<Control>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     let tls = Arc::new(tls_config(config.ca_file.as_deref())?);
@@ -132,23 +225,38 @@ pub async fn run<P: Protocol>(
         config,
     };
     tokio::pin!(shutdown);
+    let mut wanted = control.wanted.subscribe();
     let mut first = true;
     loop {
+        if !control.running() {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = wanted.wait_for(|running| *running) => {}
+            }
+            first = true;
+            backoff.reset();
+        }
         if !first {
             reader.metrics.reconnect();
         }
         first = false;
         let end = tokio::select! {
             _ = &mut shutdown => End::Shutdown,
-            end = reader.connection(&mut producer, &tls, &mut backoff) => end?,
+            _ = wanted.wait_for(|running| !*running) => End::Stopped,
+            end = reader.connection(&mut producer, &tls, &mut backoff, &control) => end?,
         };
+        control.set_connected(false);
         match end {
             End::Shutdown => break,
+            End::Stopped => {
+                tracing::info!(url = %reader.config.url, "Stopped through the control endpoint; disconnected");
+            }
             End::Lost(why) => {
                 let delay = backoff.delay();
                 tracing::warn!(url = %reader.config.url, reason = %why, delay = ?delay, "Feed connection lost; reconnecting");
                 tokio::select! {
                     _ = &mut shutdown => break,
+                    _ = wanted.wait_for(|running| !*running) => {}
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
@@ -210,6 +318,7 @@ impl<P: Protocol> Reader<P> {
         producer: &mut Producer,
         tls: &Arc<rustls::ClientConfig>,
         backoff: &mut Backoff,
+        control: &Control,
     ) -> anyhow::Result<End> {
         let url = self.config.url.clone();
         let stale = self.config.stale_after;
@@ -228,6 +337,7 @@ impl<P: Protocol> Reader<P> {
             return Ok(End::Lost(format!("cannot subscribe: {e}")));
         }
         tracing::info!(url = %url, "Connected and subscribed");
+        control.set_connected(true);
         let resubscribe = self.protocol.resubscribe_every();
         let mut next_subscribe = resubscribe.map(|every| tokio::time::Instant::now() + every);
         let mut working = false;
@@ -448,14 +558,17 @@ impl FeedMetrics {
         ]
     }
 
-    /// OpenMetrics text of every metric.
-    pub fn encode(&self) -> String {
-        let since = self
-            .last_message
+    /// How long since the feed last sent anything (since the start before the first).
+    pub fn since_last_message(&self) -> Duration {
+        self.last_message
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .elapsed();
-        self.since_last.set(since.as_secs_f64());
+            .elapsed()
+    }
+
+    /// OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        self.since_last.set(self.since_last_message().as_secs_f64());
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
