@@ -1817,3 +1817,102 @@ fn ingestion_takes_kafka_tls_sasl_and_registry_credentials_from_secrets() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_live_feed_source_is_one_scraped_probed_pod_whose_command_weir_accepts() {
+    let mut all = template_checked(
+        "ingestion",
+        &[
+            "source=yahoo",
+            "feed.symbols={AAPL,BTC-USD,EURUSD=X}",
+            "networkPolicy.enabled=true",
+        ],
+    );
+    all.extend(template_checked(
+        "monitoring",
+        &["networkPolicy.enabled=true", "grafana.adminPassword=x"],
+    ));
+    let deployment = find(&all, "Deployment", "ingestion-ingest");
+    assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(1));
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"].as_str(), Some("true"));
+    assert_eq!(annotations["prometheus.io/port"].as_str(), Some("9102"));
+    let ingest = &pod_spec(deployment).unwrap()["containers"][0];
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(
+            str_at(ingest, &[probe, "httpGet", "path"]),
+            Some("/healthz"),
+            "{probe}"
+        );
+    }
+    assert_eq!(ingest["ports"][0]["containerPort"].as_u64(), Some(9102));
+    // Prometheus may scrape it, and nothing else may reach it; it may reach the feed.
+    let (prometheus, feed) = (
+        pod_labels(&all, "Deployment monitoring-prometheus"),
+        pod_labels(&all, "Deployment ingestion-ingest"),
+    );
+    assert!(np_allows(&all, prometheus, feed, 9102));
+    let grafana = pod_labels(&all, "Deployment monitoring-grafana");
+    assert!(!np_allows(&all, grafana, feed, 9102));
+    let policy = find(&all, "NetworkPolicy", "ingestion-ingest");
+    let egress = serde_yaml::to_string(&policy["spec"]["egress"]).unwrap();
+    assert!(egress.contains("port: 443"), "{egress}");
+
+    // The command is one weir takes: it gets as far as asking the registry.
+    let args: Vec<String> = ingest["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let joined = args.join(" ");
+    assert!(
+        joined.starts_with("ingest yahoo --symbols AAPL,BTC-USD,EURUSD=X "),
+        "{joined}"
+    );
+    assert!(joined.contains("--http 0.0.0.0:9102"), "{joined}");
+    let http = format!("127.0.0.1:{}", weir_tests::free_port());
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| {
+            if a == "0.0.0.0:9102" {
+                http.as_str()
+            } else {
+                a
+            }
+        })
+        .collect();
+    let out = weir_tests::weir_env(
+        &args,
+        &[
+            ("KAFKA_BROKERS", "127.0.0.1:1"),
+            ("SCHEMA_REGISTRY_URL", "http://127.0.0.1:1"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("registry") && !stderr.contains("Usage:"),
+        "{stderr}"
+    );
+    // Coinbase, with its default products; Yahoo without symbols is refused.
+    let all = template_checked("ingestion", &["source=coinbase"]);
+    let args = serde_yaml::to_string(
+        &pod_spec(find(&all, "Deployment", "ingestion-ingest")).unwrap()["containers"][0]["args"],
+    )
+    .unwrap();
+    assert!(
+        args.starts_with("- ingest\n- coinbase\n- --stale-after\n"),
+        "{args}"
+    );
+    let (success, _, stderr) = run(
+        &tool("helm"),
+        &[
+            "template",
+            "ingestion",
+            "charts/ingestion",
+            "--set",
+            "source=yahoo",
+        ],
+    );
+    assert!(!success && stderr.contains("feed.symbols"), "{stderr}");
+}

@@ -13,7 +13,7 @@ Names, labels and the addresses of the other releases. Every object is
 ingest
 {{- end -}}
 
-{{/* <release>-ingest: the Deployment (simulate) or Job (replay). */}}
+{{/* <release>-ingest: the Deployment (simulate, a live feed) or Job (replay). */}}
 {{- define "ingestion.fullname" -}}
 {{- printf "%s-%s" .Release.Name (include "ingestion.component" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -124,9 +124,21 @@ SASL password goes in the --kafka-config file.
 {{- if kindIs "string" $v -}}{{ $v }}{{- else if eq (float64 $v) (floor $v) -}}{{ int64 $v }}{{- else -}}{{ $v }}{{- end -}}
 {{- end -}}
 
-{{/* The container's args: `ingest simulate …` or `ingest replay FILE …`. */}}
+{{/* Whether the source is a live feed (yahoo, coinbase). */}}
+{{- define "ingestion.isFeed" -}}
+{{- if has .Values.source (list "yahoo" "coinbase") }}true{{ end -}}
+{{- end -}}
+
+{{/* The container's args: `ingest simulate …`, `ingest yahoo|coinbase …` or `ingest replay FILE …`. */}}
 {{- define "ingestion.args" -}}
 {{- $args := list "ingest" .Values.source -}}
+{{- if include "ingestion.isFeed" . -}}
+{{- $f := .Values.feed -}}
+{{- if eq .Values.source "yahoo" }}{{ $args = concat $args (list "--symbols" (join "," $f.symbols)) }}{{ end -}}
+{{- if and (eq .Values.source "coinbase") $f.products }}{{ $args = concat $args (list "--products" (join "," $f.products)) }}{{ end -}}
+{{- with $f.url }}{{ $args = concat $args (list "--url" .) }}{{ end -}}
+{{- $args = concat $args (list "--stale-after" $f.staleAfter "--http" (printf "0.0.0.0:%d" (int $f.metricsPort)) "--partitions" (.Values.partitions | int | toString)) -}}
+{{- else -}}
 {{- if eq .Values.source "replay" -}}
 {{- $args = append $args (printf "%s/%s" (include "ingestion.replayDir" .) (include "ingestion.replayKey" .)) -}}
 {{- with .Values.replay.topic }}{{ $args = concat $args (list "--topic" .) }}{{ end -}}
@@ -140,6 +152,7 @@ SASL password goes in the --kafka-config file.
 {{- $args = concat $args (list "--late-fraction" (include "ingestion.num" .Values.lateFraction) "--late-by" .Values.lateBy "--duplicate-fraction" (include "ingestion.num" .Values.duplicateFraction)) -}}
 {{- if not (kindIs "invalid" .Values.seed) }}{{ $args = concat $args (list "--seed" (include "ingestion.num" .Values.seed)) }}{{ end -}}
 {{- with .Values.startTime }}{{ $args = concat $args (list "--start-time" .) }}{{ end -}}
+{{- end -}}
 {{- end -}}
 {{- range $k, $v := (include "ingestion.kafkaProperties" . | fromYaml) }}{{ $args = concat $args (list "-X" (printf "%s=%s" $k $v)) }}{{ end -}}
 {{- if .Values.kafka.sasl.mechanism }}{{ $args = concat $args (list "--kafka-config" (include "ingestion.kafkaConfigFile" .)) }}{{ end -}}
@@ -226,8 +239,28 @@ containers:
       {{- with .Values.extraEnv }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
-    # No probes: the ingester serves no HTTP, and exits (and is restarted) when it cannot
-    # produce.
+    {{- if include "ingestion.isFeed" . }}
+    ports:
+      - name: metrics
+        containerPort: {{ .Values.feed.metricsPort }}
+        protocol: TCP
+    # /healthz answers while the process is up; a feed that cannot be read is reconnected
+    # inside it (weir_ingest_seconds_since_last_message shows a silent one).
+    readinessProbe:
+      httpGet:
+        path: /healthz
+        port: metrics
+      periodSeconds: 10
+    livenessProbe:
+      httpGet:
+        path: /healthz
+        port: metrics
+      periodSeconds: 20
+      failureThreshold: 3
+    {{- else }}
+    # No probes: the simulator and replay serve no HTTP, and exit (and are restarted) when
+    # they cannot produce.
+    {{- end }}
     securityContext:
       allowPrivilegeEscalation: false
       readOnlyRootFilesystem: true
@@ -310,7 +343,11 @@ labels:
   {{- with .Values.podLabels }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
-{{- with .Values.podAnnotations }}
+{{- $annotations := .Values.podAnnotations | default dict }}
+{{- if include "ingestion.isFeed" . }}
+{{- $annotations = merge (dict "prometheus.io/scrape" "true" "prometheus.io/port" (toString .Values.feed.metricsPort) "prometheus.io/path" "/metrics") $annotations }}
+{{- end }}
+{{- with $annotations }}
 annotations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
