@@ -1604,6 +1604,16 @@ fn assert_env_from_secret(container: &Value, var: &str, secret: &str, key: &str)
 }
 
 /// Renders a chart with `--set` values, validated and locked down.
+/// The `args` of a rendered container.
+fn container_args(container: &Value) -> Vec<String> {
+    container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
 fn template_checked(chart: &str, values: &[&str]) -> Vec<Value> {
     let extra: Vec<&str> = values.iter().flat_map(|v| ["--set", *v]).collect();
     let yaml = template(chart, chart, &extra);
@@ -1747,12 +1757,7 @@ fn ingestion_takes_kafka_tls_sasl_and_registry_credentials_from_secrets() {
         );
     }
     let ingest = &spec["containers"][0];
-    let args: Vec<String> = ingest["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
+    let args = container_args(ingest);
     let joined = args.join(" ");
     for property in [
         "security.protocol=SASL_SSL",
@@ -1859,12 +1864,7 @@ fn a_live_feed_source_is_one_scraped_probed_pod_whose_command_weir_accepts() {
     assert!(egress.contains("port: 443"), "{egress}");
 
     // The command is one weir takes: it gets as far as asking the registry.
-    let args: Vec<String> = ingest["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
+    let args = container_args(ingest);
     let joined = args.join(" ");
     assert!(
         joined.starts_with("ingest yahoo --symbols AAPL,BTC-USD,EURUSD=X "),

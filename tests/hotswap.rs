@@ -668,6 +668,30 @@ fn twenty_swaps_under_load_lose_duplicate_and_mix_nothing() {
 }
 
 /// One `weir run` of a group, with its admin API.
+/// The `weir run` config of a member of `group` with metrics and admin API on `ports`,
+/// the admin token in `admin-token` and the guest `guests/marker.wasm`, running pipeline
+/// `stocks` of topic tickers.stocks with `pipeline` (its further keys, indented as the
+/// first) and the guest version in `guest_version`.
+fn member_config(
+    broker: &Broker,
+    registry: &Registry,
+    url: &str,
+    group: &str,
+    (http_port, admin_port): (u16, u16),
+    pipeline: &str,
+) -> String {
+    format!(
+        "kafka:\n  brokers: \"{}\"\n  group_id: {group}\n\
+         registry:\n  url: \"{}\"\n\
+         database:\n  url: \"{url}\"\n\
+         http:\n  listen: \"127.0.0.1:{http_port}\"\n\
+         admin:\n  listen: \"127.0.0.1:{admin_port}\"\n  token_file: admin-token\n\
+         guests:\n  dir: guests\n\
+         pipelines:\n  - name: stocks\n    topic: tickers.stocks\n    guest: marker.wasm\n    batch: {{size: 100, linger: 20ms}}\n    {pipeline}\n    version_column: guest_version\n",
+        broker.bootstrap, registry.url,
+    )
+}
+
 struct Member {
     config: PathBuf,
     log: PathBuf,
@@ -737,20 +761,9 @@ fn group_deploys_reach_every_member_at_one_switch_and_survive_restarts() {
         .map(|m| {
             let (http_port, admin_port) = (free_port(), free_port());
             let config = tmp.path().join(format!("weir-{m}.yaml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "kafka:\n  brokers: \"{}\"\n  group_id: {GROUP}\n\
-                     registry:\n  url: \"{}\"\n\
-                     database:\n  url: \"{url}\"\n\
-                     http:\n  listen: \"127.0.0.1:{http_port}\"\n\
-                     admin:\n  listen: \"127.0.0.1:{admin_port}\"\n  token_file: admin-token\n\
-                     guests:\n  dir: guests\n\
-                     pipelines:\n  - name: stocks\n    topic: {TOPIC}\n    guest: marker.wasm\n    batch: {{size: 100, linger: 20ms}}\n    tables: [marked]\n    version_column: guest_version\n",
-                    broker.bootstrap, registry.url,
-                ),
-            )
-            .unwrap();
+            let ports = (http_port, admin_port);
+            let text = member_config(&broker, &registry, &url, GROUP, ports, "tables: [marked]");
+            std::fs::write(&config, text).unwrap();
             Member {
                 config,
                 log: tmp.path().join(format!("run-{m}.log")),
@@ -976,20 +989,19 @@ fn a_version_failing_every_message_is_rolled_back_or_pauses_the_pipeline() {
         std::fs::copy(&token_file, dir.join("admin-token")).unwrap();
         let (http_port, admin_port) = (free_port(), free_port());
         let config = dir.join("weir.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "kafka:\n  brokers: \"{}\"\n  group_id: {group}\n\
-                 registry:\n  url: \"{}\"\n\
-                 database:\n  url: \"{url}\"\n\
-                 http:\n  listen: \"127.0.0.1:{http_port}\"\n\
-                 admin:\n  listen: \"127.0.0.1:{admin_port}\"\n  token_file: admin-token\n\
-                 guests:\n  dir: guests\n\
-                 pipelines:\n  - name: stocks\n    topic: {TOPIC}\n    guest: marker.wasm\n    batch: {{size: 100, linger: 20ms}}\n    config: {{table: {table}}}\n    tables: [{table}]\n    version_column: guest_version\n    breaker: {{window: 50, min_failures: 10, pause: 1s, max_pause: 2s}}\n",
-                broker.bootstrap, registry.url,
-            ),
-        )
-        .unwrap();
+        let pipeline = format!(
+            "config: {{table: {table}}}\n    tables: [{table}]\n    \
+             breaker: {{window: 50, min_failures: 10, pause: 1s, max_pause: 2s}}"
+        );
+        let text = member_config(
+            &broker,
+            &registry,
+            &url,
+            group,
+            (http_port, admin_port),
+            &pipeline,
+        );
+        std::fs::write(&config, text).unwrap();
         let mut m = Member {
             config,
             log: dir.join("run.log"),
