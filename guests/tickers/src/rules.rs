@@ -17,6 +17,7 @@
 //! | `time_range` | `event_time` and `ingestion_time` are within the years 0001 to 9999 |
 //! | `max_future_skew` | `event_time` is at most `max_future_skew` after `ingestion_time` |
 //! | `max_lateness` | `event_time` is at most `max_lateness` before `ingestion_time` |
+//! | `window_lateness` | with `windows`: `event_time` is at most `allowed_lateness` behind the latest event time of the symbol's accepted ticks ([`window_lateness`]) |
 //!
 //! The rules make sure that everything the guest writes converts to its column, so the
 //! sink never has to reject a message the guest accepted: a candle combined from several
@@ -229,6 +230,26 @@ pub fn check<'a>(message: &'a Message<'_>, settings: &Settings) -> Result<Tick<'
         market_hours,
         source,
     })
+}
+
+/// The rule `window_lateness`, checked after the others when the pipeline has windows: a
+/// tick more than `allowed_lateness` behind its symbol's watermark (the latest event time
+/// of its accepted ticks) would revise windows long closed, so it is dead-lettered instead
+/// (see [`crate::windows`]).
+pub fn window_lateness(tick: &Tick<'_>, watermark: i64, settings: &Settings) -> Reject {
+    let allowed = settings.windows.as_ref().map_or(0, |w| w.allowed_lateness);
+    reject(
+        "window_lateness",
+        "event_time",
+        format_args!(
+            "is {}, {} behind the latest event time of {} ({}); allowed_lateness is {}",
+            format_time(tick.event_time),
+            format_duration(watermark - tick.event_time),
+            tick.symbol,
+            format_time(watermark),
+            format_duration(allowed)
+        ),
+    )
 }
 
 /// `s`, cut to 64 characters for a dead-letter reason (the raw message is stored beside

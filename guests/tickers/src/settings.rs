@@ -116,7 +116,111 @@ pub struct Settings {
     pub max_lateness: i64,
     /// `clean_topic`: where each accepted tick is emitted, normalised (default none).
     pub clean_topic: Option<String>,
+    /// `impute`, `impute_fields`, `impute_window`: which missing values are filled in, and
+    /// how (default none).
+    pub impute: Option<Impute>,
+    /// `windows` and the keys around it: sliding windows per symbol (default none).
+    pub windows: Option<Windows>,
 }
+
+/// A tick field whose missing value may be imputed: the nullable numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Field {
+    /// `bid` (nullable for stocks only).
+    Bid,
+    /// `ask` (nullable for stocks only).
+    Ask,
+    /// `last_size`.
+    LastSize,
+    /// `day_volume` (a whole number: a trailing mean is rounded).
+    DayVolume,
+    /// `change`.
+    Change,
+    /// `change_percent`.
+    ChangePercent,
+    /// `circulating_supply` (crypto).
+    CirculatingSupply,
+}
+
+impl Field {
+    /// Every imputable field, in the tick table's column order.
+    pub const ALL: [Field; 7] = [
+        Field::Bid,
+        Field::Ask,
+        Field::LastSize,
+        Field::DayVolume,
+        Field::Change,
+        Field::ChangePercent,
+        Field::CirculatingSupply,
+    ];
+
+    /// The field's (and column's) name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Bid => "bid",
+            Field::Ask => "ask",
+            Field::LastSize => "last_size",
+            Field::DayVolume => "day_volume",
+            Field::Change => "change",
+            Field::ChangePercent => "change_percent",
+            Field::CirculatingSupply => "circulating_supply",
+        }
+    }
+
+    /// Whether a tick of `class` can lack the field (so that imputing it means something).
+    fn nullable_in(self, class: AssetClass) -> bool {
+        match self {
+            Field::Bid | Field::Ask => !class.requires_quote(),
+            Field::CirculatingSupply => class.has_supply(),
+            _ => true,
+        }
+    }
+}
+
+/// How a missing value is imputed from the symbol's earlier ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// The last value the symbol's ticks had for the field (`forward_fill`).
+    ForwardFill,
+    /// The mean of the last N values the symbol's ticks had for it (`trailing_mean`,
+    /// N from `impute_window`).
+    TrailingMean(usize),
+}
+
+/// The `impute` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Impute {
+    /// How.
+    pub method: Method,
+    /// Which fields, in [`Field::ALL`] order, none twice.
+    pub fields: Vec<Field>,
+}
+
+/// The largest `impute_window`.
+pub const MAX_IMPUTE_WINDOW: usize = 1000;
+
+/// The `windows` settings: sliding windows of each length, advancing by `hop`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Windows {
+    /// The window lengths (`windows`, e.g. `1m,5m,15m`), labelled like candle intervals.
+    pub lengths: Vec<Interval>,
+    /// `window_hop`: how far apart consecutive windows start (default `1m`); divides every
+    /// length. Window starts are multiples of it, counted from the Unix epoch.
+    pub hop: i64,
+    /// `window_close_offset`: how long after its end (in event time) a window closes
+    /// (default `5s`), for upstream delay.
+    pub close_offset: i64,
+    /// `allowed_lateness`: how far behind the symbol's latest event time a tick may be and
+    /// still count in (and revise) its windows (default `1h`).
+    pub allowed_lateness: i64,
+    /// `windows_table` (default `windows`).
+    pub table: String,
+    /// `watermarks_table` (default `window_watermarks`): each symbol's latest event time.
+    pub watermarks_table: String,
+}
+
+/// The most windows of one length a tick may fall in (length / hop).
+pub const MAX_WINDOWS_PER_TICK: i64 = 60;
 
 impl Settings {
     /// Reads the config; errors name the key.
@@ -148,6 +252,8 @@ impl Settings {
             }
             Some(t) => Some(t.into()),
         };
+        let impute = impute(config, class)?;
+        let windows = windows(config)?;
         Ok(Self {
             class,
             table,
@@ -156,7 +262,148 @@ impl Settings {
             max_future_skew,
             max_lateness,
             clean_topic,
+            impute,
+            windows,
         })
+    }
+}
+
+/// `impute` (`forward_fill` or `trailing_mean`), `impute_fields` and `impute_window`.
+fn impute(config: &Config, class: AssetClass) -> Result<Option<Impute>, ConfigError> {
+    let method = match config.get("impute").map(str::trim) {
+        None | Some("off") => {
+            for key in ["impute_fields", "impute_window"] {
+                if config.get(key).is_some() {
+                    return Err(ConfigError::new(format!(
+                        "`{key}` is set but `impute` is not: set `impute: forward_fill` or `impute: trailing_mean`"
+                    )));
+                }
+            }
+            return Ok(None);
+        }
+        Some("forward_fill") => {
+            if config.get("impute_window").is_some() {
+                return Err(ConfigError::new(
+                    "`impute_window` is for `impute: trailing_mean`; forward_fill takes the last value",
+                ));
+            }
+            Method::ForwardFill
+        }
+        Some("trailing_mean") => {
+            let n = match config.get("impute_window").map(str::trim) {
+                None => 20,
+                Some(raw) => raw
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_IMPUTE_WINDOW).contains(n))
+                    .ok_or_else(|| {
+                        ConfigError::new(format!(
+                            "`impute_window` = {raw:?} must be a whole number of ticks from 1 to {MAX_IMPUTE_WINDOW}"
+                        ))
+                    })?,
+            };
+            Method::TrailingMean(n)
+        }
+        Some(other) => {
+            return Err(ConfigError::new(format!(
+                "`impute` = {other:?} is not a method: use forward_fill, trailing_mean or off"
+            )));
+        }
+    };
+    let raw = config.get("impute_fields").ok_or_else(|| {
+        ConfigError::new("`impute_fields` is required with `impute`: name the fields, e.g. bid,ask")
+    })?;
+    let mut fields: Vec<Field> = Vec::new();
+    for part in raw.split(',').map(str::trim) {
+        let field = Field::ALL
+            .into_iter()
+            .find(|f| f.name() == part)
+            .ok_or_else(|| {
+                ConfigError::new(format!(
+                    "`impute_fields`: {part:?} is not an imputable field: use bid, ask, last_size, day_volume, change, change_percent or circulating_supply"
+                ))
+            })?;
+        if !field.nullable_in(class) {
+            return Err(ConfigError::new(format!(
+                "`impute_fields`: {part:?} is never missing from a valid {} tick, so there is nothing to impute",
+                class.name()
+            )));
+        }
+        if fields.contains(&field) {
+            return Err(ConfigError::new(format!(
+                "`impute_fields`: {part:?} is listed twice"
+            )));
+        }
+        fields.push(field);
+    }
+    fields.sort();
+    Ok(Some(Impute { method, fields }))
+}
+
+/// `windows` and its companions.
+fn windows(config: &Config) -> Result<Option<Windows>, ConfigError> {
+    const KEYS: [&str; 5] = [
+        "window_hop",
+        "window_close_offset",
+        "allowed_lateness",
+        "windows_table",
+        "watermarks_table",
+    ];
+    let lengths = match config.get("windows").map(str::trim) {
+        None | Some("off") => {
+            if let Some(key) = KEYS.iter().find(|k| config.get(k).is_some()) {
+                return Err(ConfigError::new(format!(
+                    "`{key}` is set but `windows` is not: list the window lengths, e.g. `windows: 1m,5m,15m`"
+                )));
+            }
+            return Ok(None);
+        }
+        Some(raw) => intervals(raw).map_err(|why| ConfigError::new(format!("`windows`: {why}")))?,
+    };
+    let hop = match config.get("window_hop") {
+        None => MINUTE,
+        Some(raw) => parse_duration(raw).map_err(|why| {
+            ConfigError::new(format!("`window_hop` = {raw:?} is not a duration: {why}"))
+        })?,
+    };
+    if hop <= 0 {
+        return Err(ConfigError::new("`window_hop` must be longer than 0"));
+    }
+    for length in &lengths {
+        if length.micros % hop != 0 {
+            return Err(ConfigError::new(format!(
+                "`window_hop` {} does not divide the window length {}: windows start at multiples of the hop",
+                format_duration(hop),
+                length.label
+            )));
+        }
+        if length.micros / hop > MAX_WINDOWS_PER_TICK {
+            return Err(ConfigError::new(format!(
+                "`window_hop` {} puts each tick in {} windows of length {}; at most {MAX_WINDOWS_PER_TICK}: use a longer hop",
+                format_duration(hop),
+                length.micros / hop,
+                length.label
+            )));
+        }
+    }
+    let close_offset = non_negative(config, "window_close_offset", 5 * SECOND)?;
+    let allowed_lateness = non_negative(config, "allowed_lateness", HOUR)?;
+    Ok(Some(Windows {
+        lengths,
+        hop,
+        close_offset,
+        allowed_lateness,
+        table: name(config, "windows_table", "windows")?,
+        watermarks_table: name(config, "watermarks_table", "window_watermarks")?,
+    }))
+}
+
+/// A duration key that may be 0 but not `off`.
+fn non_negative(config: &Config, key: &str, default: i64) -> Result<i64, ConfigError> {
+    match config.get(key) {
+        None => Ok(default),
+        Some(raw) => parse_duration(raw)
+            .map_err(|why| ConfigError::new(format!("`{key}` = {raw:?} is not a duration: {why}"))),
     }
 }
 
