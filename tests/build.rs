@@ -20,6 +20,7 @@ fn main() {
         "guests/sdk",
         "guests/passthrough",
         "guests/tickers",
+        "guests/options",
         "guests/fixtures",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
