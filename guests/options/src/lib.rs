@@ -84,7 +84,7 @@
 //!     trading near intrinsic, below a European's discounted bound) or at or above its
 //!     upper bound (the underlying's price for a call, the discounted strike for a put).
 //!     The trade is real, so it is kept, with a null volatility and delta, rather than
-//!     dead-lettered; `options_iv_uncomputable` counts them.
+//!     dead-lettered; `options_iv{source="none"}` counts them.
 //!
 //!   `delta` is Black-Scholes's at the volatility used (feed or computed); null with
 //!   `none`.

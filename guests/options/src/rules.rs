@@ -1,6 +1,7 @@
 //! The data-quality rules. Each broken rule dead-letters its message with a reason naming
-//! the rule and the field: `rule contract_matches: field strike is 195, the contract
-//! says 190`. They are checked in this order; the first broken one is the reason.
+//! the rule and the field: `rule contract_matches: field strike is 195, but contract
+//! AAPL240621C00190000 says 190`. They are checked in this order; the first broken one is
+//! the reason.
 //!
 //! Before the lookups, on the message alone ([`check`]):
 //!
@@ -13,8 +14,10 @@
 //! | `option_type` | `option_type` is `CALL` or `PUT` |
 //! | `underlying_format` | `underlying` is a stock symbol (`^?[A-Z][A-Z0-9.-]{0,9}`) |
 //! | `contract_format` | `id` is an OCC symbol: a root of 1 to 6 of `[A-Z0-9.]` (OSI's space padding allowed), expiry `YYMMDD` (a real date, 20YY), `C` or `P`, strike × 1000 in 8 digits |
-//! | `contract_matches` | the symbol agrees with the fields: root = `underlying`, its date = `expiry`, its letter = `option_type`, its strike = `strike` (to 1/1000) |
-//! | `price_positive`, `strike_positive`, `ask_positive` | > 0 and finite |
+//! | `contract_matches` | the symbol agrees with the fields: root = `underlying`, its date = `expiry`, its letter = `option_type` |
+//! | `price_positive`, `strike_positive` | > 0 and finite |
+//! | `contract_matches` | the symbol's strike = `strike` (to 1/1000) |
+//! | `ask_positive` | > 0 and finite |
 //! | `bid_non_negative`, `last_size_non_negative`, `volume_non_negative`, `open_interest_non_negative` | ≥ 0 and finite (a far out-of-the-money bid may be 0) |
 //! | `bid_le_ask` | bid ≤ ask when both are given |
 //! | `implied_volatility_positive` | the feed's `implied_volatility`, when given, is > 0 and finite |
