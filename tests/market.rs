@@ -65,6 +65,7 @@ impl Market {
         let topics: Vec<String> = AssetClass::ALL
             .iter()
             .map(|c| c.topic().to_string())
+            .chain(["tickers.options".to_string()])
             .collect();
         rt().block_on(weir::source::kafka::ensure_topics(
             &broker.bootstrap,
@@ -220,6 +221,15 @@ fn ticks(
 
 /// What the unique ticks of `lines` add up to: (ticks, volume) per symbol.
 fn expected_per_symbol(lines: &[&Map<String, Json>]) -> BTreeMap<String, (i64, f64)> {
+    expected_per_symbol_with(lines, &BTreeMap::new())
+}
+
+/// [`expected_per_symbol`], with the sizes the pipeline imputed (by event id) for ticks
+/// that came without one.
+fn expected_per_symbol_with(
+    lines: &[&Map<String, Json>],
+    imputed_sizes: &BTreeMap<String, f64>,
+) -> BTreeMap<String, (i64, f64)> {
     let mut seen = HashSet::new();
     let mut out: BTreeMap<String, (i64, f64)> = BTreeMap::new();
     for t in lines {
@@ -230,7 +240,11 @@ fn expected_per_symbol(lines: &[&Map<String, Json>]) -> BTreeMap<String, (i64, f
             .entry(t["id"].as_str().unwrap().to_string())
             .or_default();
         e.0 += 1;
-        e.1 += t.get("last_size").and_then(Json::as_f64).unwrap_or(0.0);
+        e.1 += t
+            .get("last_size")
+            .and_then(Json::as_f64)
+            .or_else(|| imputed_sizes.get(t["event_id"].as_str().unwrap()).copied())
+            .unwrap_or(0.0);
     }
     out
 }
@@ -258,13 +272,13 @@ oracle AS (
            (array_agg(t.price ORDER BY t.event_time, t.kafka_offset))[1] AS open,
            max(t.price) AS high, min(t.price) AS low,
            (array_agg(t.price ORDER BY t.event_time DESC, t.kafka_offset DESC))[1] AS close,
-           sum(t.size) AS volume, count(*) AS trades,
+           round(sum(t.size)::numeric, 6) AS volume, count(*) AS trades,
            min(t.event_time) AS first_event_at, max(t.event_time) AS last_event_at
       FROM ticks t CROSS JOIN intervals i
      GROUP BY 1, 2, 3, 4),
 stored AS (
     SELECT symbol, asset_class, interval::text, bucket_start, open, high, low, close,
-           volume, trades::bigint, first_event_at, last_event_at
+           round(volume::numeric, 6), trades::bigint, first_event_at, last_event_at
       FROM candles)
 SELECT * FROM (
     SELECT 'missing or different: ' || o::text FROM (SELECT * FROM oracle EXCEPT SELECT * FROM stored) o
@@ -272,6 +286,224 @@ SELECT * FROM (
     SELECT 'stored but not in the oracle: ' || s::text FROM (SELECT * FROM stored EXCEPT SELECT * FROM oracle) s
 ) d LIMIT 20";
     query(url, sql).iter().map(|r| r.get(0)).collect()
+}
+
+/// Takes out what real feeds leave out, so that the pipeline imputes it: the quote of
+/// every seventh stock tick (forward-filled by the demo's stocks pipeline) and the trade
+/// size of every ninth crypto tick (a trailing mean of 20).
+fn with_gaps(ticks: &mut [Map<String, Json>]) {
+    for (i, t) in ticks.iter_mut().enumerate() {
+        match t["topic"].as_str() {
+            Some("tickers.stocks") if i % 7 == 0 => {
+                t.remove("bid");
+                t.remove("ask");
+            }
+            Some("tickers.crypto") if i % 9 == 0 => {
+                t.remove("last_size");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The sizes the crypto pipeline imputed, by event id.
+fn imputed_sizes(url: &str) -> BTreeMap<String, f64> {
+    query(
+        url,
+        "SELECT event_id::text, last_size FROM ticks_crypto WHERE imputed IS NOT NULL",
+    )
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// The demo's analytics against oracles in SQL over the tick tables, and against what was
+/// produced: imputed values equal a forward fill (stocks' bid and ask) and a trailing
+/// mean of 20 (crypto's last_size) over the symbol's earlier ticks in Kafka order, and
+/// only missing values are imputed; every sliding window (1, 5 and 15 minutes, a minute
+/// apart) equals a `GROUP BY` over the ticks in its range, its revisions the ticks that
+/// arrived after the symbol's watermark had passed its close; the watermarks are each
+/// symbol's latest event time; `window_movers` equals a recomputation.
+fn assert_analytics(url: &str, produced: &[&Map<String, Json>]) {
+    // Only what arrived missing is imputed, and what arrived is kept.
+    let mut missing: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    for t in produced {
+        let gaps: BTreeSet<&str> = match t["topic"].as_str() {
+            Some("tickers.stocks") => ["bid", "ask"]
+                .into_iter()
+                .filter(|f| !t.contains_key(*f))
+                .collect(),
+            Some("tickers.crypto") => ["last_size"]
+                .into_iter()
+                .filter(|f| !t.contains_key(*f))
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        // The first copy of an event id is the one the pipeline keeps (a repeat sent
+        // later may have kept what with_gaps took from the first).
+        missing
+            .entry(t["event_id"].as_str().unwrap().into())
+            .or_insert(gaps);
+    }
+    let flagged = query(
+        url,
+        "SELECT event_id::text, imputed FROM ticks_stocks WHERE imputed IS NOT NULL
+         UNION ALL SELECT event_id::text, imputed FROM ticks_crypto WHERE imputed IS NOT NULL",
+    );
+    assert!(!flagged.is_empty(), "nothing was imputed");
+    for r in &flagged {
+        let id: String = r.get(0);
+        let fields: String = r.get(1);
+        for f in fields.split(',') {
+            assert!(
+                missing[&id].contains(f),
+                "{id}: {f} imputed but it arrived with a value"
+            );
+        }
+    }
+    assert_eq!(
+        count(
+            url,
+            "SELECT count(*) FROM ticks_currency WHERE imputed IS NOT NULL"
+        ),
+        0,
+        "the currency pipeline does not impute"
+    );
+
+    let checks = [
+        // Forward fill: an imputed bid (ask) is the value of the symbol's last earlier
+        // tick that had one; a bid still null had no such tick. Groups of rows share the
+        // count of values observed so far, so the group's first row holds the value.
+        ("forward fill", "
+WITH s AS (
+    SELECT symbol, kafka_offset, bid, ask, coalesce(string_to_array(imputed, ','), '{}') AS imp
+      FROM ticks_stocks),
+o AS (
+    SELECT *, count(*) FILTER (WHERE NOT 'bid' = ANY(imp) AND bid IS NOT NULL) OVER w AS gb,
+              count(*) FILTER (WHERE NOT 'ask' = ANY(imp) AND ask IS NOT NULL) OVER w AS ga
+      FROM s WINDOW w AS (PARTITION BY symbol ORDER BY kafka_offset)),
+f AS (
+    SELECT *, first_value(bid) OVER (PARTITION BY symbol, gb ORDER BY kafka_offset) AS fb,
+              first_value(ask) OVER (PARTITION BY symbol, ga ORDER BY kafka_offset) AS fa
+      FROM o)
+SELECT format('%s offset %s: bid %s ask %s imputed %s, forward fill gives %s %s',
+              symbol, kafka_offset, bid, ask, imp, fb, fa)
+  FROM f
+ WHERE ('bid' = ANY(imp) AND (gb = 0 OR bid IS DISTINCT FROM fb))
+    OR ('ask' = ANY(imp) AND (ga = 0 OR ask IS DISTINCT FROM fa))
+    OR (NOT 'bid' = ANY(imp) AND bid IS NULL AND gb > 0)
+    OR (NOT 'ask' = ANY(imp) AND ask IS NULL AND ga > 0)
+ LIMIT 10"),
+        // Trailing mean: an imputed size is the mean of the symbol's last 20 sizes that
+        // arrived before it.
+        ("trailing mean", "
+WITH s AS (
+    SELECT symbol, kafka_offset, last_size,
+           coalesce(string_to_array(imputed, ','), '{}') AS imp FROM ticks_crypto),
+c AS (
+    SELECT *, count(*) FILTER (WHERE NOT 'last_size' = ANY(imp) AND last_size IS NOT NULL)
+                  OVER (PARTITION BY symbol ORDER BY kafka_offset) AS n
+      FROM s),
+obs AS (SELECT symbol, n, last_size FROM c WHERE NOT 'last_size' = ANY(imp) AND last_size IS NOT NULL),
+m AS (
+    SELECT c.symbol, c.kafka_offset, c.last_size, c.n,
+           (SELECT avg(o.last_size) FROM obs o
+             WHERE o.symbol = c.symbol AND o.n > c.n - 20 AND o.n <= c.n) AS mean
+      FROM c WHERE 'last_size' = ANY(imp))
+SELECT format('%s offset %s: last_size %s, the trailing mean is %s', symbol, kafka_offset, last_size, mean)
+  FROM m
+ WHERE n = 0 OR abs(last_size - mean) > 1e-9 * greatest(1, abs(mean))
+ LIMIT 10"),
+        // Sliding windows: for every tick, its 1, 5 and 15-minute windows a minute apart;
+        // each window what its ticks add up to, and its revisions the ticks that came
+        // when the symbol's watermark (the latest event time before them, in Kafka order)
+        // had reached the window's end plus the 5 s offset.
+        ("windows", "
+WITH ticks AS (
+    SELECT 'stocks'::text AS asset_class, symbol, event_time, price,
+           coalesce(last_size, 0) AS size, kafka_offset FROM ticks_stocks
+    UNION ALL
+    SELECT 'crypto', symbol, event_time, price, coalesce(last_size, 0), kafka_offset FROM ticks_crypto
+    UNION ALL
+    SELECT 'currency', symbol, event_time, price, coalesce(last_size, 0), kafka_offset FROM ticks_currency),
+marked AS (
+    SELECT *, max(event_time) OVER (PARTITION BY symbol ORDER BY kafka_offset
+                                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS watermark
+      FROM ticks),
+lengths(label, width) AS (
+    VALUES ('1m', interval '1 minute'), ('5m', interval '5 minutes'), ('15m', interval '15 minutes')),
+placed AS (
+    SELECT t.*, l.label, l.width, s AS window_start
+      FROM marked t CROSS JOIN lengths l
+     CROSS JOIN LATERAL generate_series(
+           date_bin('1 minute', t.event_time, timestamptz '1970-01-01 00:00:00+00') - l.width + interval '1 minute',
+           date_bin('1 minute', t.event_time, timestamptz '1970-01-01 00:00:00+00'),
+           interval '1 minute') s),
+oracle AS (
+    SELECT symbol, asset_class, label AS resolution, window_start, window_start + width AS window_end,
+           (array_agg(price ORDER BY event_time, kafka_offset))[1] AS first,
+           (array_agg(price ORDER BY event_time DESC, kafka_offset DESC))[1] AS last,
+           max(price) AS high, min(price) AS low, sum(size) AS volume, sum(price * size) AS notional,
+           count(*) AS trades, min(event_time) AS first_event_at, max(event_time) AS last_event_at,
+           count(*) FILTER (WHERE watermark >= window_start + width + interval '5 seconds') AS revisions
+      FROM placed GROUP BY symbol, asset_class, label, window_start, width)
+SELECT format('%s %s %s: stored %s, the oracle %s', coalesce(o.symbol, w.symbol),
+              coalesce(o.resolution, w.resolution), coalesce(o.window_start, w.window_start),
+              w::text, o::text)
+  FROM oracle o FULL JOIN windows w USING (symbol, resolution, window_start)
+ WHERE o.symbol IS NULL OR w.symbol IS NULL
+    OR (w.asset_class, w.window_end, w.closes_at, w.first, w.last, w.high, w.low, w.trades,
+        w.first_event_at, w.last_event_at, w.revisions)
+       IS DISTINCT FROM
+       (o.asset_class, o.window_end, o.window_end + interval '5 seconds', o.first, o.last, o.high,
+        o.low, o.trades, o.first_event_at, o.last_event_at, o.revisions)
+    OR abs(w.volume - o.volume) > 1e-9 * greatest(1, o.volume)
+    OR abs(w.notional - o.notional) > 1e-9 * greatest(1, o.notional)
+    OR w.vwap IS DISTINCT FROM (CASE WHEN w.volume = 0 THEN NULL ELSE w.notional / w.volume END)
+ LIMIT 10"),
+        ("watermarks", "
+WITH latest AS (
+    SELECT symbol, max(event_time) AS at FROM (
+        SELECT symbol, event_time FROM ticks_stocks UNION ALL
+        SELECT symbol, event_time FROM ticks_crypto UNION ALL
+        SELECT symbol, event_time FROM ticks_currency) t GROUP BY symbol)
+SELECT format('%s: watermark %s, latest event time %s', coalesce(l.symbol, w.symbol), w.watermark, l.at)
+  FROM latest l FULL JOIN window_watermarks w USING (symbol)
+ WHERE w.watermark IS DISTINCT FROM l.at
+ LIMIT 10"),
+        // window_movers: each symbol's latest closed window per resolution, recomputed
+        // from the windows' first and last prices and the watermarks, ranked.
+        ("window_movers", "
+WITH closed AS (
+    SELECT w.resolution, w.symbol, w.window_start, w.first, w.last
+      FROM windows w JOIN window_watermarks m USING (symbol)
+     WHERE w.window_end + interval '5 seconds' <= m.watermark),
+latest AS (
+    SELECT c.* FROM closed c
+     WHERE c.window_start = (SELECT max(window_start) FROM closed d
+                              WHERE d.symbol = c.symbol AND d.resolution = c.resolution)),
+ranked AS (
+    SELECT resolution, symbol, window_start, (last - first) / first * 100 AS pct_gain,
+           rank() OVER (PARTITION BY resolution ORDER BY (last - first) / first DESC, symbol) AS gain_rank,
+           rank() OVER (PARTITION BY resolution ORDER BY (last - first) / first, symbol) AS loss_rank
+      FROM latest)
+SELECT format('%s %s: view %s, recomputed %s', coalesce(r.resolution, v.resolution),
+              coalesce(r.symbol, v.symbol), v::text, r::text)
+  FROM ranked r FULL JOIN window_movers v USING (resolution, symbol)
+ WHERE (v.window_start, v.gain_rank, v.loss_rank) IS DISTINCT FROM (r.window_start, r.gain_rank, r.loss_rank)
+    OR abs(v.pct_gain - r.pct_gain) > 1e-9
+ LIMIT 10"),
+    ];
+    for (what, sql) in checks {
+        let diff: Vec<String> = query(url, sql).iter().map(|r| r.get(0)).collect();
+        assert!(
+            diff.is_empty(),
+            "{what} differs from its oracle:\n{}",
+            diff.join("\n")
+        );
+    }
+    let movers = count(url, "SELECT count(DISTINCT resolution) FROM window_movers");
+    assert_eq!(movers, 3, "window_movers ranks every resolution");
 }
 
 /// Trades and volume per symbol and interval, from `candles`.
@@ -311,6 +543,9 @@ fn assert_candles(m: &Market, produced: &[&Map<String, Json>]) {
         "candles differ from the oracle:\n{}",
         diff.join("\n")
     );
+    assert_analytics(&url, produced);
+    let imputed_sizes = imputed_sizes(&url);
+    let expected = expected_per_symbol_with(produced, &imputed_sizes);
     let totals = candle_totals(&url);
     for interval in ["1m", "5m", "15m"] {
         for (symbol, (trades, volume)) in &expected {
@@ -318,7 +553,12 @@ fn assert_candles(m: &Market, produced: &[&Map<String, Json>]) {
                 .get(&(symbol.clone(), interval.to_string()))
                 .unwrap_or_else(|| panic!("no {interval} candles of {symbol}"));
             assert_eq!(got.0, *trades, "{symbol} {interval} trades");
-            assert_eq!(got.1, *volume, "{symbol} {interval} volume");
+            // Imputed sizes are fractions, summed in another order by the candles.
+            assert!(
+                (got.1 - volume).abs() <= 1e-9 * volume.abs().max(1.0),
+                "{symbol} {interval} volume: {} against {volume}",
+                got.1
+            );
         }
     }
     // Every row carries the version of the guest that wrote it.
@@ -364,7 +604,8 @@ fn candles_equal_a_group_by_of_the_ticks_through_lateness_duplicates_and_sigkill
     // Phase 1: ten minutes of ticks (a fifth of them up to four minutes late, one in
     // twenty sent twice), replayed as fast as they go, one uninterrupted run.
     let start = ms("2026-11-20T14:52:00Z");
-    let first = ticks(1, start, 6_000, 100, 0.2, 240_000, 0.05);
+    let mut first = ticks(1, start, 6_000, 100, 0.2, 240_000, 0.05);
+    with_gaps(&mut first);
     let mut run = m.spawn();
     wait_ok(m.replay("phase1.jsonl", &first, "max"), "replay phase 1");
     m.wait_committed(first.len() as i64, &mut run);
@@ -375,7 +616,8 @@ fn candles_equal_a_group_by_of_the_ticks_through_lateness_duplicates_and_sigkill
     // Phase 2: twenty minutes more that start inside phase 1's (three in ten up to fifteen
     // minutes late, into candles already written), with every twentieth phase-1 tick sent
     // again; `weir run` is SIGKILLed twice while they stream in.
-    let second_fresh = ticks(2, start + 300_000, 12_000, 100, 0.3, 900_000, 0.05);
+    let mut second_fresh = ticks(2, start + 300_000, 12_000, 100, 0.3, 900_000, 0.05);
+    with_gaps(&mut second_fresh);
     let mut second = Vec::with_capacity(second_fresh.len() + first.len() / 20);
     for (i, t) in second_fresh.iter().enumerate() {
         second.push(t.clone());
@@ -625,6 +867,17 @@ fn rules_dead_letter_with_their_reason_and_the_views_answer_on_demo_data() {
                 t.insert("event_time".into(), json!(now - 2 * 3_600_000));
             }),
         ),
+        (
+            // Ingested in time, but 90 minutes behind JPM's latest tick: too late for
+            // its windows (allowed_lateness 1h).
+            "window_lateness",
+            "event_time",
+            &stocks,
+            with(&|t| {
+                t.insert("event_time".into(), json!(now - 90 * 60_000));
+                t.insert("ingestion_time".into(), json!(now - 90 * 60_000 + 5));
+            }),
+        ),
     ];
     let dup = good(195.75);
     let goods = [good(195.25), dup.clone(), good(195.4)];
@@ -730,8 +983,16 @@ fn check_dashboard(prometheus: &Prometheus) {
     );
     // Declared at 0: no guest was swapped, yet the series exist for each guest.
     let swaps = prometheus.query("weir_guest_swaps_total");
-    assert_eq!(swaps.len(), 1, "one guest (tickers): {swaps:?}");
-    assert_eq!(swaps[0]["value"][1], "0", "{swaps:?}");
+    let guests: BTreeSet<&str> = swaps
+        .iter()
+        .map(|s| s["metric"]["guest"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        guests,
+        BTreeSet::from(["options", "tickers"]),
+        "one series per guest: {swaps:?}"
+    );
+    assert!(swaps.iter().all(|s| s["value"][1] == "0"), "{swaps:?}");
 }
 
 /// A `top_movers` row: first price, last price, change percent, rank, ticks.
