@@ -8,7 +8,8 @@
 //! next sync, a bad value is refused by the chart's schema, the releases reach each
 //! other by the names the charts create, their NetworkPolicies (when enabled) allow those
 //! connections and no others, and TLS and credentials (Kafka, the registry's users and
-//! clients) come from Secrets.
+//! clients) come from Secrets, and Grafana's PostgreSQL data source (the weir markets
+//! dashboard) logs in to storage's Postgres with the password of storage's Secret.
 //!
 //! The tools come from `make tools` (tests/deploy/tools.sh) in `.tools/bin`.
 
@@ -1407,7 +1408,7 @@ fn np_allows(all: &[Value], from: &Value, to: &Value, port: u64) -> bool {
 
 /// The connections the releases make (as the_releases_reach_each_other_by_the_names_the_charts_create
 /// finds them), as (client workload, server workload, the server pod's port).
-const CONNECTIONS: [(&str, &str, u64); 15] = [
+const CONNECTIONS: [(&str, &str, u64); 16] = [
     (
         "Deployment processing-weir",
         "StatefulSet streaming-kafka",
@@ -1474,6 +1475,11 @@ const CONNECTIONS: [(&str, &str, u64); 15] = [
         "Deployment monitoring-grafana",
         "Deployment monitoring-prometheus",
         9090,
+    ),
+    (
+        "Deployment monitoring-grafana",
+        "StatefulSet storage-postgres",
+        5432,
     ),
 ];
 
@@ -1915,4 +1921,167 @@ fn a_live_feed_source_is_one_scraped_probed_pod_whose_command_weir_accepts() {
         ],
     );
     assert!(!success && stderr.contains("feed.symbols"), "{stderr}");
+}
+
+/// The data sources of the monitoring release's Grafana (its provisioning file).
+fn grafana_datasources(all: &[Value]) -> Vec<Value> {
+    let cm = find(all, "ConfigMap", "monitoring-grafana");
+    let text = str_at(cm, &["data", "datasources.yaml"]).expect("datasources.yaml");
+    let file: Value = serde_yaml::from_str(text).expect("datasources.yaml parses");
+    file["datasources"].as_sequence().unwrap().clone()
+}
+
+#[test]
+fn grafana_reads_the_markets_from_storages_postgres_with_the_password_of_its_secret() {
+    for env in ENVIRONMENTS {
+        let all = docs(helmfile_template(env, "1.x"));
+        let what = |s: &str| format!("{env}: {s}");
+
+        // The PostgreSQL data source: storage's Service, database and user, the password
+        // an env var Grafana expands, from storage's Secret.
+        let sources = grafana_datasources(&all);
+        let pg = sources
+            .iter()
+            .find(|d| str_at(d, &["uid"]) == Some("weir-postgres"))
+            .unwrap_or_else(|| panic!("{env}: no data source weir-postgres: {sources:?}"));
+        assert_eq!(str_at(pg, &["type"]), Some("grafana-postgresql-datasource"));
+        let (host, port) = host_port(str_at(pg, &["url"]).unwrap());
+        assert_service(&all, &what("grafana postgres datasource"), &host, port);
+        assert_eq!(host, "storage-postgres");
+        assert_eq!(str_at(pg, &["user"]), Some("weir"));
+        assert_eq!(str_at(pg, &["jsonData", "database"]), Some("weir"));
+        assert_eq!(str_at(pg, &["jsonData", "sslmode"]), Some("disable"));
+        assert_eq!(
+            str_at(pg, &["secureJsonData", "password"]),
+            Some("${WEIR_POSTGRES_PASSWORD}"),
+            "{env}: the password is not the env var"
+        );
+        let grafana = workload_containers(&all, "Deployment", "monitoring-grafana");
+        assert_env_from_secret(
+            grafana[0],
+            "WEIR_POSTGRES_PASSWORD",
+            "storage-postgres",
+            "password",
+        );
+        let secret = find(&all, "Secret", "storage-postgres");
+        let password = base64::engine::general_purpose::STANDARD
+            .decode(str_at(secret, &["data", "password"]).expect("storage's password"))
+            .unwrap();
+        let password = String::from_utf8(password).unwrap();
+        for doc in all.iter().filter(|d| kind(d) != "Secret") {
+            assert!(
+                !serde_yaml::to_string(doc).unwrap().contains(&password),
+                "{env}: the Postgres password is in {} {}",
+                kind(doc),
+                name(doc)
+            );
+        }
+
+        // Both dashboards are in the ConfigMap as the files are, mounted where the
+        // provider reads, and every panel's data source is a provisioned one.
+        let cm = find(&all, "ConfigMap", "monitoring-grafana");
+        let provider: Value =
+            serde_yaml::from_str(str_at(cm, &["data", "dashboards.yaml"]).unwrap()).unwrap();
+        let path = str_at(&provider["providers"][0], &["options", "path"]).unwrap();
+        let spec = pod_spec(find(&all, "Deployment", "monitoring-grafana")).unwrap();
+        let mount = grafana[0]["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| str_at(m, &["mountPath"]) == Some(path))
+            .unwrap_or_else(|| panic!("{env}: nothing mounted at the provider's {path}"));
+        let volume = spec["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        let items: Vec<&str> = volume["configMap"]["items"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|i| str_at(i, &["path"]).unwrap())
+            .collect();
+        let uids: Vec<&str> = sources.iter().filter_map(|d| str_at(d, &["uid"])).collect();
+        for file in ["weir-dashboard.json", "weir-markets.json"] {
+            assert!(
+                items.contains(&file),
+                "{env}: {file} is not mounted: {items:?}"
+            );
+            let shipped: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(repo_root().join("charts/monitoring/files").join(file))
+                    .unwrap(),
+            )
+            .unwrap();
+            let rendered: serde_json::Value =
+                serde_json::from_str(str_at(cm, &["data", file]).unwrap()).unwrap();
+            assert_eq!(rendered, shipped, "{env}: {file} differs from the file");
+            for panel in rendered["panels"].as_array().unwrap() {
+                if let Some(uid) = panel["datasource"]["uid"].as_str() {
+                    assert!(
+                        uids.contains(&uid),
+                        "{env}: {file} panel {} uses data source {uid}, not provisioned",
+                        panel["title"]
+                    );
+                }
+            }
+        }
+    }
+
+    // Off: no data source, no password, no markets dashboard.
+    let all = docs(&template(
+        "monitoring",
+        "monitoring",
+        &["--set", "grafana.postgres.enabled=false"],
+    ));
+    assert!(
+        grafana_datasources(&all)
+            .iter()
+            .all(|d| str_at(d, &["uid"]) != Some("weir-postgres"))
+    );
+    let grafana = workload_containers(&all, "Deployment", "monitoring-grafana");
+    assert!(env_of(grafana[0], "WEIR_POSTGRES_PASSWORD").is_none());
+    let cm = find(&all, "ConfigMap", "monitoring-grafana");
+    assert!(str_at(cm, &["data", "weir-markets.json"]).is_none());
+
+    // Another database and Secret (a read-only role, storage's existingSecret).
+    let all = template_checked(
+        "monitoring",
+        &[
+            "grafana.postgres.host=pg.example.com:6432",
+            "grafana.postgres.user=grafana_ro",
+            "grafana.postgres.passwordSecret.name=grafana-ro",
+            "grafana.postgres.passwordSecret.key=pw",
+            "grafana.postgres.sslmode=verify-full",
+            "networkPolicy.enabled=true",
+        ],
+    );
+    let pg = grafana_datasources(&all)
+        .into_iter()
+        .find(|d| str_at(d, &["uid"]) == Some("weir-postgres"))
+        .unwrap();
+    assert_eq!(str_at(&pg, &["url"]), Some("pg.example.com:6432"));
+    assert_eq!(str_at(&pg, &["user"]), Some("grafana_ro"));
+    assert_eq!(str_at(&pg, &["jsonData", "sslmode"]), Some("verify-full"));
+    let grafana = workload_containers(&all, "Deployment", "monitoring-grafana");
+    assert_env_from_secret(grafana[0], "WEIR_POSTGRES_PASSWORD", "grafana-ro", "pw");
+    // An explicit address is outside the releases: no rule to storage's pods for it.
+    let egress =
+        serde_yaml::to_string(&find(&all, "NetworkPolicy", "monitoring-grafana")["spec"]["egress"])
+            .unwrap();
+    assert!(!egress.contains("5432"), "{egress}");
+    // A wrong sslmode is refused by the schema.
+    let (success, _, stderr) = run(
+        &tool("helm"),
+        &[
+            "template",
+            "monitoring",
+            "charts/monitoring",
+            "--set",
+            "grafana.adminPassword=x",
+            "--set",
+            "grafana.postgres.sslmode=prefer",
+        ],
+    );
+    assert!(!success && stderr.contains("sslmode"), "{stderr}");
 }

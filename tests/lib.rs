@@ -5,6 +5,7 @@
 //! The guests under `guests/` are built for wasm32-wasip2 by this crate's build script;
 //! [`guest_path`] finds them.
 
+pub mod grafana;
 pub mod native;
 pub mod prometheus;
 

@@ -187,3 +187,18 @@ egress:
 {{- range . }}{{ $ports = append $ports (dict "protocol" "TCP" "port" (int .)) }}{{ end -}}
 {{- toYaml $ports -}}
 {{- end -}}
+
+{{/*
+host:port of Grafana's PostgreSQL data source: grafana.postgres.host, or
+`<storage.release>-postgres:5432`.
+*/}}
+{{- define "monitoring.grafana.postgresHost" -}}
+{{- default (printf "%s-postgres:5432" .Values.storage.release) .Values.grafana.postgres.host -}}
+{{- end -}}
+
+{{/*
+Name of the Secret holding the password of Grafana's PostgreSQL data source.
+*/}}
+{{- define "monitoring.grafana.postgresSecret" -}}
+{{- default (printf "%s-postgres" .Values.storage.release) .Values.grafana.postgres.passwordSecret.name -}}
+{{- end -}}
