@@ -8,20 +8,22 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use crate::ingest::replay::{Format, Reader};
-use crate::ingest::simulate::{AssetClass, SimConfig, Simulator, Symbol};
+use crate::ingest::simulate::{AssetClass, OptionsConfig, SimConfig, Simulator, Symbol};
 use crate::ingest::{Pacer, Producer, now_ms};
 use crate::source::kafka::ensure_topics;
 
 /// `weir ingest` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum IngestCommand {
-    /// Produce simulated ticks for stocks, crypto and currency pairs.
+    /// Produce simulated ticks for stocks, crypto and currency pairs (and, with --options,
+    /// option trades on the stocks).
     Simulate(SimulateArgs),
     /// Produce the ticks in a JSON lines or CSV file.
     Replay(ReplayArgs),
     /// Produce the Coinbase Exchange feed's tickers to tickers.crypto.
     Coinbase(CoinbaseArgs),
-    /// Produce Yahoo Finance's streaming quotes to tickers.stocks, .crypto and .currency.
+    /// Produce Yahoo Finance's streaming quotes to tickers.stocks, .crypto, .currency and
+    /// .options.
     Yahoo(YahooArgs),
 }
 
@@ -79,8 +81,8 @@ pub struct SimulateArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Give events simulated times from this instant on (RFC 3339), advancing by one
-    /// interval of the rate per message, instead of the wall clock: with --seed, the same
-    /// ticks every run.
+    /// interval of the rate per tick (option trades fall between ticks), instead of the
+    /// wall clock: with --seed, the same ticks every run.
     #[arg(long)]
     start_time: Option<String>,
     /// Share of ticks that arrive late (event time set back by up to --late-by).
@@ -92,6 +94,21 @@ pub struct SimulateArgs {
     /// Share of ticks sent twice with the same event id (a redelivering feed).
     #[arg(long, default_value_t = 0.0)]
     duplicate_fraction: f64,
+    /// Also produce option trades on the stocks (not indices) to tickers.options, keyed by
+    /// the underlying: contracts of the next four weekly and three monthly expiries,
+    /// strikes within 20 % of the spot, priced with Black-Scholes at the underlying's
+    /// latest simulated price. They draw from a random stream of their own: the ticks of a
+    /// seed are the same with or without them. --late-fraction and --duplicate-fraction
+    /// apply to them too.
+    #[arg(long)]
+    options: bool,
+    /// Share of messages that are option trades (with --options).
+    #[arg(long, default_value_t = 0.2, requires = "options")]
+    option_share: f64,
+    /// Risk-free rate option trades are priced with (continuously compounded, annualised;
+    /// the default is that of the `rates` table).
+    #[arg(long, default_value_t = crate::ingest::options::DEFAULT_RISK_FREE_RATE, requires = "options")]
+    risk_free_rate: f64,
 }
 
 /// Arguments of `weir ingest replay`.
@@ -375,12 +392,36 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
+    if args.options {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&args.option_share),
+            "--option-share must be between 0 and 1, not {}",
+            args.option_share
+        );
+        anyhow::ensure!(
+            args.risk_free_rate.is_finite() && args.risk_free_rate.abs() < 1.0,
+            "--risk-free-rate is a fraction a year (0.045 is 4.5 %), not {}",
+            args.risk_free_rate
+        );
+        anyhow::ensure!(
+            Simulator::has_optionable(&all),
+            "--options needs stocks to list options on (indices have none): see --stocks"
+        );
+    }
     let mut topics: Vec<String> = all.iter().map(|s| s.class.topic().to_string()).collect();
+    if args.options {
+        topics.push(crate::ingest::options::TOPIC.to_string());
+    }
     topics.sort();
     topics.dedup();
     let mut producer = prepare(&args.target, &topics).await?;
     let seed = args.seed.unwrap_or_else(|| now_ms() as u64);
-    tracing::info!(seed, symbols = all.len(), "Simulating ticks");
+    tracing::info!(
+        seed,
+        symbols = all.len(),
+        options = args.options,
+        "Simulating ticks"
+    );
     let mut sim = Simulator::new(SimConfig {
         symbols: all,
         seed,
@@ -389,10 +430,19 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         duplicate_fraction: args.duplicate_fraction,
         source: "simulator".into(),
     });
+    if args.options {
+        sim = sim.with_options(OptionsConfig {
+            share: args.option_share,
+            rate: args.risk_free_rate,
+        });
+    }
     let mut pacer = Pacer::new(args.target.rate.0);
     let step_ms = pacer.interval().as_secs_f64() * 1000.0;
     let deadline = args.duration.map(|d| std::time::Instant::now() + d);
     let mut sent = 0u64;
+    // The simulated clock advances one interval per tick: option trades fall between ticks,
+    // so the ticks of a seed keep their times with or without --options.
+    let mut ticks = 0u64;
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
@@ -406,13 +456,18 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             _ = pacer.tick() => {}
         }
         let now = now_ms();
-        let event_ms = start_ms.map_or(now, |s| s + (sent as f64 * step_ms) as i64);
-        let (class, tick) = sim.next_tick(event_ms, now);
-        let key = tick["id"].as_str().unwrap_or_default().to_string();
-        if let Err(e) = producer.send(class.topic(), &key, &tick).await? {
+        let event_ms = start_ms.map_or(now, |s| s + (ticks as f64 * step_ms) as i64);
+        let message = sim.next_message(event_ms, now);
+        if message.topic != crate::ingest::options::TOPIC {
+            ticks += 1;
+        }
+        if let Err(e) = producer
+            .send(message.topic, &message.key, &message.record)
+            .await?
+        {
             anyhow::bail!(
-                "simulated tick does not fit the registered schema of {}: {e}",
-                class.topic()
+                "simulated message does not fit the registered schema of {}: {e}",
+                message.topic
             );
         }
         sent += 1;
@@ -466,8 +521,14 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         fields
             .entry("source")
             .or_insert_with(|| serde_json::json!(source));
+        // Keys as the simulator's: the symbol, or an option's underlying.
+        let key_field = if topic == crate::ingest::options::TOPIC {
+            "underlying"
+        } else {
+            "id"
+        };
         let key = fields
-            .get("id")
+            .get(key_field)
             .and_then(|v| v.as_str())
             .unwrap_or_default()
             .to_string();

@@ -2,7 +2,8 @@
 //!
 //! Each schema field takes the input value of the same name, converted by the field's
 //! type: numbers from JSON numbers or numeric text, timestamps from epoch milliseconds or
-//! RFC 3339 text, enums and uuids from text; an absent, `null` or empty-text value is
+//! RFC 3339 text, dates from days since the epoch or `YYYY-MM-DD`, enums and uuids from
+//! text; an absent, `null` or empty-text value is
 //! `null` where the schema allows it, else the field's default, else an error naming the
 //! field.
 
@@ -187,6 +188,12 @@ pub(crate) fn convert(schema: &Schema, v: &Json) -> Result<Avro, String> {
                 .ok_or_else(|| format!("{s:?} is not one of {}", e.symbols.join(", ")))?;
             Avro::Enum(index as u32, s.to_string())
         }
+        Schema::Date => Avro::Date(
+            integer(v)
+                .or_else(|| super::options::parse_date(v.as_str()?))
+                .and_then(|d| i32::try_from(d).ok())
+                .ok_or_else(|| want("days since the epoch or a YYYY-MM-DD date"))?,
+        ),
         Schema::TimestampMillis => Avro::TimestampMillis(
             millis(v).ok_or_else(|| want("epoch milliseconds or an RFC 3339 time"))?,
         ),

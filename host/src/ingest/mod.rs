@@ -6,6 +6,7 @@
 pub mod coinbase;
 pub mod encode;
 pub mod feed;
+pub mod options;
 pub mod replay;
 pub mod simulate;
 pub mod yahoo;

@@ -1,16 +1,29 @@
-//! A market simulator: ticks for stocks, crypto and currency pairs.
+//! A market simulator: ticks for stocks, crypto and currency pairs, and (with
+//! [`Simulator::with_options`]) trades of options on the stocks.
 //!
 //! Each symbol follows a geometric random walk with its own drift and volatility; quotes
 //! carry a bid/ask spread around the price and a growing day volume. Everything random
 //! comes from one seeded generator, so a seed (with `--start-time`) gives the same ticks
 //! every run.
+//!
+//! Option trades come from a second stream of the same seed, so the ticks are the same
+//! with options or without. Each trade is of a contract listed on the day of its event
+//! time (the next four Fridays and three monthlies, strikes within 20 % of the spot on
+//! the usual grid), priced with Black-Scholes at the underlying's latest simulated price at
+//! or before the trade (the price of the last tick produced with the greatest event time
+//! not after it), the underlying's volatility with a skew by moneyness, and the risk-free
+//! rate. A trade is always after a tick of its underlying, so a consumer pairing each
+//! option with the latest underlying tick at or before it finds the one it was priced at
+//! (a late tick produced after the trade aside).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, LogNormal, StandardNormal};
 use serde_json::{Map, Value as Json, json};
+
+use super::options::{self, Contract, Right};
 
 /// An asset class, with its topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -147,10 +160,62 @@ pub struct SimConfig {
     pub source: String,
 }
 
+/// Knobs of the option trades ([`Simulator::with_options`]).
+#[derive(Debug, Clone)]
+pub struct OptionsConfig {
+    /// Share of messages that are option trades, 0..=1.
+    pub share: f64,
+    /// Risk-free rate the trades are priced with (continuously compounded, annualised).
+    pub rate: f64,
+}
+
+impl Default for OptionsConfig {
+    fn default() -> Self {
+        Self {
+            share: 0.2,
+            rate: options::DEFAULT_RISK_FREE_RATE,
+        }
+    }
+}
+
+/// One message to produce: its topic, key and record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The topic.
+    pub topic: &'static str,
+    /// The key: the symbol of a tick, the underlying of an option trade (so one
+    /// underlying's trades stay in order on one partition).
+    pub key: String,
+    /// The record, by the topic's schema's field names.
+    pub record: Map<String, Json>,
+}
+
 struct State {
     price: f64,
     last_ms: Option<i64>,
     volume: i64,
+}
+
+/// The option side of the simulation: its own random stream, the recent ticks of each
+/// underlying, and each traded contract's volume and open interest.
+struct Options {
+    config: OptionsConfig,
+    rng: ChaCha8Rng,
+    /// Indices (into the symbols) of the underlyings options are listed on.
+    underlyings: Vec<usize>,
+    /// Per symbol index: its recent ticks as (event ms, price), by event time and, for
+    /// equal times, in the order produced.
+    history: HashMap<usize, VecDeque<(i64, f64)>>,
+    contracts: HashMap<String, ContractState>,
+    sizes: LogNormal<f64>,
+    open_interest: LogNormal<f64>,
+    recent: Vec<Map<String, Json>>,
+}
+
+struct ContractState {
+    day: i64,
+    volume: i64,
+    open_interest: i64,
 }
 
 /// The next ticks of the simulated market.
@@ -160,6 +225,7 @@ pub struct Simulator {
     states: Vec<State>,
     volume: HashMap<AssetClass, LogNormal<f64>>,
     recent: Vec<(AssetClass, Map<String, Json>)>,
+    options: Option<Options>,
 }
 
 /// Milliseconds in a (365.25-day) year, for annualised rates.
@@ -194,6 +260,207 @@ impl Simulator {
             states,
             volume,
             recent: Vec::new(),
+            options: None,
+        }
+    }
+
+    /// Adds option trades on the stocks (not indices) to [`next_message`](Self::next_message).
+    /// Their randomness is a stream of its own: the ticks stay those of the same seed
+    /// without options.
+    pub fn with_options(mut self, config: OptionsConfig) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed);
+        rng.set_stream(1);
+        let underlyings = self
+            .config
+            .symbols
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| optionable(s))
+            .map(|(i, _)| i)
+            .collect();
+        self.options = Some(Options {
+            config,
+            rng,
+            underlyings,
+            history: HashMap::new(),
+            contracts: HashMap::new(),
+            sizes: LogNormal::new(1.0, 1.0).expect("valid lognormal"),
+            open_interest: LogNormal::new(6.0, 1.2).expect("valid lognormal"),
+            recent: Vec::new(),
+        });
+        self
+    }
+
+    /// Whether any simulated symbol has options listed on it.
+    pub fn has_optionable(symbols: &[Symbol]) -> bool {
+        symbols.iter().any(optionable)
+    }
+
+    /// The next message: with options on, an option trade with probability
+    /// [`OptionsConfig::share`] (once an underlying has ticked before `clock_ms`), else a
+    /// tick as [`next_tick`](Self::next_tick) makes it. An option trade's event time is
+    /// `clock_ms - 1` (set back when late), so a tick made later at `clock_ms` or after
+    /// (not late) falls after it; pass the clock the next tick would get.
+    pub fn next_message(&mut self, clock_ms: i64, ingestion_ms: i64) -> Message {
+        let option = match &mut self.options {
+            Some(o) => o.rng.random_bool(o.config.share.clamp(0.0, 1.0)),
+            None => false,
+        };
+        if option && let Some(record) = self.option_trade(clock_ms, ingestion_ms) {
+            return Message {
+                topic: options::TOPIC,
+                key: record["underlying"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                record,
+            };
+        }
+        let (class, record) = self.next_tick(clock_ms, ingestion_ms);
+        Message {
+            topic: class.topic(),
+            key: record["id"].as_str().unwrap_or_default().to_string(),
+            record,
+        }
+    }
+
+    /// A trade of an option on an underlying that ticked at or before `clock_ms - 1`;
+    /// `None` when none has.
+    fn option_trade(&mut self, clock_ms: i64, ingestion_ms: i64) -> Option<Map<String, Json>> {
+        let config = &self.config;
+        let o = self.options.as_mut()?;
+        if !o.recent.is_empty() && o.rng.random_bool(config.duplicate_fraction.clamp(0.0, 1.0)) {
+            let i = o.rng.random_range(0..o.recent.len());
+            return Some(o.recent[i].clone());
+        }
+        let on_time = clock_ms - 1;
+        let eligible: Vec<usize> = o
+            .underlyings
+            .iter()
+            .copied()
+            .filter(|i| {
+                o.history
+                    .get(i)
+                    .and_then(|h| h.front())
+                    .is_some_and(|(t, _)| *t <= on_time)
+            })
+            .collect();
+        if eligible.is_empty() {
+            return None;
+        }
+        let i = eligible[o.rng.random_range(0..eligible.len())];
+        let late = config.late_fraction > 0.0
+            && config.late_by_ms > 0
+            && o.rng.random_bool(config.late_fraction.clamp(0.0, 1.0));
+        let history = &o.history[&i];
+        let mut event_ms = on_time;
+        if late {
+            event_ms -= o.rng.random_range(1..=config.late_by_ms);
+        }
+        // Never before the underlying's first tick (that is kept).
+        event_ms = event_ms.max(history.front().map_or(event_ms, |(t, _)| *t));
+        let spot = price_at(history, event_ms)?;
+        let symbol = &config.symbols[i];
+
+        let today = event_ms.div_euclid(options::DAY_MS);
+        let expiries = options::expiries_after(today);
+        // Near expiries trade most.
+        let u: f64 = o.rng.random();
+        let expiry = expiries[((u * u * expiries.len() as f64) as usize).min(expiries.len() - 1)];
+        let z: f64 = StandardNormal.sample(&mut o.rng);
+        let strike = pick_strike(spot, z);
+        let right = if o.rng.random_bool(0.5) {
+            Right::Call
+        } else {
+            Right::Put
+        };
+        let contract = Contract {
+            root: options::root(&symbol.name),
+            expiry,
+            right,
+            strike,
+        };
+        let sigma = smile(volatility(&symbol.name), spot, strike);
+        let t = options::years_to_expiry(expiry, event_ms);
+        let model = options::black_scholes(right, spot, strike, t, o.config.rate, sigma);
+        let price = cents(model).max(0.01);
+        let half_spread = (price * 0.02 * (0.5 + o.rng.random::<f64>())).max(0.01);
+        let (bid, ask) = (
+            cents((price - half_spread).max(0.0)),
+            cents(price + half_spread),
+        );
+        let size = (o.sizes.sample(&mut o.rng).ceil() as i64).max(1);
+        let id = contract.symbol();
+        if !o.contracts.contains_key(&id) {
+            let open_interest = o.open_interest.sample(&mut o.rng).round() as i64;
+            o.contracts.insert(
+                id.clone(),
+                ContractState {
+                    day: today,
+                    volume: 0,
+                    open_interest,
+                },
+            );
+        }
+        let state = o.contracts.get_mut(&id).expect("inserted");
+        if today > state.day {
+            // A new session: part of yesterday's volume opened positions.
+            state.open_interest += state.volume / 2;
+            state.volume = 0;
+            state.day = today;
+        }
+        state.volume += size;
+        let implied_volatility = o.rng.random_bool(0.5).then(|| (sigma * 1e6).round() / 1e6);
+        let mut uuid_bytes = [0u8; 16];
+        o.rng.fill(&mut uuid_bytes);
+        let event_id = uuid::Builder::from_random_bytes(uuid_bytes).into_uuid();
+
+        let mut r = Map::new();
+        r.insert("id".into(), json!(id));
+        r.insert("underlying".into(), json!(symbol.name));
+        r.insert("expiry".into(), json!(expiry));
+        r.insert("strike".into(), json!(strike));
+        r.insert("option_type".into(), json!(right.name()));
+        r.insert("style".into(), json!("AMERICAN"));
+        r.insert("exchange".into(), json!("OPR"));
+        r.insert("currency".into(), json!("USD"));
+        r.insert("price".into(), json!(price));
+        r.insert("bid".into(), json!(bid));
+        r.insert("ask".into(), json!(ask));
+        r.insert("last_size".into(), json!(size as f64));
+        r.insert("volume".into(), json!(state.volume));
+        r.insert("open_interest".into(), json!(state.open_interest));
+        r.insert("implied_volatility".into(), json!(implied_volatility));
+        r.insert("event_time".into(), json!(event_ms));
+        r.insert("event_id".into(), json!(event_id.to_string()));
+        r.insert("ingestion_time".into(), json!(ingestion_ms));
+        r.insert("source".into(), json!(config.source));
+        if config.duplicate_fraction > 0.0 {
+            if o.recent.len() >= 64 {
+                let j = o.rng.random_range(0..o.recent.len());
+                o.recent[j] = r.clone();
+            } else {
+                o.recent.push(r.clone());
+            }
+        }
+        Some(r)
+    }
+
+    /// Keeps tick (`event_ms`, `price`) of symbol `i` for pricing its options, and forgets
+    /// ticks no option trade can be priced at any more.
+    fn remember(&mut self, i: usize, event_ms: i64, price: f64) {
+        let late_by = self.config.late_by_ms.max(0);
+        let Some(o) = &mut self.options else { return };
+        if !o.underlyings.contains(&i) {
+            return;
+        }
+        let history = o.history.entry(i).or_default();
+        let at = history.partition_point(|(t, _)| *t <= event_ms);
+        history.insert(at, (event_ms, price));
+        // Trades are at most `late_by` (and a millisecond) before the newest tick.
+        let horizon = history.back().map_or(event_ms, |(t, _)| *t) - late_by - 2;
+        while history.len() >= 2 && history[1].0 <= horizon {
+            history.pop_front();
         }
     }
 
@@ -323,8 +590,72 @@ impl Simulator {
                 self.recent.push((class, r.clone()));
             }
         }
+        // Options are priced at the price the tick shows.
+        self.remember(i, event_ms, round(price));
         (class, r)
     }
+}
+
+/// Whether options are listed on `symbol`: stocks, not indices, whose strikes fit the
+/// OCC symbol's eight digits.
+fn optionable(symbol: &Symbol) -> bool {
+    symbol.class == AssetClass::Stocks && !symbol.name.starts_with('^') && symbol.open < 50_000.0
+}
+
+/// The price of the last tick at or before `event_ms` in `history`.
+fn price_at(history: &VecDeque<(i64, f64)>, event_ms: i64) -> Option<f64> {
+    let at = history.partition_point(|(t, _)| *t <= event_ms);
+    at.checked_sub(1).map(|i| history[i].1)
+}
+
+/// The at-the-money volatility of options on `underlying` (annualised).
+pub fn volatility(underlying: &str) -> f64 {
+    match underlying {
+        "AAPL" => 0.24,
+        "MSFT" => 0.22,
+        "GOOGL" => 0.28,
+        "AMZN" => 0.30,
+        "NVDA" => 0.48,
+        "TSLA" => 0.55,
+        "JPM" => 0.20,
+        _ => 0.30,
+    }
+}
+
+/// The volatility of strike `strike` with the underlying at `spot`: `atm` with a mild
+/// equity skew (low strikes dearer) and smile, by log-moneyness.
+pub fn smile(atm: f64, spot: f64, strike: f64) -> f64 {
+    let x = (strike / spot).ln();
+    (atm * (1.0 - 0.6 * x + 1.2 * x * x)).max(0.05)
+}
+
+/// The strike grid's step near `spot`.
+fn strike_step(spot: f64) -> f64 {
+    match spot {
+        s if s < 5.0 => 0.5,
+        s if s < 25.0 => 1.0,
+        s if s < 200.0 => 2.5,
+        s if s < 1000.0 => 5.0,
+        _ => 10.0,
+    }
+}
+
+/// A listed strike near `spot` (`z` standard normal draws how far): on the step grid,
+/// within 20 % of the spot.
+fn pick_strike(spot: f64, z: f64) -> f64 {
+    let step = strike_step(spot);
+    let target = spot * (1.0 + (0.07 * z).clamp(-0.2, 0.2));
+    let (lo, hi) = ((spot * 0.8 / step).ceil(), (spot * 1.2 / step).floor());
+    let n = if lo <= hi {
+        (target / step).round().clamp(lo, hi)
+    } else {
+        (spot / step).round().max(1.0)
+    };
+    (n * step * 1000.0).round() / 1000.0
+}
+
+fn cents(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }
 
 fn price_hint(class: AssetClass, price: f64) -> i32 {
@@ -436,6 +767,284 @@ mod tests {
         let total = ids.len();
         ids.dedup();
         assert!(total - ids.len() > 100, "{} duplicates", total - ids.len());
+    }
+
+    fn with_options(seed: u64) -> Simulator {
+        Simulator::new(config(seed)).with_options(OptionsConfig::default())
+    }
+
+    /// The messages of `sim` with the clock advancing `step_ms` per tick, as the CLI does.
+    fn run(sim: &mut Simulator, n: usize, step_ms: i64) -> Vec<Message> {
+        let mut ticks = 0;
+        (0..n)
+            .map(|_| {
+                let m = sim.next_message(T0 + ticks * step_ms, 0);
+                if m.topic != options::TOPIC {
+                    ticks += 1;
+                }
+                m
+            })
+            .collect()
+    }
+
+    fn days(ms: i64) -> i64 {
+        ms.div_euclid(options::DAY_MS)
+    }
+
+    #[test]
+    fn ticks_are_the_same_with_options_or_without() {
+        let plain: Vec<Message> = {
+            let mut sim = Simulator::new(config(5));
+            run(&mut sim, 3000, 10)
+        };
+        let mut sim = with_options(5);
+        let all = run(&mut sim, 3750, 10);
+        let ticks: Vec<&Message> = all.iter().filter(|m| m.topic != options::TOPIC).collect();
+        let options = all.len() - ticks.len();
+        assert!((600..900).contains(&options), "{options} option trades");
+        let n = ticks.len().min(plain.len());
+        assert!(n > 2800);
+        assert!(ticks[..n].iter().zip(&plain[..n]).all(|(a, b)| *a == b));
+        // And the same seed gives the same trades.
+        assert_eq!(
+            run(&mut with_options(5), 500, 10),
+            run(&mut with_options(5), 500, 10)
+        );
+        assert_ne!(
+            run(&mut with_options(5), 500, 10),
+            run(&mut with_options(6), 500, 10)
+        );
+    }
+
+    /// Each option trade, with the underlying tick a consumer pairs it with: the latest one
+    /// produced before it with an event time at or before the trade's.
+    type Record = Map<String, Json>;
+
+    fn paired(messages: &[Message]) -> Vec<(&Record, &Record)> {
+        let mut latest: HashMap<&str, Vec<&Map<String, Json>>> = HashMap::new();
+        let mut out = Vec::new();
+        for m in messages {
+            if m.topic == options::TOPIC {
+                let at = m.record["event_time"].as_i64().unwrap();
+                let ticks = &latest[m.record["underlying"].as_str().unwrap()];
+                let tick = ticks
+                    .iter()
+                    .filter(|t| t["event_time"].as_i64().unwrap() <= at)
+                    .max_by_key(|t| t["event_time"].as_i64().unwrap())
+                    .expect("a tick at or before the trade");
+                out.push((&m.record, *tick));
+            } else {
+                latest
+                    .entry(m.record["id"].as_str().unwrap())
+                    .or_default()
+                    .push(&m.record);
+            }
+        }
+        out
+    }
+
+    fn check_trades(messages: &[Message], rate: f64) -> usize {
+        let pairs = paired(messages);
+        let mut with_iv = 0;
+        for (o, tick) in &pairs {
+            let at = o["event_time"].as_i64().unwrap();
+            let spot = tick["price"].as_f64().unwrap();
+            let strike = o["strike"].as_f64().unwrap();
+            let expiry = o["expiry"].as_i64().unwrap() as i32;
+            assert!(options::expiry_close_ms(expiry) > at, "{o:?}");
+            assert!(
+                i64::from(expiry) > days(at),
+                "expires after the trade's day: {o:?}"
+            );
+            // The symbol says what the fields say.
+            let c = Contract::parse(o["id"].as_str().unwrap()).expect("an OCC symbol");
+            let right = match o["option_type"].as_str().unwrap() {
+                "CALL" => Right::Call,
+                "PUT" => Right::Put,
+                other => panic!("{other}"),
+            };
+            assert_eq!(
+                (c.root.as_str(), c.expiry, c.right, c.strike),
+                (o["underlying"].as_str().unwrap(), expiry, right, strike)
+            );
+            assert!(
+                (strike / spot - 1.0).abs() <= 0.2 + 1e-9,
+                "{strike} vs {spot}"
+            );
+            let sigma = smile(volatility(&c.root), spot, strike);
+            if let Some(iv) = o["implied_volatility"].as_f64() {
+                assert!((iv - sigma).abs() < 1e-6);
+                with_iv += 1;
+            } else {
+                assert!(o["implied_volatility"].is_null());
+            }
+            let t = options::years_to_expiry(expiry, at);
+            let model = options::black_scholes(right, spot, strike, t, rate, sigma);
+            let price = o["price"].as_f64().unwrap();
+            assert!(
+                (price - model).abs() <= 0.005 + 1e-9 || (price == 0.01 && model < 0.01),
+                "{price} vs the model's {model}: {o:?} at {tick:?}"
+            );
+            let (bid, ask) = (o["bid"].as_f64().unwrap(), o["ask"].as_f64().unwrap());
+            assert!(bid <= price && price <= ask && bid >= 0.0, "{o:?}");
+            assert!(o["last_size"].as_f64().unwrap() >= 1.0);
+            assert!(o["volume"].as_i64().unwrap() >= 1);
+            assert!(o["open_interest"].as_i64().unwrap() >= 0);
+            assert_eq!(
+                (o["style"].as_str(), o["currency"].as_str()),
+                (Some("AMERICAN"), Some("USD"))
+            );
+        }
+        assert!(
+            with_iv > pairs.len() / 3 && with_iv < pairs.len() * 2 / 3,
+            "{with_iv}"
+        );
+        pairs.len()
+    }
+
+    #[test]
+    fn option_trades_are_priced_at_the_underlyings_latest_tick() {
+        let mut sim = with_options(9);
+        let messages = run(&mut sim, 4000, 7);
+        assert!(check_trades(&messages, options::DEFAULT_RISK_FREE_RATE) > 500);
+        // Over days (weekly expiries roll), with another rate.
+        let mut sim = Simulator::new(config(10)).with_options(OptionsConfig {
+            share: 0.5,
+            rate: 0.01,
+        });
+        let messages = run(&mut sim, 3000, 600_000);
+        assert!(check_trades(&messages, 0.01) > 1000);
+        let expiries: std::collections::BTreeSet<_> = messages
+            .iter()
+            .filter(|m| m.topic == options::TOPIC)
+            .map(|m| m.record["expiry"].as_i64().unwrap())
+            .collect();
+        assert!(expiries.len() > 6, "{expiries:?}");
+        // No index options, every stock has some, and keys are underlyings.
+        let underlyings: std::collections::BTreeSet<_> = messages
+            .iter()
+            .filter(|m| m.topic == options::TOPIC)
+            .inspect(|m| assert_eq!(m.key, m.record["underlying"].as_str().unwrap()))
+            .map(|m| m.key.clone())
+            .collect();
+        assert_eq!(underlyings.len(), 7, "{underlyings:?}");
+        assert!(!underlyings.contains("^GSPC"));
+    }
+
+    #[test]
+    fn volume_grows_per_contract() {
+        let mut sim = Simulator::new(config(4)).with_options(OptionsConfig {
+            share: 0.6,
+            ..Default::default()
+        });
+        let mut last: HashMap<String, (i64, i64)> = HashMap::new();
+        let mut repeated = 0;
+        for m in run(&mut sim, 4000, 10) {
+            if m.topic != options::TOPIC {
+                continue;
+            }
+            let r = &m.record;
+            let (volume, oi) = (
+                r["volume"].as_i64().unwrap(),
+                r["open_interest"].as_i64().unwrap(),
+            );
+            let size = r["last_size"].as_f64().unwrap() as i64;
+            if let Some((v, o)) = last.insert(r["id"].as_str().unwrap().into(), (volume, oi)) {
+                assert_eq!((volume, oi), (v + size, o), "{r:?}");
+                repeated += 1;
+            } else {
+                assert_eq!(volume, size);
+            }
+        }
+        assert!(
+            repeated > 100,
+            "{repeated} trades of a contract traded before"
+        );
+    }
+
+    #[test]
+    fn late_and_duplicate_option_trades_still_follow_a_tick() {
+        let mut c = config(12);
+        c.late_fraction = 0.2;
+        c.late_by_ms = 120_000;
+        c.duplicate_fraction = 0.1;
+        let mut sim = Simulator::new(c).with_options(OptionsConfig {
+            share: 0.4,
+            ..Default::default()
+        });
+        let messages = run(&mut sim, 6000, 50);
+        // Duplicates are copies: pair only the first of each event id.
+        let mut seen = std::collections::HashSet::new();
+        let firsts: Vec<Message> = messages
+            .iter()
+            .filter(|m| seen.insert(m.record["event_id"].as_str().unwrap().to_string()))
+            .cloned()
+            .collect();
+        let dups = messages.len() - firsts.len();
+        assert!(dups > 300, "{dups}");
+        check_trades(&firsts, options::DEFAULT_RISK_FREE_RATE);
+        let mut clock = T0;
+        let mut late = 0;
+        let mut ticks = 0;
+        for m in &firsts {
+            if m.topic == options::TOPIC {
+                if m.record["event_time"].as_i64().unwrap() < clock - 60_000 {
+                    late += 1;
+                }
+            } else {
+                ticks += 1;
+                clock = T0 + ticks * 50;
+            }
+        }
+        assert!(late > 100, "{late} option trades more than a minute late");
+    }
+
+    #[test]
+    fn options_need_a_stock_that_ticked() {
+        let mut c = config(1);
+        c.symbols
+            .retain(|s| s.class != AssetClass::Stocks || s.name == "^GSPC");
+        assert!(!Simulator::has_optionable(&c.symbols));
+        let mut sim = Simulator::new(c).with_options(OptionsConfig {
+            share: 1.0,
+            ..Default::default()
+        });
+        assert!(
+            run(&mut sim, 200, 10)
+                .iter()
+                .all(|m| m.topic != options::TOPIC)
+        );
+        // With share 1 the first message is a tick, then trades on what has ticked.
+        let mut c = config(1);
+        c.symbols.retain(|s| s.name == "AAPL");
+        let mut sim = Simulator::new(c).with_options(OptionsConfig {
+            share: 1.0,
+            ..Default::default()
+        });
+        let first = sim.next_message(T0, 0);
+        assert_eq!(first.topic, "tickers.stocks");
+        let next = sim.next_message(T0, 0);
+        assert_eq!(
+            next.topic, "tickers.stocks",
+            "the trade would be before the tick"
+        );
+        let trade = sim.next_message(T0 + 10, 0);
+        assert_eq!(trade.topic, options::TOPIC);
+        assert_eq!(trade.record["event_time"], T0 + 9);
+    }
+
+    #[test]
+    fn strikes_sit_on_the_grid_near_the_spot() {
+        for (spot, z, want) in [
+            (187.25, 0.0, 187.5),
+            (187.25, 10.0, 222.5),
+            (187.25, -10.0, 150.0),
+            (880.05, 0.3, 900.0),
+            (3.2, 0.0, 3.0),
+            (0.4, 0.0, 0.5),
+        ] {
+            assert_eq!(pick_strike(spot, z), want, "{spot} {z}");
+        }
     }
 
     #[test]
