@@ -4,8 +4,8 @@
 //!   one message on tickers.crypto, through a dropped connection, a redelivery, a malformed
 //!   frame, a sequence gap and a feed gone silent;
 //! - `weir ingest yahoo` and Yahoo Finance's streamer, over TLS with a generated CA: each
-//!   quote on the topic of its quote type, exactly once through a drop and a redelivery,
-//!   with malformed frames and quote types weir has no topic for skipped and counted.
+//!   quote on the topic of its quote type (options on tickers.options), exactly once
+//!   through a drop and a redelivery, with malformed frames skipped and counted.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -576,15 +576,15 @@ fn yahoo_quotes_reach_the_topic_of_their_type_once_over_tls() {
         2,
     ));
     let eur = yahoo_frame(&pricing("EURUSD=X", 1.0825, t0 + 2, 14, 1.0824, 1.0826, 0));
-    let option = yahoo_frame(&pricing(
-        "AAPL260116C00200000",
-        4.1,
-        t0 + 3,
-        13,
-        4.0,
-        4.2,
-        1,
-    ));
+    // An option: strike, expiry and call/put only in its OCC symbol, the underlying and
+    // the open interest as fields (18, 19) after the rest.
+    let mut option = pricing("AAPL260116C00200000", 4.1, t0 + 3, 13, 4.0, 4.2, 1);
+    key(&mut option, 18, 2);
+    varint(&mut option, 4);
+    option.extend_from_slice(b"AAPL");
+    key(&mut option, 19, 0);
+    varint(&mut option, 2 * 5400);
+    let option = yahoo_frame(&option);
     let msft = yahoo_frame(&pricing("MSFT", 415.5, t0 + 4, 8, 415.4, 415.6, 50));
     let server = feed_server(
         &rt,
@@ -635,7 +635,11 @@ fn yahoo_quotes_reach_the_topic_of_their_type_once_over_tls() {
         1.0
     );
     assert_eq!(m("weir_ingest_decode_errors_total"), 1.0);
-    assert_eq!(m("weir_ingest_unrouted_total"), 1.0);
+    assert_eq!(
+        m("weir_ingest_produced_total{topic=\"tickers.options\"}"),
+        1.0
+    );
+    assert_eq!(m("weir_ingest_unrouted_total"), 0.0);
     assert!(m("weir_ingest_reconnects_total") >= 1.0);
     ingest.stop();
     drop(tls);
@@ -679,6 +683,27 @@ fn yahoo_quotes_reach_the_topic_of_their_type_once_over_tls() {
         (eur["id"].as_str(), eur["quote_type"].as_str()),
         (Some("EURUSD=X"), Some("CURRENCY"))
     );
+    assert_eq!(messages_on_topic(&s, "tickers.options"), 1);
+    let line = &tail(&s, "tickers.options", 1)[0];
+    assert_eq!(line["key"], "AAPL", "keyed by the underlying");
+    let o = &line["fields"];
+    assert_eq!(o["id"], "AAPL260116C00200000");
+    assert_eq!(o["underlying"], "AAPL");
+    assert_eq!(o["expiry"], 20_469, "2026-01-16, days since the epoch");
+    assert_eq!(o["strike"], 200.0);
+    assert_eq!(o["option_type"], "CALL");
+    assert_eq!(o["style"], "AMERICAN");
+    assert_eq!(
+        (o["price"].as_f64(), o["bid"].as_f64()),
+        (Some(4.1), Some(4.0))
+    );
+    assert_eq!(o["ask"], 4.2);
+    assert_eq!(o["last_size"], 1.0);
+    assert_eq!(o["volume"], 1_000_000);
+    assert_eq!(o["open_interest"], 5400);
+    assert_eq!(o["implied_volatility"], Value::Null);
+    assert_eq!(o["currency"], "USD");
+    assert_eq!(o["source"], "yahoo");
 }
 
 /// `POST`s (or `GET`s) `path` of the control endpoint at `addr`, with `token` if given:

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Map, Value, json};
-use weir::ingest::simulate::{AssetClass, SimConfig, Simulator, Symbol};
+use weir::ingest::simulate::{AssetClass, OptionsConfig, SimConfig, Simulator, Symbol};
 use weir::model::Stage;
 use weir::registry::{RegistryClient, SchemaId, frame_into};
 use weir::source::{Decoded, Decoder, KafkaSource, Shape, SourceConfig, StartFrom};
@@ -56,6 +56,7 @@ fn schemas_pushed_twice_get_the_same_ids() {
         "tickers.crypto.clean",
         "tickers.currency",
         "tickers.currency.clean",
+        "tickers.options",
         "tickers.stocks",
         "tickers.stocks.clean",
     ];
@@ -79,7 +80,36 @@ const START_MS: i64 = 1_714_573_800_000;
 /// The ticks `weir ingest simulate --seed 11 --start-time START --rate 1000` produces, by
 /// topic, in order.
 fn expected_ticks(count: u64) -> BTreeMap<&'static str, Vec<Map<String, Value>>> {
-    let mut sim = Simulator::new(SimConfig {
+    let mut sim = simulator();
+    let mut by_topic: BTreeMap<&'static str, Vec<Map<String, Value>>> = BTreeMap::new();
+    for i in 0..count as i64 {
+        let (class, tick) = sim.next_tick(START_MS + i, 0);
+        by_topic.entry(class.topic()).or_default().push(tick);
+    }
+    by_topic
+}
+
+/// What the same command with `--options --option-share 0.3` produces, by topic, in order:
+/// the simulated clock advances a millisecond per tick.
+fn expected_with_options(count: u64) -> BTreeMap<&'static str, Vec<Map<String, Value>>> {
+    let mut sim = simulator().with_options(OptionsConfig {
+        share: 0.3,
+        ..Default::default()
+    });
+    let mut by_topic: BTreeMap<&'static str, Vec<Map<String, Value>>> = BTreeMap::new();
+    let mut ticks = 0;
+    for _ in 0..count {
+        let m = sim.next_message(START_MS + ticks, 0);
+        if m.topic != "tickers.options" {
+            ticks += 1;
+        }
+        by_topic.entry(m.topic).or_default().push(m.record);
+    }
+    by_topic
+}
+
+fn simulator() -> Simulator {
+    Simulator::new(SimConfig {
         symbols: AssetClass::ALL
             .into_iter()
             .flat_map(|c| {
@@ -95,13 +125,7 @@ fn expected_ticks(count: u64) -> BTreeMap<&'static str, Vec<Map<String, Value>>>
         late_by_ms: 0,
         duplicate_fraction: 0.0,
         source: "simulator".into(),
-    });
-    let mut by_topic: BTreeMap<&'static str, Vec<Map<String, Value>>> = BTreeMap::new();
-    for i in 0..count as i64 {
-        let (class, tick) = sim.next_tick(START_MS + i, 0);
-        by_topic.entry(class.topic()).or_default().push(tick);
-    }
-    by_topic
+    })
 }
 
 /// A tick as `weir tail` prints its fields, from the record the simulator made.
@@ -125,12 +149,34 @@ fn as_tailed(tick: &Map<String, Value>, fields: &Map<String, Value>) -> Map<Stri
 
 #[test]
 fn simulate_then_tail_round_trips_every_field() {
+    simulate_and_tail(&[], expected_ticks(300));
+}
+
+#[test]
+fn simulate_with_options_then_tail_round_trips_every_field() {
+    let expected = expected_with_options(300);
+    let options = &expected["tickers.options"];
+    assert!(options.len() > 50, "{} option trades", options.len());
+    // The ticks are those of the same seed without options.
+    let plain = expected_ticks(300);
+    for (topic, ticks) in &expected {
+        if let Some(without) = plain.get(topic) {
+            assert_eq!(ticks[..], without[..ticks.len()], "{topic}");
+        }
+    }
+    simulate_and_tail(&["--options", "--option-share", "0.3"], expected);
+}
+
+/// `weir ingest simulate --seed 11 --start-time START --rate 1000 --count N` with `extra`
+/// flags, then `weir tail` of each topic: each message as `expected` has it.
+fn simulate_and_tail(extra: &[&str], expected: BTreeMap<&'static str, Vec<Map<String, Value>>>) {
     let db = TestDb::new();
     let registry = Registry::start(&db.url());
     let broker = Broker::start();
     push(&registry);
-    let count = 300;
-    ok(weir(&[
+    let count: usize = expected.values().map(Vec::len).sum();
+    let count = count.to_string();
+    let mut args = vec![
         "ingest",
         "simulate",
         "--brokers",
@@ -144,11 +190,12 @@ fn simulate_then_tail_round_trips_every_field() {
         "--rate",
         "1000",
         "--count",
-        &count.to_string(),
+        &count,
         "--partitions",
         "1",
-    ]));
-    let expected = expected_ticks(count);
+    ];
+    args.extend_from_slice(extra);
+    ok(weir(&args));
     for (topic, ticks) in &expected {
         let out = ok(weir(&[
             "tail",
@@ -169,7 +216,12 @@ fn simulate_then_tail_round_trips_every_field() {
         for (i, (line, tick)) in lines.iter().zip(ticks).enumerate() {
             assert_eq!(line["topic"], *topic);
             assert_eq!(line["offset"], i as i64);
-            assert_eq!(line["key"], tick["id"], "the key is the symbol");
+            let key = if *topic == "tickers.options" {
+                &tick["underlying"]
+            } else {
+                &tick["id"]
+            };
+            assert_eq!(line["key"], *key, "the key is the symbol or the underlying");
             assert!(line["schema_id"].as_u64().is_some(), "{line}");
             let fields = line["fields"].as_object().unwrap();
             let schema_fields =
@@ -262,6 +314,52 @@ fn replay_reports_a_bad_line_and_produces_a_good_file() {
         json!({"$timestamp": "2024-05-01T14:30:00.250000Z"})
     );
     assert_eq!(fields["source"], "replay:ticks.jsonl");
+
+    // Option trades: a date as text or days, keyed by the underlying.
+    let options = dir.path().join("options.csv");
+    std::fs::write(
+        &options,
+        "id,underlying,expiry,strike,option_type,style,price,volume,event_time,event_id\n\
+         AAPL240621C00190000,AAPL,2024-06-21,190,CALL,AMERICAN,4.35,12,2024-05-01T14:30:00Z,9f1c2a7e-0b1d-4a7e-8c55-0d3c1b6f2a04\n\
+         AAPL240621P00180000,AAPL,19895,180,PUT,AMERICAN,1.2,,2024-05-01T14:30:01Z,9f1c2a7e-0b1d-4a7e-8c55-0d3c1b6f2a05\n",
+    )
+    .unwrap();
+    let mut replay = args(options.to_str().unwrap());
+    replay.extend(["--topic".into(), "tickers.options".into()]);
+    ok(weir(&replay.iter().map(String::as_str).collect::<Vec<_>>()));
+    let out = ok(weir(&[
+        "tail",
+        "tickers.options",
+        "--brokers",
+        &broker.bootstrap,
+        "--registry",
+        &registry.url,
+        "--from-beginning",
+        "--count",
+        "2",
+    ]));
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (line, (id, kind)) in lines.iter().zip([
+        ("AAPL240621C00190000", "CALL"),
+        ("AAPL240621P00180000", "PUT"),
+    ]) {
+        assert_eq!(line["key"], "AAPL");
+        let f = &line["fields"];
+        assert_eq!(
+            (f["id"].as_str(), f["option_type"].as_str()),
+            (Some(id), Some(kind))
+        );
+        assert_eq!(f["expiry"], 19_895, "2024-06-21");
+        assert_eq!(f["underlying"], "AAPL");
+        assert_eq!(f["implied_volatility"], Value::Null);
+        assert_eq!(f["source"], "replay:options.csv");
+    }
+    assert_eq!(lines[0]["fields"]["volume"], 12);
+    assert_eq!(lines[1]["fields"]["volume"], Value::Null);
 }
 
 async fn produce(broker: &Broker, topic: &str, values: Vec<Vec<u8>>) {

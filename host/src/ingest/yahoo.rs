@@ -9,8 +9,12 @@
 //! | EQUITY, ETF, INDEX, MUTUALFUND, FUTURE | `tickers.stocks` |
 //! | CRYPTOCURRENCY | `tickers.crypto` |
 //! | CURRENCY | `tickers.currency` |
+//! | OPTION | `tickers.options` (keyed by the underlying) |
 //!
-//! Other quote types (options among them, until weir has an options topic) are counted as
+//! An option's underlying, strike, expiry and call/put come from the update's
+//! `underlyingSymbol`, `strikePrice`, `expireDate` and `optionsType`, or from its OCC
+//! symbol where the update leaves them out; an option whose fields and symbol say nothing
+//! usable, or contradict each other, is malformed. Other quote types are counted as
 //! unrouted and logged once per symbol. A redelivered update carries the same bytes, so
 //! its event id, made from them, is the same and [`run`](super::feed::run) drops it.
 
@@ -28,7 +32,18 @@ pub const DEFAULT_URL: &str = "wss://streamer.finance.yahoo.com/?version=2";
 /// The `source` field of every tick.
 pub const SOURCE: &str = "yahoo";
 /// The topics Yahoo ticks go to.
-pub const TOPICS: [&str; 3] = ["tickers.stocks", "tickers.crypto", "tickers.currency"];
+pub const TOPICS: [&str; 4] = [
+    "tickers.stocks",
+    "tickers.crypto",
+    "tickers.currency",
+    super::options::TOPIC,
+];
+
+/// Yahoo's quote type of options.
+pub const OPTION: i32 = 13;
+
+/// Option roots of cash-settled index options, which are European style.
+const EUROPEAN_ROOTS: [&str; 8] = ["SPX", "SPXW", "XSP", "NDX", "NDXP", "RUT", "VIX", "DJX"];
 /// How often the subscription is sent again: the streamer drops a quiet one.
 pub const RESUBSCRIBE: Duration = Duration::from_secs(15);
 
@@ -219,6 +234,9 @@ pub fn parse(text: &str, ingestion_ms: i64) -> Result<Update, String> {
     if p.time <= 0 {
         return Err(format!("PricingData of {}: no time (field 3)", p.id));
     }
+    if p.quote_type == OPTION {
+        return option(&p, &bytes, ingestion_ms).map(Update::Tick);
+    }
     let Some((kind, topic)) = quote_type(p.quote_type) else {
         return Ok(Update::Unrouted(p.id, p.quote_type));
     };
@@ -266,6 +284,101 @@ pub fn parse(text: &str, ingestion_ms: i64) -> Result<Update, String> {
         event_id,
         record: r,
     }))
+}
+
+/// An option update as a `tickers.options` trade.
+fn option(p: &PricingData, bytes: &[u8], ingestion_ms: i64) -> Result<Tick, String> {
+    use super::options::{Contract, DAY_MS, Right};
+    let occ = Contract::parse(&p.id);
+    let underlying = match (p.underlying_symbol.trim(), &occ) {
+        (u, _) if !u.is_empty() => u.to_string(),
+        ("", Some(c)) => c.root.clone(),
+        _ => {
+            return Err(format!(
+                "option {}: no underlyingSymbol (field 18) and not an OCC symbol",
+                p.id
+            ));
+        }
+    };
+    let strike = match (p.strike_price, &occ) {
+        (k, _) if k.is_finite() && k > 0.0 => widen(k),
+        (_, Some(c)) if c.strike > 0.0 => c.strike,
+        _ => return Err(format!("option {}: no strikePrice (field 17)", p.id)),
+    };
+    // expireDate is epoch seconds (milliseconds tolerated).
+    let expiry = match (p.expire_date, &occ) {
+        (e, _) if e > 0 => {
+            let ms = if e > 100_000_000_000 { e } else { e * 1000 };
+            i32::try_from(ms.div_euclid(DAY_MS))
+                .map_err(|_| format!("option {}: expireDate {e} out of range", p.id))?
+        }
+        (_, Some(c)) => c.expiry,
+        _ => return Err(format!("option {}: no expireDate (field 14)", p.id)),
+    };
+    // optionsType 0 (a call) is also what an update without the field decodes to: the
+    // symbol's letter decides when there is one.
+    let right = match (p.options_type, &occ) {
+        (1, Some(c)) if c.right == Right::Call => {
+            return Err(format!("option {}: optionsType put, symbol a call", p.id));
+        }
+        (_, Some(c)) => c.right,
+        (0, None) => Right::Call,
+        (1, None) => Right::Put,
+        (n, None) => return Err(format!("option {}: optionsType {n} is not 0 or 1", p.id)),
+    };
+    if let Some(c) = &occ
+        && (c.expiry != expiry || (c.strike - strike).abs() > 0.0005)
+    {
+        return Err(format!(
+            "option {}: strikePrice {strike} or expireDate (day {expiry}) contradict the symbol",
+            p.id
+        ));
+    }
+    let root = occ
+        .as_ref()
+        .map_or(underlying.as_str(), |c| c.root.as_str());
+    let style = if underlying.starts_with('^') || EUROPEAN_ROOTS.contains(&root) {
+        "EUROPEAN"
+    } else if p.currency.is_empty() || p.currency == "USD" {
+        // US equity and ETF options.
+        "AMERICAN"
+    } else {
+        "UNKNOWN"
+    };
+    let float = |v: f32| (v != 0.0 && v.is_finite()).then(|| widen(v));
+    let int = |v: i64| (v != 0).then_some(v);
+    let text = |v: &str| (!v.is_empty()).then(|| v.to_string());
+    let event_id = event_id(bytes);
+    let mut r = Map::new();
+    r.insert("id".into(), json!(p.id));
+    r.insert("underlying".into(), json!(underlying));
+    r.insert("expiry".into(), json!(expiry));
+    r.insert("strike".into(), json!(strike));
+    r.insert("option_type".into(), json!(right.name()));
+    r.insert("style".into(), json!(style));
+    r.insert("exchange".into(), json!(text(&p.exchange)));
+    r.insert("currency".into(), json!(text(&p.currency)));
+    r.insert("price".into(), json!(widen(p.price)));
+    r.insert("bid".into(), json!(float(p.bid)));
+    r.insert("ask".into(), json!(float(p.ask)));
+    r.insert(
+        "last_size".into(),
+        json!(int(p.last_size).map(|s| s as f64)),
+    );
+    r.insert("volume".into(), json!(int(p.day_volume)));
+    r.insert("open_interest".into(), json!(int(p.open_interest)));
+    // The streamer sends no implied volatility: the pipeline computes it.
+    r.insert("implied_volatility".into(), Json::Null);
+    r.insert("event_time".into(), json!(p.time));
+    r.insert("event_id".into(), json!(event_id.to_string()));
+    r.insert("ingestion_time".into(), json!(ingestion_ms));
+    r.insert("source".into(), json!(SOURCE));
+    Ok(Tick {
+        topic: super::options::TOPIC,
+        key: underlying,
+        event_id,
+        record: r,
+    })
 }
 
 /// The Yahoo protocol for [`run`](super::feed::run).
@@ -376,9 +489,76 @@ mod tests {
             assert_eq!(t.topic, topic, "{kind}");
         }
         assert_eq!(
-            parse(&frame(&quote("AAPL250117C00200000", 13)), 0).unwrap(),
-            Update::Unrouted("AAPL250117C00200000".into(), 13)
+            parse(&frame(&quote("AAPL250117B00200000", 15)), 0).unwrap(),
+            Update::Unrouted("AAPL250117B00200000".into(), 15)
         );
+    }
+
+    #[test]
+    fn options_go_to_tickers_options_with_fields_from_the_update_or_the_symbol() {
+        let full = PricingData {
+            price: 4.1,
+            bid: 4.0,
+            ask: 4.2,
+            underlying_symbol: "AAPL".into(),
+            strike_price: 200.0,
+            expire_date: 1_737_072_000, // 2025-01-17
+            options_type: 1,
+            open_interest: 12_345,
+            exchange: "OPR".into(),
+            ..quote("AAPL250117P00200000", OPTION)
+        };
+        let Update::Tick(t) = parse(&frame(&full), 7).unwrap() else {
+            panic!("not a tick")
+        };
+        assert_eq!((t.topic, t.key.as_str()), ("tickers.options", "AAPL"));
+        let r = &t.record;
+        let day = crate::ingest::options::days_from_civil(2025, 1, 17);
+        assert_eq!(r["expiry"], day);
+        assert_eq!(r["strike"], 200.0);
+        assert_eq!(r["option_type"], "PUT");
+        assert_eq!(r["style"], "AMERICAN");
+        assert_eq!(r["price"], 4.1);
+        assert_eq!(r["bid"], 4.0);
+        assert_eq!(r["open_interest"], 12_345);
+        assert_eq!(r["volume"], 1_000_000);
+        assert_eq!(r["last_size"], 100.0);
+        assert!(r["implied_volatility"].is_null());
+        // Only the symbol: the rest comes from it.
+        let bare = PricingData {
+            price: 4.1,
+            ..quote("SPXW250117C05000000", OPTION)
+        };
+        let Update::Tick(t) = parse(&frame(&bare), 0).unwrap() else {
+            panic!()
+        };
+        let r = &t.record;
+        assert_eq!(
+            (r["underlying"].as_str(), t.key.as_str()),
+            (Some("SPXW"), "SPXW")
+        );
+        assert_eq!(
+            (r["strike"].as_f64(), r["option_type"].as_str()),
+            (Some(5000.0), Some("CALL"))
+        );
+        assert_eq!(r["style"], "EUROPEAN");
+        assert!(r["open_interest"].is_null());
+        // Malformed: nothing usable, or a contradiction.
+        assert!(
+            parse(&frame(&quote("WEIRDOPTION", OPTION)), 0)
+                .unwrap_err()
+                .contains("underlyingSymbol")
+        );
+        let wrong = PricingData {
+            strike_price: 210.0,
+            ..full.clone()
+        };
+        assert!(parse(&frame(&wrong), 0).unwrap_err().contains("contradict"));
+        let wrong = PricingData {
+            id: "AAPL250117C00200000".into(),
+            ..full
+        };
+        assert!(parse(&frame(&wrong), 0).unwrap_err().contains("put"));
     }
 
     #[test]
