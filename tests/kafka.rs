@@ -80,10 +80,18 @@ const START_MS: i64 = 1_714_573_800_000;
 /// The ticks `weir ingest simulate --seed 11 --start-time START --rate 1000` produces, by
 /// topic, in order.
 fn expected_ticks(count: u64) -> BTreeMap<&'static str, Vec<Map<String, Value>>> {
+    expected_ticks_every(count, 1)
+}
+
+/// The same with the simulated clock advancing `step_ms` per tick (`--tick-interval`).
+fn expected_ticks_every(
+    count: u64,
+    step_ms: i64,
+) -> BTreeMap<&'static str, Vec<Map<String, Value>>> {
     let mut sim = simulator();
     let mut by_topic: BTreeMap<&'static str, Vec<Map<String, Value>>> = BTreeMap::new();
     for i in 0..count as i64 {
-        let (class, tick) = sim.next_tick(START_MS + i, 0);
+        let (class, tick) = sim.next_tick(START_MS + i * step_ms, 0);
         by_topic.entry(class.topic()).or_default().push(tick);
     }
     by_topic
@@ -150,6 +158,19 @@ fn as_tailed(tick: &Map<String, Value>, fields: &Map<String, Value>) -> Map<Stri
 #[test]
 fn simulate_then_tail_round_trips_every_field() {
     simulate_and_tail(&[], expected_ticks(300));
+}
+
+#[test]
+fn simulate_with_a_tick_interval_spaces_the_simulated_clock() {
+    // 300 ticks 100 ms apart in event time: half a minute of history at --rate 1000.
+    let expected = expected_ticks_every(300, 100);
+    let last = expected
+        .values()
+        .flatten()
+        .map(|t| t["event_time"].as_i64().unwrap())
+        .max();
+    assert_eq!(last, Some(START_MS + 299 * 100));
+    simulate_and_tail(&["--tick-interval", "100ms"], expected);
 }
 
 #[test]

@@ -85,6 +85,11 @@ pub struct SimulateArgs {
     /// wall clock: with --seed, the same ticks every run.
     #[arg(long)]
     start_time: Option<String>,
+    /// With --start-time: the event time between consecutive ticks, instead of one interval
+    /// of the rate (`--rate max --count 12000 --tick-interval 100ms` is twenty minutes of
+    /// history, produced at once).
+    #[arg(long, value_parser = super::parse_duration, requires = "start_time")]
+    tick_interval: Option<Duration>,
     /// Share of ticks that arrive late (event time set back by up to --late-by).
     #[arg(long, default_value_t = 0.0)]
     late_fraction: f64,
@@ -97,7 +102,7 @@ pub struct SimulateArgs {
     /// Also produce option trades on the stocks (not indices) to tickers.options, keyed by
     /// the underlying: contracts of the next four weekly and three monthly expiries,
     /// strikes within 20 % of the spot, priced with Black-Scholes at the underlying's
-    /// latest simulated price. They draw from a random stream of their own: the ticks of a
+    /// latest simulated price (at least the exercise value: they are American). They draw from a random stream of their own: the ticks of a
     /// seed are the same with or without them. --late-fraction and --duplicate-fraction
     /// apply to them too.
     #[arg(long)]
@@ -437,7 +442,11 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let mut pacer = Pacer::new(args.target.rate.0);
-    let step_ms = pacer.interval().as_secs_f64() * 1000.0;
+    let step_ms = args
+        .tick_interval
+        .unwrap_or_else(|| pacer.interval())
+        .as_secs_f64()
+        * 1000.0;
     let deadline = args.duration.map(|d| std::time::Instant::now() + d);
     let mut sent = 0u64;
     // The simulated clock advances one interval per tick: option trades fall between ticks,

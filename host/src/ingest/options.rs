@@ -273,9 +273,31 @@ pub fn black_scholes(right: Right, s: f64, k: f64, t: f64, r: f64, sigma: f64) -
     }
 }
 
+/// What exercising the contract now pays per share: the floor of an American contract's
+/// value (and the intrinsic value of any).
+pub fn exercise_value(right: Right, s: f64, k: f64) -> f64 {
+    match right {
+        Right::Call => (s - k).max(0.0),
+        Right::Put => (k - s).max(0.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deep_in_the_money_put_is_worth_less_european_than_exercised() {
+        // 20 % in the money, three months, 4.5 %, 20 % volatility: the European value
+        // (what Black-Scholes gives) is below the 20 an American holder gets now.
+        let european = black_scholes(Right::Put, 100.0, 120.0, 0.25, 0.045, 0.2);
+        assert!(
+            european < exercise_value(Right::Put, 100.0, 120.0),
+            "{european}"
+        );
+        assert_eq!(exercise_value(Right::Call, 100.0, 120.0), 0.0);
+        assert_eq!(exercise_value(Right::Call, 130.0, 120.0), 10.0);
+    }
 
     #[test]
     fn black_scholes_known_values() {

@@ -382,8 +382,12 @@ impl Simulator {
         };
         let sigma = smile(volatility(&symbol.name), spot, strike);
         let t = options::years_to_expiry(expiry, event_ms);
-        let model = options::black_scholes(right, spot, strike, t, o.config.rate, sigma);
-        let price = cents(model).max(0.01);
+        // An American contract is worth at least what exercising it now pays: deep in the
+        // money, a put's Black-Scholes value (a European's) falls below that floor.
+        let european = options::black_scholes(right, spot, strike, t, o.config.rate, sigma);
+        let exercise = options::exercise_value(right, spot, strike);
+        let floored = exercise > european;
+        let price = cents(european.max(exercise)).max(0.01);
         let half_spread = (price * 0.02 * (0.5 + o.rng.random::<f64>())).max(0.01);
         let (bid, ask) = (
             cents((price - half_spread).max(0.0)),
@@ -410,7 +414,13 @@ impl Simulator {
             state.day = today;
         }
         state.volume += size;
-        let implied_volatility = o.rng.random_bool(0.5).then(|| (sigma * 1e6).round() / 1e6);
+        // The feed's volatility is the one priced with; none for a price at the exercise
+        // floor, which that volatility does not give.
+        let implied_volatility = o
+            .rng
+            .random_bool(0.5)
+            .then(|| (sigma * 1e6).round() / 1e6)
+            .filter(|_| !floored);
         let mut uuid_bytes = [0u8; 16];
         o.rng.fill(&mut uuid_bytes);
         let event_id = uuid::Builder::from_random_bytes(uuid_bytes).into_uuid();
@@ -872,14 +882,17 @@ mod tests {
                 "{strike} vs {spot}"
             );
             let sigma = smile(volatility(&c.root), spot, strike);
+            let t = options::years_to_expiry(expiry, at);
+            let european = options::black_scholes(right, spot, strike, t, rate, sigma);
+            let exercise = options::exercise_value(right, spot, strike);
+            let model = european.max(exercise);
             if let Some(iv) = o["implied_volatility"].as_f64() {
                 assert!((iv - sigma).abs() < 1e-6);
+                assert!(european >= exercise, "no volatility at the floor: {o:?}");
                 with_iv += 1;
             } else {
                 assert!(o["implied_volatility"].is_null());
             }
-            let t = options::years_to_expiry(expiry, at);
-            let model = options::black_scholes(right, spot, strike, t, rate, sigma);
             let price = o["price"].as_f64().unwrap();
             assert!(
                 (price - model).abs() <= 0.005 + 1e-9 || (price == 0.01 && model < 0.01),
