@@ -742,6 +742,31 @@ fn rules_dead_letter_with_their_reason_and_the_views_answer_on_demo_data() {
         "weir ingest simulate: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Then option trades (with more ticks between them), once the underlyings' ticks are
+    // committed: the options pipeline pairs each with the latest committed one.
+    m.wait_committed(4_000, &mut run);
+    let out = weir_env(
+        &[
+            "ingest",
+            "simulate",
+            "--rate",
+            "2000",
+            "--count",
+            "1000",
+            "--seed",
+            "12",
+            "--options",
+        ],
+        &[
+            ("KAFKA_BROKERS", &m.broker.bootstrap),
+            ("SCHEMA_REGISTRY_URL", &m.registry.url),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "weir ingest simulate --options: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // One message per rule (and good ones around them), each encoded with the registered
     // stocks schema or, for what that schema cannot carry, an odd one a producer might use.
@@ -912,7 +937,7 @@ fn rules_dead_letter_with_their_reason_and_the_views_answer_on_demo_data() {
         producer.finish().await.unwrap();
         sent
     });
-    let total = 4_000 + 1 + cases.len() as i64 + 3;
+    let total = 4_000 + 1_000 + 1 + cases.len() as i64 + 3;
     m.wait_committed(total, &mut run);
     std::thread::sleep(Duration::from_secs(1));
 
@@ -922,7 +947,14 @@ fn rules_dead_letter_with_their_reason_and_the_views_answer_on_demo_data() {
         &url,
         "SELECT error, value, stage, guest_version, topic FROM dead_letters ORDER BY id",
     );
-    assert_eq!(dead.len(), cases.len(), "one dead letter per rule");
+    assert_eq!(
+        dead.len(),
+        cases.len(),
+        "one dead letter per rule: {:?}",
+        dead.iter()
+            .map(|r| format!("{}: {}", r.get::<_, String>(4), r.get::<_, String>(0)))
+            .collect::<Vec<_>>()
+    );
     for (rule, field, payload) in &sent {
         let row = dead
             .iter()
@@ -963,6 +995,16 @@ fn rules_dead_letter_with_their_reason_and_the_views_answer_on_demo_data() {
     );
 
     check_views(&url, &m.group, cases.len() as i64);
+    check_option_views(&url);
+    let problems = weir_tests::grafana::check_markets_dashboard(
+        &url,
+        &weir_tests::grafana::markets_dashboard(),
+    );
+    assert!(
+        problems.is_empty(),
+        "the weir markets dashboard on the demo data:\n{}",
+        problems.join("\n\n")
+    );
     check_dashboard(&prometheus);
     kill9(&mut run);
     check_lag_arithmetic(&url, &m.group);
@@ -993,6 +1035,39 @@ fn check_dashboard(prometheus: &Prometheus) {
         "one series per guest: {swaps:?}"
     );
     assert!(swaps.iter().all(|s| s["value"][1] == "0"), "{swaps:?}");
+}
+
+/// The simulator's option trades all passed the options guest's rules (the dead letters
+/// are the tick rules' cases), each paired with a tick of its underlying at or before it
+/// and at most a minute older; the chain and the smile answer.
+fn check_option_views(url: &str) {
+    let trades = count(url, "SELECT count(*) FROM option_trades");
+    assert!(trades > 100, "{trades} option trades");
+    let unpaired = count(
+        url,
+        "SELECT count(*) FROM option_trades o
+          WHERE NOT EXISTS (SELECT 1 FROM ticks_stocks t
+                             WHERE t.event_id = o.underlying_event_id AND t.symbol = o.underlying
+                               AND t.event_time <= o.event_time AND t.price = o.underlying_price)
+             OR o.underlying_age_ms > 60000",
+    );
+    assert_eq!(
+        unpaired, 0,
+        "option trades not paired with their underlying"
+    );
+    assert!(
+        count(
+            url,
+            "SELECT count(*) FROM option_trades WHERE iv_source = 'computed'"
+        ) > 0,
+        "the guest computes the volatility the feed lacks"
+    );
+    for view in ["option_chain", "option_smile"] {
+        assert!(
+            count(url, &format!("SELECT count(*) FROM {view}")) > 0,
+            "{view} is empty"
+        );
+    }
 }
 
 /// A `top_movers` row: first price, last price, change percent, rank, ticks.
