@@ -105,7 +105,8 @@ mod tests;
 use weir_guest::prelude::*;
 
 use rules::{Trade, Underlying};
-use settings::{DAY, MS, Settings};
+use settings::Settings;
+use weir_guest::time::{DAY, MS};
 
 /// The columns of the trade table the guest writes, in the order of a row's values. The
 /// host fills `guest_version` (with `version_column`) and Postgres `written_at`.
@@ -230,7 +231,7 @@ impl Options {
             )),
             None => operational(format!(
                 "lookup {name} found no rate for {}: load one into the rates table (see 005_options.sql)",
-                rules::format_date(day)
+                weir_guest::time::format_date(day)
             )),
         }
     }
@@ -312,7 +313,7 @@ impl Processor for Options {
         let mut counts = Counts::default();
         let mut accepted: HashSet<u128> = HashSet::with_capacity(messages.len());
         for message in messages.iter() {
-            if let Some(id) = message.text("event_id").and_then(rules::parse_uuid)
+            if let Some(id) = message.text("event_id").and_then(weir_guest::parse::uuid)
                 && accepted.contains(&id)
             {
                 counts.duplicate += 1;

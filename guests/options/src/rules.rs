@@ -39,8 +39,17 @@
 
 use weir_guest::prelude::*;
 
+use weir_guest::parse::stock_symbol;
+use weir_guest::rules::{
+    event_times, non_negative, not_above, number, opt_number, opt_text, optional, positive, reject,
+    required, shown, text, timestamp, uuid, wrong_type,
+};
+use weir_guest::time::{DAY, HOUR, days_from_civil, format_date, format_duration, format_time};
+
 use crate::model::{self, Right};
-use crate::settings::{DAY, HOUR, MS, SECOND, Settings, format_duration};
+use crate::settings::Settings;
+
+pub use weir_guest::rules::Reject;
 
 /// A contract expires at 16:00 New York time on its expiry date, taken as 20:00 UTC
 /// (16:00 EDT; daylight saving is ignored, as `weir ingest simulate` ignores it, so the
@@ -49,22 +58,6 @@ pub const EXPIRY_CLOSE_UTC_HOUR: i64 = 20;
 
 /// A year for time to expiry: 365.25 days.
 pub const YEAR: f64 = 365.25 * DAY as f64;
-
-/// A rule a message broke.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reject {
-    /// The rule's name (a metric label).
-    pub rule: &'static str,
-    /// `rule <rule>: field <field> ...`, the dead letter's reason.
-    pub reason: String,
-}
-
-fn reject(rule: &'static str, field: &str, what: impl core::fmt::Display) -> Reject {
-    Reject {
-        rule,
-        reason: format!("rule {rule}: field {field} {what}"),
-    }
-}
 
 /// A trade that passed the message's rules, borrowing from its message.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,11 +106,6 @@ pub struct Trade<'a> {
     pub time_to_expiry: f64,
 }
 
-/// The earliest time accepted: 0001-01-01T00:00:00Z.
-pub const MIN_TIME: i64 = -62_135_596_800 * SECOND;
-/// The first time no longer accepted: 10000-01-01T00:00:00Z.
-pub const END_TIME: i64 = 253_402_300_800 * SECOND;
-
 /// When a contract expiring on day `expiry` closes, in microseconds.
 pub fn expiry_close(expiry: i64) -> i64 {
     expiry * DAY + EXPIRY_CLOSE_UTC_HOUR * HOUR
@@ -150,16 +138,7 @@ pub fn check<'a>(message: &'a Message<'_>, settings: &Settings) -> Result<Trade<
     let currency = opt_text(m, "currency")?;
     let source = opt_text(m, "source")?;
 
-    let Some(uuid) = parse_uuid(event_id) else {
-        return Err(reject(
-            "event_id_uuid",
-            "event_id",
-            format_args!(
-                "is {:?}, must be a UUID like 9f1c2a7e-0b1d-4a7e-8c55-0d3c1b6f2a01",
-                shown(event_id)
-            ),
-        ));
-    };
+    let uuid = uuid("event_id_uuid", "event_id", event_id)?;
     let right = match option_type {
         "CALL" => Right::Call,
         "PUT" => Right::Put,
@@ -236,14 +215,8 @@ pub fn check<'a>(message: &'a Message<'_>, settings: &Settings) -> Result<Trade<
     if let Some(ask) = ask {
         positive("ask_positive", "ask", ask)?;
     }
-    if let (Some(bid), Some(ask)) = (bid, ask)
-        && bid > ask
-    {
-        return Err(reject(
-            "bid_le_ask",
-            "bid",
-            format_args!("is {bid}, must be <= ask ({ask})"),
-        ));
+    if let (Some(bid), Some(ask)) = (bid, ask) {
+        not_above("bid_le_ask", "bid", bid, "ask", ask)?;
     }
     if let Some(size) = last_size {
         non_negative("last_size_non_negative", "last_size", size)?;
@@ -261,45 +234,12 @@ pub fn check<'a>(message: &'a Message<'_>, settings: &Settings) -> Result<Trade<
     if let Some(iv) = implied_volatility {
         positive("implied_volatility_positive", "implied_volatility", iv)?;
     }
-    for (field, t) in [
-        ("event_time", event_time),
-        ("ingestion_time", ingestion_time),
-    ] {
-        if !(MIN_TIME..END_TIME).contains(&t) {
-            return Err(reject(
-                "time_range",
-                field,
-                format_args!("is {t} µs since 1970-01-01, must be within the years 0001 to 9999"),
-            ));
-        }
-    }
-    let ahead = event_time - ingestion_time;
-    if ahead > settings.max_future_skew {
-        return Err(reject(
-            "max_future_skew",
-            "event_time",
-            format_args!(
-                "is {}, {} after ingestion_time {}; max_future_skew is {}",
-                format_time(event_time),
-                format_duration(ahead),
-                format_time(ingestion_time),
-                format_duration(settings.max_future_skew)
-            ),
-        ));
-    }
-    if -ahead > settings.max_lateness {
-        return Err(reject(
-            "max_lateness",
-            "event_time",
-            format_args!(
-                "is {}, {} before ingestion_time {}; max_lateness is {}",
-                format_time(event_time),
-                format_duration(-ahead),
-                format_time(ingestion_time),
-                format_duration(settings.max_lateness)
-            ),
-        ));
-    }
+    event_times(
+        event_time,
+        ingestion_time,
+        settings.max_future_skew,
+        settings.max_lateness,
+    )?;
     let close = expiry_close(expiry);
     if event_time >= close {
         return Err(reject(
@@ -484,151 +424,6 @@ fn days_in_month(y: i64, m: i64) -> i64 {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`).
-pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The proleptic Gregorian date of a day number (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// A day number as `2024-06-21`.
-pub fn format_date(days: i64) -> String {
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// An instant as RFC 3339 in UTC: `2024-05-01T14:30:00.120Z`.
-pub fn format_time(micros: i64) -> String {
-    let days = micros.div_euclid(DAY);
-    let in_day = micros.rem_euclid(DAY);
-    let secs = in_day / SECOND;
-    let frac = in_day % SECOND;
-    let (h, mi, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut out = format!("{}T{h:02}:{mi:02}:{s:02}", format_date(days));
-    if frac % MS == 0 && frac != 0 {
-        out.push_str(&format!(".{:03}", frac / MS));
-    } else if frac != 0 {
-        out.push_str(&format!(".{frac:06}"));
-    }
-    out.push('Z');
-    out
-}
-
-/// Stocks, ETFs and indices: `^?[A-Z][A-Z0-9.-]{0,9}`, as the `tickers` guest checks them.
-pub fn stock_symbol(symbol: &str) -> bool {
-    let s = symbol.strip_prefix('^').unwrap_or(symbol).as_bytes();
-    match s.split_first() {
-        Some((first, rest)) => {
-            first.is_ascii_uppercase()
-                && rest.len() <= 9
-                && rest.iter().all(|b| {
-                    b.is_ascii_uppercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-')
-                })
-        }
-        None => false,
-    }
-}
-
-/// `s`, cut to 64 characters for a dead-letter reason (the raw message is stored beside
-/// it).
-fn shown(s: &str) -> String {
-    match s.char_indices().nth(64) {
-        Some((at, _)) => format!("{}…", &s[..at]),
-        None => s.into(),
-    }
-}
-
-fn positive(rule: &'static str, field: &str, v: f64) -> Result<(), Reject> {
-    if v.is_nan() || v <= 0.0 {
-        Err(reject(rule, field, format_args!("is {v}, must be > 0")))
-    } else if !v.is_finite() {
-        Err(reject(rule, field, format_args!("is {v}, must be finite")))
-    } else {
-        Ok(())
-    }
-}
-
-fn non_negative(rule: &'static str, field: &str, v: f64) -> Result<(), Reject> {
-    if v.is_nan() || v < 0.0 {
-        Err(reject(rule, field, format_args!("is {v}, must be >= 0")))
-    } else if !v.is_finite() {
-        Err(reject(rule, field, format_args!("is {v}, must be finite")))
-    } else {
-        Ok(())
-    }
-}
-
-fn required<'a>(m: &'a Message<'_>, name: &str) -> Result<&'a Value, Reject> {
-    match m.get(name) {
-        None => Err(reject("required", name, "is missing")),
-        Some(Value::Null) => Err(reject("required", name, "is null")),
-        Some(v) => Ok(v),
-    }
-}
-
-fn optional<'a>(m: &'a Message<'_>, name: &str) -> Option<&'a Value> {
-    m.get(name).filter(|v| !v.is_null())
-}
-
-fn wrong_type(name: &str, v: &Value, expected: &str) -> Reject {
-    reject(
-        "type",
-        name,
-        format_args!("is {}, must be {expected}", v.type_name()),
-    )
-}
-
-fn number(v: &Value, name: &str) -> Result<f64, Reject> {
-    match v {
-        Value::Float(_) | Value::Int(_) | Value::Decimal(_) => Ok(v.as_f64().unwrap_or(f64::NAN)),
-        _ => Err(wrong_type(name, v, "a number")),
-    }
-}
-
-fn opt_number(m: &Message<'_>, name: &str) -> Result<Option<f64>, Reject> {
-    optional(m, name).map(|v| number(v, name)).transpose()
-}
-
-fn text<'a>(v: &'a Value, name: &str) -> Result<&'a str, Reject> {
-    match v {
-        Value::Text(s) if s.contains('\0') => Err(reject(
-            "text_valid",
-            name,
-            "holds a NUL character, which Postgres text cannot store",
-        )),
-        Value::Text(s) => Ok(s),
-        _ => Err(wrong_type(name, v, "text")),
-    }
-}
-
-fn opt_text<'a>(m: &'a Message<'_>, name: &str) -> Result<Option<&'a str>, Reject> {
-    optional(m, name).map(|v| text(v, name)).transpose()
-}
-
-fn timestamp(v: &Value, name: &str) -> Result<i64, Reject> {
-    v.as_timestamp_micros()
-        .ok_or_else(|| wrong_type(name, v, "a timestamp"))
-}
-
 /// An int: an Avro `int`/`long`/`date` arrives as one.
 fn int(v: &Value, name: &str, what: &str) -> Result<i64, Reject> {
     v.as_i64().ok_or_else(|| wrong_type(name, v, what))
@@ -638,31 +433,4 @@ fn opt_int(m: &Message<'_>, name: &str) -> Result<Option<i64>, Reject> {
     optional(m, name)
         .map(|v| int(v, name, "a whole number"))
         .transpose()
-}
-
-/// A UUID in its hyphenated or simple form, any case, as a number (as the `tickers`
-/// guest reads them).
-pub fn parse_uuid(s: &str) -> Option<u128> {
-    let b = s.as_bytes();
-    let hyphenated = b.len() == 36;
-    if !hyphenated && b.len() != 32 {
-        return None;
-    }
-    let mut v: u128 = 0;
-    for (i, &c) in b.iter().enumerate() {
-        if hyphenated && matches!(i, 8 | 13 | 18 | 23) {
-            if c != b'-' {
-                return None;
-            }
-            continue;
-        }
-        let digit = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            b'A'..=b'F' => c - b'A' + 10,
-            _ => return None,
-        };
-        v = (v << 4) | u128::from(digit);
-    }
-    Some(v)
 }

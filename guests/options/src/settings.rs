@@ -1,17 +1,7 @@
 //! The guest's config: the table, the lookups it runs, and the rules' limits.
 
 use weir_guest::prelude::*;
-
-/// Microseconds in a millisecond.
-pub const MS: i64 = 1_000;
-/// Microseconds in a second.
-pub const SECOND: i64 = 1_000 * MS;
-/// Microseconds in a minute.
-pub const MINUTE: i64 = 60 * SECOND;
-/// Microseconds in an hour.
-pub const HOUR: i64 = 60 * MINUTE;
-/// Microseconds in a day.
-pub const DAY: i64 = 24 * HOUR;
+use weir_guest::time::{HOUR, MINUTE, SECOND, limit_key};
 
 /// The parsed config (see the crate docs for the keys).
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +34,7 @@ impl Settings {
             table: name(config, "table", "option_trades")?,
             underlying_lookup: name(config, "underlying_lookup", "underlying")?,
             rate_lookup: name(config, "rate_lookup", "rate")?,
-            max_underlying_age: duration_key(config, "max_underlying_age", MINUTE)?,
+            max_underlying_age: limit_key(config, "max_underlying_age", MINUTE)?,
             intrinsic_tolerance: number(config, "intrinsic_tolerance", 0.01, 0.0)?,
             max_volatility: {
                 let v = number(config, "max_volatility", 5.0, 0.0)?;
@@ -55,8 +45,8 @@ impl Settings {
                 }
                 v
             },
-            max_future_skew: duration_key(config, "max_future_skew", 5 * SECOND)?,
-            max_lateness: duration_key(config, "max_lateness", HOUR)?,
+            max_future_skew: limit_key(config, "max_future_skew", 5 * SECOND)?,
+            max_lateness: limit_key(config, "max_lateness", HOUR)?,
         })
     }
 }
@@ -85,87 +75,4 @@ fn number(config: &Config, key: &str, default: f64, min: f64) -> Result<f64, Con
                 ))
             }),
     }
-}
-
-/// A duration, or `off` for none.
-fn duration_key(config: &Config, key: &str, default: i64) -> Result<i64, ConfigError> {
-    match config.get(key) {
-        None => Ok(default),
-        Some(raw) if raw.trim() == "off" => Ok(i64::MAX),
-        Some(raw) => parse_duration(raw)
-            .map_err(|why| ConfigError::new(format!("`{key}` = {raw:?} is not a duration: {why}"))),
-    }
-}
-
-/// Parses a duration: a number and a unit, or several (`1h30m`): `us`, `ms`, `s`, `m`,
-/// `h`, `d`. `0` needs no unit. Returns microseconds. (As the `tickers` guest reads them.)
-pub fn parse_duration(raw: &str) -> Result<i64, String> {
-    const HINT: &str = "write a whole number and a unit: 500ms, 5s, 10m, 1h";
-    let s = raw.trim();
-    if s == "0" {
-        return Ok(0);
-    }
-    if s.is_empty() {
-        return Err(format!("it is empty; {HINT}"));
-    }
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    let mut total: i64 = 0;
-    while i < bytes.len() {
-        let start = i;
-        while i < bytes.len() && bytes[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == start {
-            return Err(format!("expected a number at {:?}; {HINT}", &s[start..]));
-        }
-        let number: i64 = s[start..i]
-            .parse()
-            .map_err(|_| format!("{:?} is too large", &s[start..i]))?;
-        let unit_start = i;
-        while i < bytes.len() && !bytes[i].is_ascii_digit() {
-            i += 1;
-        }
-        let unit = match &s[unit_start..i] {
-            "us" | "µs" => 1,
-            "ms" => MS,
-            "s" => SECOND,
-            "m" => MINUTE,
-            "h" => HOUR,
-            "d" => DAY,
-            "" => return Err(format!("{:?} has no unit; {HINT}", &s[start..i])),
-            other => {
-                return Err(format!(
-                    "unknown unit {other:?}; use us, ms, s, m, h or d ({HINT})"
-                ));
-            }
-        };
-        total = number
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("{s:?} is too long"))?;
-    }
-    Ok(total)
-}
-
-/// A duration in its largest whole unit: `1m`, `90s`, `1500ms`; `off` for none.
-pub fn format_duration(micros: i64) -> String {
-    if micros == i64::MAX {
-        return "off".into();
-    }
-    if micros == 0 {
-        return "0s".into();
-    }
-    for (unit, name) in [
-        (DAY, "d"),
-        (HOUR, "h"),
-        (MINUTE, "m"),
-        (SECOND, "s"),
-        (MS, "ms"),
-    ] {
-        if micros % unit == 0 {
-            return format!("{}{name}", micros / unit);
-        }
-    }
-    format!("{micros}us")
 }

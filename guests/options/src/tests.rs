@@ -8,9 +8,9 @@ use weir_guest::prelude::*;
 use weir_guest::testing::{Harness, TestMessage, batch};
 
 use crate::model::{self, Right};
-use crate::rules::{EXPIRY_CLOSE_UTC_HOUR, YEAR, days_from_civil, parse_occ};
-use crate::settings::{HOUR, MINUTE, SECOND};
+use crate::rules::{EXPIRY_CLOSE_UTC_HOUR, YEAR, parse_occ};
 use crate::{COLUMNS, Options};
+use weir_guest::time::{HOUR, MINUTE, SECOND, days_from_civil};
 
 /// 2024-05-01T14:30:00Z, in microseconds.
 const T0: i64 = 1_714_573_800 * SECOND;

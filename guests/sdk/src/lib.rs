@@ -151,9 +151,12 @@ mod output;
 mod value;
 
 pub mod lookup;
+pub mod parse;
+pub mod rules;
 pub mod state;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+pub mod time;
 
 pub use config::{Config, ConfigError};
 pub use host::{Level, log, metrics};

@@ -7,8 +7,8 @@ use weir_guest::testing::{Harness, TestMessage, batch};
 use weir_guest::{Output, Written};
 
 use crate::Tickers;
-use crate::settings::{MINUTE, SECOND};
 use crate::windows::starts;
+use weir_guest::time::{MINUTE, SECOND};
 
 /// 2024-05-01T14:30:00Z, in microseconds.
 const T0: i64 = 1_714_573_800 * SECOND;

@@ -246,7 +246,7 @@ impl Processor for Tickers {
         let mut candles: Vec<Candle<'_>> = Vec::new();
 
         for (i, message) in messages.iter().enumerate() {
-            if let Some(id) = message.text("event_id").and_then(rules::parse_uuid)
+            if let Some(id) = message.text("event_id").and_then(weir_guest::parse::uuid)
                 && accepted.contains(&id)
             {
                 counts.duplicate += 1;

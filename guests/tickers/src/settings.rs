@@ -1,17 +1,9 @@
 //! The guest's config: asset class, tables, candle intervals and the time-skew limits.
 
 use weir_guest::prelude::*;
-
-/// Microseconds in a millisecond, second, minute, hour and day.
-pub const MS: i64 = 1_000;
-/// Microseconds in a second.
-pub const SECOND: i64 = 1_000 * MS;
-/// Microseconds in a minute.
-pub const MINUTE: i64 = 60 * SECOND;
-/// Microseconds in an hour.
-pub const HOUR: i64 = 60 * MINUTE;
-/// Microseconds in a day.
-pub const DAY: i64 = 24 * HOUR;
+use weir_guest::time::{
+    DAY, HOUR, MINUTE, SECOND, duration_key, format_duration, limit_key, parse_duration,
+};
 
 /// The kind of instrument a topic carries. The rules and candles are the same for all;
 /// only the parameters below differ.
@@ -68,7 +60,7 @@ impl AssetClass {
     /// Whether `symbol` has this class's symbol format.
     pub fn symbol_ok(self, symbol: &str) -> bool {
         match self {
-            Self::Stocks => crate::symbols::stock(symbol),
+            Self::Stocks => weir_guest::parse::stock_symbol(symbol),
             Self::Crypto => crate::symbols::crypto(symbol),
             Self::Currency => crate::symbols::currency(symbol),
         }
@@ -241,8 +233,8 @@ impl Settings {
         let candles_table = name(config, "candles_table", "candles")?;
         let intervals = intervals(config.get("intervals").unwrap_or("1m,5m,15m"))
             .map_err(|why| ConfigError::new(format!("`intervals`: {why}")))?;
-        let max_future_skew = duration_key(config, "max_future_skew", 5 * SECOND)?;
-        let max_lateness = duration_key(config, "max_lateness", HOUR)?;
+        let max_future_skew = limit_key(config, "max_future_skew", 5 * SECOND)?;
+        let max_lateness = limit_key(config, "max_lateness", HOUR)?;
         let clean_topic = match config.get("clean_topic").map(str::trim) {
             None => None,
             Some("") => {
@@ -386,8 +378,8 @@ fn windows(config: &Config) -> Result<Option<Windows>, ConfigError> {
             )));
         }
     }
-    let close_offset = non_negative(config, "window_close_offset", 5 * SECOND)?;
-    let allowed_lateness = non_negative(config, "allowed_lateness", HOUR)?;
+    let close_offset = duration_key(config, "window_close_offset", 5 * SECOND)?;
+    let allowed_lateness = duration_key(config, "allowed_lateness", HOUR)?;
     Ok(Some(Windows {
         lengths,
         hop,
@@ -398,30 +390,11 @@ fn windows(config: &Config) -> Result<Option<Windows>, ConfigError> {
     }))
 }
 
-/// A duration key that may be 0 but not `off`.
-fn non_negative(config: &Config, key: &str, default: i64) -> Result<i64, ConfigError> {
-    match config.get(key) {
-        None => Ok(default),
-        Some(raw) => parse_duration(raw)
-            .map_err(|why| ConfigError::new(format!("`{key}` = {raw:?} is not a duration: {why}"))),
-    }
-}
-
 fn name(config: &Config, key: &str, default: &str) -> Result<String, ConfigError> {
     match config.get(key).map(str::trim) {
         None => Ok(default.into()),
         Some("") => Err(ConfigError::new(format!("`{key}` is empty: name a table"))),
         Some(table) => Ok(table.into()),
-    }
-}
-
-/// A skew limit: a duration, or `off` for none.
-fn duration_key(config: &Config, key: &str, default: i64) -> Result<i64, ConfigError> {
-    match config.get(key) {
-        None => Ok(default),
-        Some(raw) if raw.trim() == "off" => Ok(i64::MAX),
-        Some(raw) => parse_duration(raw)
-            .map_err(|why| ConfigError::new(format!("`{key}` = {raw:?} is not a duration: {why}"))),
     }
 }
 
@@ -450,74 +423,4 @@ pub fn intervals(raw: &str) -> Result<Vec<Interval>, String> {
         });
     }
     Ok(out)
-}
-
-/// Parses a duration: a number and a unit, or several (`1h30m`): `us`, `ms`, `s`, `m`,
-/// `h`, `d`. `0` needs no unit. Returns microseconds.
-pub fn parse_duration(raw: &str) -> Result<i64, String> {
-    const HINT: &str = "write a whole number and a unit: 500ms, 5s, 10m, 1h";
-    let s = raw.trim();
-    if s == "0" {
-        return Ok(0);
-    }
-    if s.is_empty() {
-        return Err(format!("it is empty; {HINT}"));
-    }
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    let mut total: i64 = 0;
-    while i < bytes.len() {
-        let start = i;
-        while i < bytes.len() && bytes[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == start {
-            return Err(format!("expected a number at {:?}; {HINT}", &s[start..]));
-        }
-        let number: i64 = s[start..i]
-            .parse()
-            .map_err(|_| format!("{:?} is too large", &s[start..i]))?;
-        let unit_start = i;
-        while i < bytes.len() && !bytes[i].is_ascii_digit() {
-            i += 1;
-        }
-        let unit = match &s[unit_start..i] {
-            "us" | "µs" => 1,
-            "ms" => MS,
-            "s" => SECOND,
-            "m" => MINUTE,
-            "h" => HOUR,
-            "d" => DAY,
-            "" => return Err(format!("{:?} has no unit; {HINT}", &s[start..i])),
-            other => {
-                return Err(format!(
-                    "unknown unit {other:?}; use us, ms, s, m, h or d ({HINT})"
-                ));
-            }
-        };
-        total = number
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("{s:?} is too long"))?;
-    }
-    Ok(total)
-}
-
-/// A duration in its largest whole unit: `1m`, `90s`, `1500ms`.
-pub fn format_duration(micros: i64) -> String {
-    if micros == 0 {
-        return "0s".into();
-    }
-    for (unit, name) in [
-        (DAY, "d"),
-        (HOUR, "h"),
-        (MINUTE, "m"),
-        (SECOND, "s"),
-        (MS, "ms"),
-    ] {
-        if micros % unit == 0 {
-            return format!("{}{name}", micros / unit);
-        }
-    }
-    format!("{micros}us")
 }

@@ -1,19 +1,5 @@
-//! Symbol formats per asset class, as small matchers (no regex engine in the guest).
-
-/// Stocks, ETFs and indices: `^?[A-Z][A-Z0-9.-]{0,9}` (`AAPL`, `BRK.B`, `^GSPC`).
-pub fn stock(symbol: &str) -> bool {
-    let s = symbol.strip_prefix('^').unwrap_or(symbol).as_bytes();
-    match s.split_first() {
-        Some((first, rest)) => {
-            first.is_ascii_uppercase()
-                && rest.len() <= 9
-                && rest.iter().all(|b| {
-                    b.is_ascii_uppercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-')
-                })
-        }
-        None => false,
-    }
-}
+//! Symbol formats per asset class, as small matchers (no regex engine in the guest); the
+//! stock format is [`weir_guest::parse::stock_symbol`], which the `options` guest checks too.
 
 /// Crypto pairs: `BASE-QUOTE`, each part 1 to 10 of `[A-Z0-9]` (`BTC-USD`, `1INCH-USDT`).
 pub fn crypto(symbol: &str) -> bool {
@@ -37,37 +23,6 @@ pub fn currency(symbol: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stocks() {
-        for ok in [
-            "AAPL",
-            "BRK.B",
-            "^GSPC",
-            "A",
-            "BF-B",
-            "ABCDEFGHIJ",
-            "^VIX",
-            "X1",
-        ] {
-            assert!(stock(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "^",
-            "aapl",
-            "1ABC",
-            ".A",
-            "ABCDEFGHIJK",
-            "^^GSPC",
-            "AA PL",
-            "ÄAPL",
-            "A$",
-            "A^",
-        ] {
-            assert!(!stock(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn cryptos() {

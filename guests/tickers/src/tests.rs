@@ -10,8 +10,8 @@ use weir_guest::{Output, Written};
 
 use crate::Tickers;
 use crate::candles::bucket_start;
-use crate::rules::{END_TIME, MIN_TIME};
-use crate::settings::{DAY, HOUR, MINUTE, SECOND, format_duration, intervals, parse_duration};
+use crate::settings::intervals;
+use weir_guest::time::{DAY, END_TIME, HOUR, MIN_TIME, MINUTE, SECOND};
 
 /// 2024-05-01T14:30:00Z, in microseconds.
 const T0: i64 = 1_714_573_800 * SECOND;
@@ -964,42 +964,9 @@ fn a_bad_config_is_refused_by_init() {
     );
 }
 
+/// Durations themselves are `weir_guest::time`'s (tested there).
 #[test]
-fn durations() {
-    for (raw, us) in [
-        ("500ms", 500 * 1000),
-        ("5s", 5 * SECOND),
-        ("10m", 10 * MINUTE),
-        ("1h", HOUR),
-        ("1h30m", 90 * MINUTE),
-        (" 2d ", 2 * DAY),
-        ("250us", 250),
-        ("0", 0),
-        ("0s", 0),
-    ] {
-        assert_eq!(parse_duration(raw), Ok(us), "{raw}");
-    }
-    for bad in [
-        "",
-        "5",
-        "s",
-        "-5s",
-        "1.5s",
-        "5x",
-        "99999999999999999999s",
-        "1h 30m",
-    ] {
-        assert!(parse_duration(bad).is_err(), "{bad}");
-    }
-    for (us, text) in [
-        (MINUTE, "1m"),
-        (90 * SECOND, "90s"),
-        (1500 * 1000, "1500ms"),
-        (DAY, "1d"),
-        (7, "7us"),
-    ] {
-        assert_eq!(format_duration(us), text);
-    }
+fn interval_lists() {
     let parsed = intervals("1m,5m,15m").unwrap();
     assert_eq!(
         parsed.iter().map(|i| i.micros).collect::<Vec<_>>(),
