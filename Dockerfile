@@ -10,7 +10,8 @@
 
 ARG RUST_VERSION=1.95
 
-# ---- build: the host (with its bundled librdkafka) and the guests (wasm32-wasip2) ----
+# ---- build: the host (with its bundled librdkafka) and the guests (wasm32-wasip2): passthrough,
+# tickers (the asset-class pipelines) and options (the options pipeline) ----
 FROM rust:${RUST_VERSION}-bookworm AS build
 RUN rustup target add wasm32-wasip2
 WORKDIR /src
@@ -26,10 +27,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/guests/target \
     cd guests \
- && cargo build --release --locked --target wasm32-wasip2 -p passthrough -p tickers \
+ && cargo build --release --locked --target wasm32-wasip2 -p passthrough -p tickers -p options \
  && install -d /out/guests \
  && install -m 0644 target/wasm32-wasip2/release/passthrough.wasm \
-      target/wasm32-wasip2/release/tickers.wasm /out/guests/
+      target/wasm32-wasip2/release/tickers.wasm \
+      target/wasm32-wasip2/release/options.wasm /out/guests/
 
 # ---- runtime: Debian slim (glibc, zlib, OpenSSL for librdkafka's TLS, CA certificates), non-root ----
 FROM debian:bookworm-slim AS runtime

@@ -9,7 +9,12 @@
 //! other by the names the charts create, their NetworkPolicies (when enabled) allow those
 //! connections and no others, and TLS and credentials (Kafka, the registry's users and
 //! clients) come from Secrets, and Grafana's PostgreSQL data source (the weir markets
-//! dashboard) logs in to storage's Postgres with the password of storage's Secret.
+//! dashboard) logs in to storage's Postgres with the password of storage's Secret. The
+//! market pipeline is deployed whole: the processing release runs the demo's pipelines
+//! (tests/demo/weir.yaml, the options pipeline and its lookups included) with guests the
+//! image builds, the streaming release creates every topic with a schema in schemas/, the
+//! storage release applies every migration and they create every table the pipelines use,
+//! and the simulator's command, option trades included, is one weir takes.
 //!
 //! The tools come from `make tools` (tests/deploy/tools.sh) in `.tools/bin`.
 
@@ -706,8 +711,9 @@ fn a_guest_set_with_set_file_lands_byte_for_byte_in_the_guests_configmap() {
         hex::encode(sha2::Sha256::digest(&want)),
         "the guest in the ConfigMap is not the file"
     );
-    // The pipelines run it from the mounted ConfigMap, which is a directory mount (so an
-    // upgrade swaps it in place) and no checksum of it restarts the pods.
+    // The pipelines of tickers.wasm run it from the mounted ConfigMap, which is a directory
+    // mount (so an upgrade swaps it in place) and no checksum of it restarts the pods; the
+    // options pipeline still runs the image's options.wasm.
     let config = weir_config(&all);
     let guests: BTreeSet<&str> = config["pipelines"]
         .as_sequence()
@@ -716,14 +722,24 @@ fn a_guest_set_with_set_file_lands_byte_for_byte_in_the_guests_configmap() {
         .map(|p| p["guest"].as_str().unwrap())
         .collect();
     let dir = config["guests"]["dir"].as_str().unwrap_or("");
-    for guest in &guests {
-        let path = if guest.starts_with('/') {
-            guest.to_string()
-        } else {
-            format!("{dir}/{guest}")
-        };
-        assert_eq!(path, "/etc/weir/guests/tickers.wasm", "{guest}");
-    }
+    let paths: BTreeSet<String> = guests
+        .iter()
+        .map(|guest| {
+            if guest.starts_with('/') {
+                guest.to_string()
+            } else {
+                format!("{dir}/{guest}")
+            }
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        BTreeSet::from([
+            "/etc/weir/guests/tickers.wasm".to_string(),
+            "/opt/weir/guests/options.wasm".to_string(),
+        ]),
+        "the pipelines' guests"
+    );
     let deployment = find(&all, "Deployment", "processing-weir");
     let mounts = serde_yaml::to_string(&deployment["spec"]["template"]["spec"]).unwrap();
     assert!(mounts.contains("processing-weir-guests"));
@@ -766,6 +782,333 @@ fn the_rendered_weir_config_is_one_weir_accepts() {
     );
 }
 
+/// The pipelines of a weir config file as weir itself renders it (`weir config render`,
+/// tera first), each guest reduced to its file name (the chart's are paths in the image).
+fn rendered_pipelines(path: &Path, env: &[(&str, &str)]) -> Vec<Value> {
+    let out = weir_tests::weir_env(
+        &["config", "render", "--config", path.to_str().unwrap()],
+        env,
+    );
+    assert!(
+        out.status.success(),
+        "weir config render {}:\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: Value = serde_yaml::from_slice(&out.stdout).expect("the rendered config parses");
+    config["pipelines"]
+        .as_sequence()
+        .expect("pipelines")
+        .iter()
+        .map(|p| {
+            let mut p = p.clone();
+            let file = p["guest"].as_str().unwrap().rsplit('/').next().unwrap();
+            p["guest"] = Value::from(file.to_string());
+            p
+        })
+        .collect()
+}
+
+#[test]
+fn the_processing_release_runs_the_demos_market_pipelines_with_their_lookups() {
+    // tests/demo/weir.yaml is the reference: after weir's own rendering (tera, which must
+    // leave the lookups' $1 and $2 alone), each environment's pipelines are the demo's, key
+    // for key, the guests being the image's files of the same names.
+    let demo = rendered_pipelines(
+        &repo_root().join("tests/demo/weir.yaml"),
+        &[("WEIR_MAX_LATENESS", "1h")],
+    );
+    let names = |pipelines: &[Value]| -> Vec<String> {
+        pipelines
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&demo), ["stocks", "crypto", "currency", "options"]);
+    for env in ENVIRONMENTS {
+        let all = docs(helmfile_template(env, "1.x"));
+        let cm = find(&all, "ConfigMap", "processing-weir-config");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.yaml");
+        std::fs::write(&path, str_at(cm, &["data", "weir.yaml"]).unwrap()).unwrap();
+        let chart = rendered_pipelines(&path, &[]);
+        assert_eq!(names(&chart), names(&demo), "{env}: the pipelines");
+        for (ours, theirs) in chart.iter().zip(&demo) {
+            assert_eq!(
+                ours,
+                theirs,
+                "{env}: pipeline {} is not the demo's:\n{}\nthe demo's:\n{}",
+                ours["name"].as_str().unwrap(),
+                serde_yaml::to_string(ours).unwrap(),
+                serde_yaml::to_string(theirs).unwrap()
+            );
+        }
+        // What the demo's pipelines have, spelled out.
+        let by_name = |n: &str| {
+            chart
+                .iter()
+                .find(|p| p["name"].as_str() == Some(n))
+                .unwrap()
+        };
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_sequence()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_string())
+                .collect()
+        };
+        for class in ["stocks", "crypto", "currency"] {
+            let p = by_name(class);
+            assert_eq!(p["guest"].as_str(), Some("tickers.wasm"));
+            assert_eq!(
+                strings(&p["tables"]),
+                [
+                    format!("ticks_{class}"),
+                    "candles".into(),
+                    "windows".into(),
+                    "window_watermarks".into()
+                ],
+                "{env}: {class}"
+            );
+            let config = &p["config"];
+            assert_eq!(config["windows"].as_str(), Some("1m,5m,15m"), "{env}");
+            assert_eq!(config["window_hop"].as_str(), Some("1m"), "{env}");
+            assert_eq!(config["window_close_offset"].as_str(), Some("5s"), "{env}");
+        }
+        let stocks = &by_name("stocks")["config"];
+        assert_eq!(stocks["impute"].as_str(), Some("forward_fill"));
+        assert_eq!(stocks["impute_fields"].as_str(), Some("bid,ask"));
+        let crypto = &by_name("crypto")["config"];
+        assert_eq!(crypto["impute"].as_str(), Some("trailing_mean"));
+        assert_eq!(crypto["impute_fields"].as_str(), Some("last_size"));
+        assert_eq!(crypto["impute_window"].as_u64(), Some(20));
+        assert!(by_name("currency")["config"].get("impute").is_none());
+        let options = by_name("options");
+        assert_eq!(options["topic"].as_str(), Some("tickers.options"));
+        assert_eq!(options["guest"].as_str(), Some("options.wasm"));
+        assert_eq!(strings(&options["tables"]), ["option_trades"]);
+        assert_eq!(options["dedup"]["key"].as_str(), Some("event_id"));
+        let lookups = options["lookups"]
+            .as_mapping()
+            .expect("the options lookups");
+        assert_eq!(lookups.len(), 2, "{env}: {lookups:?}");
+        let underlying = options["lookups"]["underlying"].as_str().unwrap();
+        assert!(
+            underlying.contains("FROM ticks_stocks")
+                && underlying.contains("symbol = $1")
+                && underlying.contains("event_time <= $2"),
+            "{env}: {underlying}"
+        );
+        let rate = options["lookups"]["rate"].as_str().unwrap();
+        assert!(
+            rate.contains("FROM rates") && rate.contains("day <= $1"),
+            "{env}: {rate}"
+        );
+    }
+}
+
+#[test]
+fn a_pipelines_lookups_are_sql_by_name_in_the_processing_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = |name: &str, lookups: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "pipelines:\n  - {{name: options, topic: tickers.options, guest: options.wasm, \
+                 tables: [option_trades], lookups: {lookups}}}\n"
+            ),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let good = values(
+        "good.yaml",
+        "{rate: 'SELECT rate FROM rates WHERE day <= $1'}",
+    );
+    let all = docs(&template("processing", "processing", &["--values", &good]));
+    let config = weir_config(&all);
+    assert_eq!(
+        config["pipelines"][0]["lookups"]["rate"].as_str(),
+        Some("SELECT rate FROM rates WHERE day <= $1")
+    );
+    for (file, lookups) in [
+        ("list.yaml", "{rate: [SELECT 1]}"),
+        ("empty.yaml", "{rate: ''}"),
+    ] {
+        let bad = values(file, lookups);
+        let (success, _, stderr) = run(
+            &tool("helm"),
+            &[
+                "template",
+                "processing",
+                "charts/processing",
+                "--values",
+                &bad,
+            ],
+        );
+        assert!(
+            !success
+                && stderr.contains("values don't meet the specifications of the schema")
+                && stderr.contains("lookups"),
+            "lookups: {lookups} is not refused naming lookups:\n{stderr}"
+        );
+    }
+}
+
+/// The topics the streaming release's topics Job creates, with their partitions.
+fn created_topics(all: &[Value]) -> BTreeMap<String, u64> {
+    let job = find(all, "Job", "streaming-topics");
+    let script = pod_spec(job).unwrap()["containers"][0]["command"][2]
+        .as_str()
+        .expect("the topics script");
+    let mut topics = BTreeMap::new();
+    let mut topic = None;
+    for line in script.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(at) = words.iter().position(|w| *w == "--topic") {
+            topic = Some(words[at + 1].trim_matches('\'').to_string());
+        }
+        if let Some(at) = words.iter().position(|w| *w == "--partitions") {
+            let topic = topic.take().expect("--partitions after --topic");
+            topics.insert(topic, words[at + 1].parse().expect("a partition count"));
+        }
+    }
+    topics
+}
+
+#[test]
+fn the_streaming_release_creates_every_topic_and_registers_every_schema_the_pipeline_uses() {
+    // Every schemas/TOPIC.avsc goes into the image (/opt/weir/schemas), whose schemas Job
+    // pushes it as TOPIC-value; the topics Job creates TOPIC, with the partitions of the
+    // others.
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("COPY schemas /opt/weir/schemas"));
+    let schemas: BTreeSet<String> = std::fs::read_dir(repo_root().join("schemas"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter_map(|f| f.strip_suffix(".avsc").map(str::to_string))
+        .collect();
+    assert!(schemas.contains("tickers.options"), "{schemas:?}");
+    for (env, partitions) in [("local", 3), ("production", 6)] {
+        let all = docs(helmfile_template(env, "1.x"));
+        let push = serde_yaml::to_string(
+            &pod_spec(find(&all, "Job", "streaming-schemas")).unwrap()["containers"][0]["command"],
+        )
+        .unwrap();
+        assert!(
+            push.contains("- push") && push.contains("- /opt/weir/schemas"),
+            "{env}: {push}"
+        );
+        let topics = created_topics(&all);
+        for topic in &schemas {
+            assert_eq!(
+                topics.get(topic),
+                Some(&partitions),
+                "{env}: the topics Job does not create {topic} with {partitions} partitions: {topics:?}"
+            );
+        }
+        // What the pipelines read and emit.
+        let config = weir_config(&all);
+        for p in config["pipelines"].as_sequence().unwrap() {
+            let mut used: Vec<&str> = p["topic"].as_str().into_iter().collect();
+            for list in ["topics", "topics_out"] {
+                if let Some(more) = p.get(list).and_then(Value::as_sequence) {
+                    used.extend(
+                        more.iter()
+                            .filter_map(|t| t.as_str().or(t["topic"].as_str())),
+                    );
+                }
+            }
+            for topic in used {
+                assert!(
+                    topics.contains_key(topic),
+                    "{env}: pipeline {} uses {topic}, which the topics Job does not create",
+                    p["name"].as_str().unwrap()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_storage_release_applies_every_migration_and_they_create_what_the_pipelines_use() {
+    let dir = repo_root().join("schemas/postgres");
+    let want: BTreeMap<String, String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("sql"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect();
+    for file in ["005_options.sql", "006_analytics.sql"] {
+        assert!(want.contains_key(file), "no {file} in {}", dir.display());
+    }
+    let sql = want.values().cloned().collect::<String>().to_lowercase();
+    let creates = |table: &str| {
+        ["create table ", "create table if not exists "]
+            .iter()
+            .any(|c| sql.contains(&format!("{c}{table} (")))
+    };
+    for env in ENVIRONMENTS {
+        let all = docs(helmfile_template(env, "1.x"));
+        // Byte for byte (weir migrate records each file's sha256), every one of them.
+        let cm = find(&all, "ConfigMap", "storage-migrations");
+        let got: BTreeMap<String, String> = cm["data"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.as_str().unwrap().into(), v.as_str().unwrap().into()))
+            .collect();
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{env}: the migrations"
+        );
+        assert!(
+            got == want,
+            "{env}: a migration in the ConfigMap is not the file"
+        );
+        let job =
+            serde_yaml::to_string(pod_spec(find(&all, "Job", "storage-migrate")).unwrap()).unwrap();
+        assert!(
+            job.contains("name: storage-migrations") && job.contains("mountPath: /migrations"),
+            "{env}: the migrate Job does not mount the migrations"
+        );
+        // The tables the pipelines write and their lookups read.
+        let config = weir_config(&all);
+        for p in config["pipelines"].as_sequence().unwrap() {
+            let mut tables: Vec<String> = p["tables"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_string())
+                .collect();
+            for (_, query) in p
+                .get("lookups")
+                .and_then(Value::as_mapping)
+                .into_iter()
+                .flatten()
+            {
+                let query = query.as_str().unwrap();
+                let from = query.split("FROM ").nth(1).expect("a lookup reads a table");
+                tables.push(from.split_whitespace().next().unwrap().to_string());
+            }
+            for table in tables {
+                assert!(
+                    creates(&table),
+                    "{env}: pipeline {} uses {table}, which no migration creates",
+                    p["name"].as_str().unwrap()
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn the_image_has_what_the_charts_use() {
     let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
@@ -780,11 +1123,30 @@ fn the_image_has_what_the_charts_use() {
     // Every guest the default pipelines name is built into the image.
     let all = docs(&template("processing", "processing", &[]));
     let config = weir_config(&all);
+    let mut built_in = BTreeSet::new();
     for p in config["pipelines"].as_sequence().unwrap() {
         let guest = p["guest"].as_str().unwrap();
+        assert!(
+            guest.starts_with("/opt/weir/guests/"),
+            "{guest}: not the image's"
+        );
         let file = guest.rsplit('/').next().unwrap();
-        assert!(dockerfile.contains(file), "the image does not build {file}");
+        let krate = file.trim_end_matches(".wasm");
+        assert!(
+            dockerfile.contains(&format!(" -p {krate}")),
+            "the image does not build the {krate} guest"
+        );
+        assert!(
+            dockerfile.contains(&format!("target/wasm32-wasip2/release/{file}")),
+            "the image does not install {file} in /opt/weir/guests"
+        );
+        built_in.insert(file.to_string());
     }
+    assert_eq!(
+        built_in,
+        BTreeSet::from(["tickers.wasm".to_string(), "options.wasm".to_string()]),
+        "the default pipelines' guests"
+    );
     let ignore = std::fs::read_to_string(repo_root().join(".dockerignore")).unwrap();
     for kept in ["host", "guests", "wit", "schemas", "Cargo.lock"] {
         assert!(
@@ -936,6 +1298,14 @@ fn guests_given_through_helmfile_are_still_there_after_the_next_sync() {
             let config = weir_config(&all);
             for p in config["pipelines"].as_sequence().unwrap() {
                 let guest = p["guest"].as_str().unwrap();
+                if p["name"].as_str() == Some("options") {
+                    // Not delivered: the image's.
+                    assert_eq!(
+                        guest, "/opt/weir/guests/options.wasm",
+                        "{mode}: sync {sync}"
+                    );
+                    continue;
+                }
                 assert!(
                     guest == "/etc/weir/guests/tickers.wasm"
                         || (guest == "tickers.wasm"
@@ -1921,6 +2291,72 @@ fn a_live_feed_source_is_one_scraped_probed_pod_whose_command_weir_accepts() {
         ],
     );
     assert!(!success && stderr.contains("feed.symbols"), "{stderr}");
+}
+
+#[test]
+fn the_simulator_produces_option_trades_with_a_command_weir_accepts() {
+    // By default, and in both environments, the simulator trades options on its stocks.
+    let mut renderings = vec![("defaults", template_checked("ingestion", &[]))];
+    for env in ENVIRONMENTS {
+        renderings.push((env, docs(helmfile_template(env, "1.x"))));
+    }
+    for (label, all) in &renderings {
+        let ingest =
+            &pod_spec(find(all, "Deployment", "ingestion-ingest")).unwrap()["containers"][0];
+        let joined = container_args(ingest).join(" ");
+        assert!(
+            joined.starts_with("ingest simulate ")
+                && joined.contains(" --options --option-share 0.2")
+                && !joined.contains("--risk-free-rate"),
+            "{label}: {joined}"
+        );
+    }
+    // The command is one weir takes: it gets past its arguments to asking the registry.
+    let all = template_checked(
+        "ingestion",
+        &["options.share=0.35", "options.riskFreeRate=0.05", "seed=7"],
+    );
+    let ingest = &pod_spec(find(&all, "Deployment", "ingestion-ingest")).unwrap()["containers"][0];
+    let args = container_args(ingest);
+    let joined = args.join(" ");
+    assert!(
+        joined.contains(" --options --option-share 0.35 --risk-free-rate 0.05"),
+        "{joined}"
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = weir_tests::weir_env(
+        &args,
+        &[
+            ("KAFKA_BROKERS", "127.0.0.1:1"),
+            ("SCHEMA_REGISTRY_URL", "http://127.0.0.1:1"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("registry")
+            && !stderr.contains("Usage:")
+            && !stderr.contains("--option"),
+        "{stderr}"
+    );
+    // Off, no option flag (--option-share alone is refused by weir).
+    let all = template_checked("ingestion", &["options.enabled=false"]);
+    let joined = container_args(
+        &pod_spec(find(&all, "Deployment", "ingestion-ingest")).unwrap()["containers"][0],
+    )
+    .join(" ");
+    assert!(!joined.contains("--option"), "{joined}");
+    // Options without stocks, and a share above 1, are refused naming the value.
+    for (set, key) in [
+        ("stocks={none}", "options.enabled"),
+        ("options.share=2", "share"),
+    ] {
+        let (success, _, stderr) = run(
+            &tool("helm"),
+            &["template", "ingestion", "charts/ingestion", "--set", set],
+        );
+        assert!(!success && stderr.contains(key), "{set}: {stderr}");
+    }
 }
 
 /// The data sources of the monitoring release's Grafana (its provisioning file).

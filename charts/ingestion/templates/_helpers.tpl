@@ -152,6 +152,11 @@ SASL password goes in the --kafka-config file.
 {{- $args = concat $args (list "--late-fraction" (include "ingestion.num" .Values.lateFraction) "--late-by" .Values.lateBy "--duplicate-fraction" (include "ingestion.num" .Values.duplicateFraction)) -}}
 {{- if not (kindIs "invalid" .Values.seed) }}{{ $args = concat $args (list "--seed" (include "ingestion.num" .Values.seed)) }}{{ end -}}
 {{- with .Values.startTime }}{{ $args = concat $args (list "--start-time" .) }}{{ end -}}
+{{- if .Values.options.enabled -}}
+{{- if has "none" .Values.stocks }}{{ fail "ingestion: options.enabled needs stocks to list options on, and stocks is [none]: set options.enabled false, or name stocks" }}{{ end -}}
+{{- $args = concat $args (list "--options" "--option-share" (include "ingestion.num" .Values.options.share)) -}}
+{{- if not (kindIs "invalid" .Values.options.riskFreeRate) }}{{ $args = concat $args (list "--risk-free-rate" (include "ingestion.num" .Values.options.riskFreeRate)) }}{{ end -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- range $k, $v := (include "ingestion.kafkaProperties" . | fromYaml) }}{{ $args = concat $args (list "-X" (printf "%s=%s" $k $v)) }}{{ end -}}
