@@ -2,9 +2,16 @@
 # The weir demo: the whole pipeline on this machine.
 #
 #   tansu broker + weir registry  ->  weir ingest simulate  ->  Kafka topics tickers.*
-#   ->  weir run (the market pipeline, tests/demo/weir.yaml: the tickers guest per topic)
-#   ->  Postgres: ticks_stocks/crypto/currency, candles (1, 5, 15 minutes), and the views
-#       latest_prices, candles_1m/5m/15m, top_movers, pipeline_health
+#   ->  weir run (the market pipeline, tests/demo/weir.yaml: the tickers guest per
+#       asset-class topic, the options guest for tickers.options)
+#   ->  Postgres: ticks_stocks/crypto/currency (missing values imputed and flagged),
+#       candles (1, 5, 15 minutes), sliding windows, option_trades, and the views
+#       latest_prices, candles_1m/5m/15m, top_movers, window_movers, option_chain,
+#       option_smile, pipeline_health
+#
+# The ticks start with twenty minutes of history (simulated event times, produced at
+# once), so that windows have closed and rank; then DEMO_DURATION of live ticks and option
+# trades on the wall clock.
 #
 # Postgres: $DATABASE_URL if set, else the local server on 127.0.0.1:5432, else a
 # throwaway cluster made with initdb/pg_ctl. Ctrl-C stops everything this started.
@@ -130,30 +137,38 @@ say "Pushing the schemas"
 "$weir" schemas push --registry "$SCHEMA_REGISTRY_URL" schemas/
 
 say "Creating the topics and starting weir run (metrics on http://$WEIR_HTTP/metrics)"
-"$weir" ingest simulate --count 0 --rate max >/dev/null 2>&1 || true
+"$weir" ingest simulate --count 0 --rate max --options >/dev/null 2>&1 || true
 WEIR_LOG=info "$weir" run --config tests/demo/weir.yaml >"$work/run.log" 2>&1 &
 run_pid=$!
 pids+=($run_pid)
 wait_port "$http_port" run
 
-say "Producing ticks for $duration at $rate/s (a few late by up to 2 minutes, a few sent twice)"
-"$weir" ingest simulate --rate "$rate" --duration "$duration" \
+count_rows() {
+  psql -qtA "$db_url" -c "SELECT (SELECT count(*) FROM ticks_stocks) + (SELECT count(*) FROM ticks_crypto) + (SELECT count(*) FROM ticks_currency) + (SELECT count(*) FROM option_trades) + (SELECT count(*) FROM dead_letters)"
+}
+wait_written() {
+  say "Waiting for weir run to write everything"
+  last=-1
+  for _ in $(seq 60); do
+    rows=$(count_rows)
+    if [ "$rows" = "$last" ]; then break; fi
+    last=$rows
+    sleep 1
+  done
+}
+
+say "Producing twenty minutes of history: ticks 100 ms apart in event time, at once"
+"$weir" ingest simulate --rate max --count 12000 --tick-interval 100ms \
+  --start-time "$(date -u -d '-20 minutes' +%Y-%m-%dT%H:%M:%SZ)" >/dev/null
+wait_written
+
+say "Producing ticks and option trades for $duration at $rate/s (a few late by up to 2 minutes, a few sent twice)"
+"$weir" ingest simulate --rate "$rate" --duration "$duration" --options \
   --late-fraction 0.02 --late-by 2m --duplicate-fraction 0.01 &
 sim_pid=$!
 pids+=($sim_pid)
 wait "$sim_pid"
-
-count_rows() {
-  psql -qtA "$db_url" -c "SELECT (SELECT count(*) FROM ticks_stocks) + (SELECT count(*) FROM ticks_crypto) + (SELECT count(*) FROM ticks_currency) + (SELECT count(*) FROM dead_letters)"
-}
-say "Waiting for weir run to write everything"
-last=-1
-for _ in $(seq 60); do
-  rows=$(count_rows)
-  if [ "$rows" = "$last" ]; then break; fi
-  last=$rows
-  sleep 1
-done
+wait_written
 kill -0 "$run_pid" 2>/dev/null || { echo "weir run stopped; its log:" >&2; tail -20 "$work/run.log" >&2; exit 1; }
 if [ "$last" = 0 ]; then
   echo "no rows were written; the end of weir run's log:" >&2
@@ -167,6 +182,8 @@ psql "$db_url" -c "
   UNION ALL SELECT 'ticks_crypto', count(*), max(event_time) FROM ticks_crypto
   UNION ALL SELECT 'ticks_currency', count(*), max(event_time) FROM ticks_currency
   UNION ALL SELECT 'candles', count(*), max(last_event_at) FROM candles
+  UNION ALL SELECT 'windows', count(*), max(last_event_at) FROM windows
+  UNION ALL SELECT 'option_trades', count(*), max(event_time) FROM option_trades
   UNION ALL SELECT 'dead_letters', count(*), max(created_at) FROM dead_letters"
 
 say "tickers.stocks.clean: accepted ticks, normalised, as the pipeline emitted them (weir tail)"
@@ -181,6 +198,34 @@ psql "$db_url" -c "
   SELECT time_window, rank, symbol, asset_class, first_price, last_price,
          round(change_percent::numeric, 3) AS change_percent, ticks
     FROM top_movers WHERE rank <= 3 ORDER BY time_window, rank, symbol"
+
+say "window_movers: top gainers and losers on each symbol's latest closed sliding window"
+psql "$db_url" -c "
+  SELECT resolution, gain_rank, loss_rank, symbol, window_start, window_end, first, last,
+         round(pct_gain::numeric, 3) AS pct_gain, round(vwap::numeric, 4) AS vwap, trades, revisions
+    FROM window_movers WHERE gain_rank <= 2 OR loss_rank <= 2
+   ORDER BY resolution, gain_rank"
+
+say "Imputed values: missing stock quotes forward-filled, missing crypto sizes a trailing mean"
+psql "$db_url" -c "
+  SELECT 'ticks_stocks' AS \"table\", imputed, count(*) FROM ticks_stocks WHERE imputed IS NOT NULL GROUP BY imputed
+  UNION ALL SELECT 'ticks_crypto', imputed, count(*) FROM ticks_crypto WHERE imputed IS NOT NULL GROUP BY imputed"
+
+say "option_chain: the latest trade per contract, nearest expiry of AAPL, strikes around the money"
+psql "$db_url" -c "
+  SELECT expiry, strike, option_type, price, bid, ask, round(implied_volatility::numeric, 4) AS iv,
+         round(delta::numeric, 3) AS delta, underlying_price, event_time
+    FROM option_chain
+   WHERE underlying = 'AAPL' AND expiry = (SELECT min(expiry) FROM option_chain WHERE underlying = 'AAPL')
+   ORDER BY abs(strike - underlying_price), option_type LIMIT 8"
+
+say "option_smile: implied volatility by strike, AAPL's nearest expiry"
+psql "$db_url" -c "
+  SELECT strike, round(moneyness::numeric, 3) AS moneyness, round(call_iv::numeric, 4) AS call_iv,
+         round(put_iv::numeric, 4) AS put_iv
+    FROM option_smile
+   WHERE underlying = 'AAPL' AND expiry = (SELECT min(expiry) FROM option_smile WHERE underlying = 'AAPL')
+   ORDER BY strike LIMIT 12"
 
 say "candles_1m: the latest one-minute candles"
 psql "$db_url" -c "
