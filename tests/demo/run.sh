@@ -143,6 +143,14 @@ run_pid=$!
 pids+=($run_pid)
 wait_port "$http_port" run
 
+# weir run applies the migrations before it consumes: wait for their last table.
+say "Waiting for weir run to apply the migrations"
+for _ in $(seq 120); do
+  [ "$(psql -qtA "$db_url" -c "SELECT to_regclass('window_watermarks') IS NOT NULL AND to_regclass('option_trades') IS NOT NULL")" = t ] && break
+  kill -0 "$run_pid" 2>/dev/null || { echo "weir run stopped; its log:" >&2; tail -20 "$work/run.log" >&2; exit 1; }
+  sleep 0.5
+done
+
 count_rows() {
   psql -qtA "$db_url" -c "SELECT (SELECT count(*) FROM ticks_stocks) + (SELECT count(*) FROM ticks_crypto) + (SELECT count(*) FROM ticks_currency) + (SELECT count(*) FROM option_trades) + (SELECT count(*) FROM dead_letters)"
 }
