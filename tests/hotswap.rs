@@ -317,7 +317,8 @@ fn admin_api_deploys_lists_rolls_back_and_refuses() {
     for p in ["stocks", "crypto"] {
         assert_eq!(set.slot(p).unwrap().current().id().version, sha(&b));
     }
-    let (_, body, _) = call(Method::PUT, "/guests/marker", token, b.clone());
+    let (status, body, _) = call(Method::PUT, "/guests/marker", token, b.clone());
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let reply: SwapReply = serde_json::from_slice(&body).unwrap();
     assert!(!reply.changed, "the same version again changes nothing");
 
