@@ -494,6 +494,27 @@ impl Registry {
         Self::start_on(database_url, 0)
     }
 
+    /// Registers the repository's Avro schemas (`weir schemas push schemas/`), failing the
+    /// test with weir's error when it cannot.
+    pub fn push_schemas(&self) {
+        let schemas = repo_root().join("schemas");
+        let out = weir_env(
+            &[
+                "schemas",
+                "push",
+                "--registry",
+                &self.url,
+                schemas.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "weir schemas push: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Starts the server on `port` (0: any free port), with `SO_REUSEADDR` so a test can
     /// stop it and start it again on the same port.
     pub fn start_on(database_url: &str, port: u16) -> Self {

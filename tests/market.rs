@@ -46,22 +46,7 @@ impl Market {
         let db = TestDb::new();
         let registry = Registry::start(&db.url());
         let broker = Broker::start();
-        let schemas = repo_root().join("schemas");
-        let out = weir_env(
-            &[
-                "schemas",
-                "push",
-                "--registry",
-                &registry.url,
-                schemas.to_str().unwrap(),
-            ],
-            &[],
-        );
-        assert!(
-            out.status.success(),
-            "weir schemas push: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        registry.push_schemas();
         let topics: Vec<String> = AssetClass::ALL
             .iter()
             .map(|c| c.topic().to_string())

@@ -22,7 +22,7 @@ use serde_json::{Map, Value as Json, json};
 use weir::registry::{RegisteredSchema, RegistryClient, frame_into};
 use weir_tests::{
     Broker, GUEST_DIR, Registry, TestDb, free_port, kill9, query, repo_root, rt, wait_until,
-    weir_bin, weir_env,
+    weir_bin,
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -56,22 +56,9 @@ impl Rng {
     }
 }
 
-/// The proleptic Gregorian date of a day number (days since 1970-01-01).
-fn civil(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 /// The OCC symbol of a contract.
 fn occ(root: &str, expiry: i64, right: Right, strike: f64) -> String {
-    let (y, m, d) = civil(expiry);
+    let (y, m, d) = weir_guest::time::civil_from_days(expiry);
     let letter = if right == Right::Call { 'C' } else { 'P' };
     format!(
         "{root}{:02}{m:02}{d:02}{letter}{:08}",
@@ -252,22 +239,7 @@ impl Setup {
         let db = TestDb::new();
         let registry = Registry::start(&db.url());
         let broker = Broker::start();
-        let schemas = repo_root().join("schemas");
-        let out = weir_env(
-            &[
-                "schemas",
-                "push",
-                "--registry",
-                &registry.url,
-                schemas.to_str().unwrap(),
-            ],
-            &[],
-        );
-        assert!(
-            out.status.success(),
-            "weir schemas push: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        registry.push_schemas();
         rt().block_on(weir::source::kafka::ensure_topics(
             &broker.bootstrap,
             &["tickers.stocks".to_string(), "tickers.options".to_string()],
